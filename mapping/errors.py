@@ -1,0 +1,31 @@
+"""Errors raised by the mapping layer.
+
+    MappingError                 anything the mapping layer refuses, with a message for people
+    ├── TranscriptError          a transcript that cannot be read (names the line/cue/segment)
+    ├── QuestionnaireError       a PHQ-9/GAD-7 response that cannot be scored
+    └── ResourceError            a FHIR resource that cannot be read or would not validate
+
+The CLI turns any MappingError into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class MappingError(ValueError):
+    """Base class: input the mapping layer cannot turn into what was asked."""
+
+
+class TranscriptError(MappingError):
+    """A transcript is empty or malformed. `position` says where (e.g. "line 12", "cue 4")."""
+
+    def __init__(self, message: str, position: str | None = None) -> None:
+        self.position = position
+        super().__init__(f"{message} ({position})" if position else message)
+
+
+class QuestionnaireError(MappingError):
+    """A questionnaire response or screening observation cannot be scored."""
+
+
+class ResourceError(MappingError):
+    """A FHIR resource is not of the expected type or shape."""
