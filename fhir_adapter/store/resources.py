@@ -1,0 +1,195 @@
+"""Versioned storage and FHIR search over the resources the service produced.
+
+This is the built-in FHIR store: the care-plan store by default, and the record of everything
+the service wrote anywhere. Ids are assigned here when a resource has none.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.orm import Session
+
+from fhir_adapter.store.models import IdentifierRow, ResourceRow, ResourceVersionRow
+from fhir_adapter.store.search_index import extract
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _with_meta(body: dict[str, Any], version: int, when: datetime) -> dict[str, Any]:
+    meta = dict(body.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = when.isoformat().replace("+00:00", "Z")
+    return {**body, "meta": meta}
+
+
+def _content(body: dict[str, Any]) -> dict[str, Any]:
+    """The resource without server-managed meta, to tell a real change from a rewrite."""
+    meta = {
+        k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    return {**body, "meta": meta}
+
+
+def put(session: Session, body: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """Create or update a resource; a rewrite with identical content keeps its version.
+
+    A resource without `id` is matched by its business identifiers first, so writing the same
+    draft twice updates one resource instead of creating two.
+    """
+    now = now or _now()
+    resource_type = body["resourceType"]
+    rid = body.get("id")
+    columns = extract(body)
+    if rid is None:
+        for system, value in columns.identifiers:
+            found = session.get(IdentifierRow, (resource_type, system, value))
+            if found is not None:
+                rid = found.id
+                break
+    rid = rid or str(uuid.uuid4())
+    row = session.get(ResourceRow, (resource_type, rid))
+    candidate = {**body, "id": rid}
+    if row is not None and _content(row.body) == _content(candidate):
+        return row.body
+    version = 1 if row is None else row.version_id + 1
+    stored = _with_meta(candidate, version, now)
+    if row is None:
+        row = ResourceRow(resource_type=resource_type, id=rid)
+        session.add(row)
+    row.version_id = version
+    row.last_updated = now
+    row.body = stored
+    row.patient = columns.patient
+    row.encounter = columns.encounter
+    row.status = columns.status
+    row.code_system = columns.code_system
+    row.code = columns.code
+    row.business_status = columns.business_status
+    row.date = columns.date
+    session.flush()
+    session.add(
+        ResourceVersionRow(
+            resource_type=resource_type, id=rid, version_id=version, last_updated=now, body=stored
+        )
+    )
+    session.execute(
+        delete(IdentifierRow).where(
+            IdentifierRow.resource_type == resource_type, IdentifierRow.id == rid
+        )
+    )
+    for system, value in dict.fromkeys(columns.identifiers):
+        session.merge(
+            IdentifierRow(resource_type=resource_type, system=system, value=value, id=rid)
+        )
+    session.flush()
+    return stored
+
+
+def get(session: Session, resource_type: str, rid: str) -> dict[str, Any] | None:
+    row = session.get(ResourceRow, (resource_type, rid))
+    return None if row is None else row.body
+
+
+def history(session: Session, resource_type: str, rid: str) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(ResourceVersionRow)
+        .where(ResourceVersionRow.resource_type == resource_type, ResourceVersionRow.id == rid)
+        .order_by(ResourceVersionRow.version_id.desc())
+    )
+    return [row.body for row in rows]
+
+
+def by_identifier(
+    session: Session, resource_type: str, system: str, value: str
+) -> dict[str, Any] | None:
+    found = session.get(IdentifierRow, (resource_type, system, value))
+    return None if found is None else get(session, resource_type, found.id)
+
+
+@dataclass(frozen=True)
+class DateBound:
+    """One FHIR date comparison: `op` is one of eq, lt, le, gt, ge."""
+
+    op: str
+    value: datetime
+
+
+@dataclass
+class Query:
+    """A parsed FHIR search over one resource type (see `fhir_adapter.api.search`)."""
+
+    resource_type: str
+    patient: str | None = None
+    encounter: str | None = None
+    status: Sequence[str] = ()
+    code: Sequence[tuple[str | None, str]] = ()
+    business_status: Sequence[str] = ()
+    date: Sequence[DateBound] = ()
+    last_updated: Sequence[DateBound] = ()
+    identifier: tuple[str | None, str] | None = None
+    count: int = 50
+    offset: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _date_filter(stmt: Select[Any], column: Any, bounds: Sequence[DateBound]) -> Select[Any]:
+    for bound in bounds:
+        if bound.op == "lt":
+            stmt = stmt.where(column < bound.value)
+        elif bound.op == "le":
+            stmt = stmt.where(column <= bound.value)
+        elif bound.op == "gt":
+            stmt = stmt.where(column > bound.value)
+        elif bound.op == "ge":
+            stmt = stmt.where(column >= bound.value)
+        else:
+            stmt = stmt.where(column == bound.value)
+    return stmt
+
+
+def search(session: Session, query: Query) -> tuple[list[dict[str, Any]], int]:
+    """Run a search; returns one page of bodies (oldest update first) and the total."""
+    stmt = select(ResourceRow).where(ResourceRow.resource_type == query.resource_type)
+    if query.patient:
+        stmt = stmt.where(ResourceRow.patient == query.patient)
+    if query.encounter:
+        stmt = stmt.where(ResourceRow.encounter == query.encounter)
+    if query.status:
+        stmt = stmt.where(ResourceRow.status.in_(query.status))
+    if query.business_status:
+        stmt = stmt.where(ResourceRow.business_status.in_(query.business_status))
+    if query.code:
+        systems = [(s, c) for s, c in query.code]
+        clauses = [
+            (ResourceRow.code == c) & (ResourceRow.code_system == s) if s else ResourceRow.code == c
+            for s, c in systems
+        ]
+        condition = clauses[0]
+        for clause in clauses[1:]:
+            condition = condition | clause
+        stmt = stmt.where(condition)
+    if query.identifier:
+        system, value = query.identifier
+        ids = select(IdentifierRow.id).where(
+            IdentifierRow.resource_type == query.resource_type, IdentifierRow.value == value
+        )
+        if system:
+            ids = ids.where(IdentifierRow.system == system)
+        stmt = stmt.where(ResourceRow.id.in_(ids))
+    stmt = _date_filter(stmt, ResourceRow.date, query.date)
+    stmt = _date_filter(stmt, ResourceRow.last_updated, query.last_updated)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(
+        stmt.order_by(ResourceRow.last_updated, ResourceRow.id)
+        .offset(query.offset)
+        .limit(query.count)
+    )
+    return [row.body for row in rows], total

@@ -1,0 +1,112 @@
+"""Pipeline work state per encounter, and polling cursors.
+
+The pipeline's steps read an encounter's `step` and `state` and write the next ones in the same
+transaction as their results, so a crash between steps loses nothing and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fhir_adapter.store.models import CursorRow, EncounterRow
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def get_encounter(session: Session, connection: str, encounter: str) -> EncounterRow | None:
+    return session.get(EncounterRow, (connection, encounter))
+
+
+def upsert_encounter(
+    session: Session,
+    connection: str,
+    encounter: str,
+    patient: str,
+    period_start: datetime | None,
+    period_end: datetime | None,
+    first_step: str,
+) -> tuple[EncounterRow, bool]:
+    """Register an encounter for processing; returns (row, created). Known ones are kept."""
+    row = session.get(EncounterRow, (connection, encounter))
+    if row is not None:
+        return row, False
+    row = EncounterRow(
+        connection=connection,
+        encounter=encounter,
+        patient=patient,
+        period_start=period_start,
+        period_end=period_end,
+        step=first_step,
+        state={},
+        attempts=0,
+        updated_at=_now(),
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def advance(
+    session: Session, row: EncounterRow, step: str, state: dict[str, Any] | None = None
+) -> None:
+    """Move an encounter to `step`, merging `state`; clears the last error."""
+    row.step = step
+    if state:
+        row.state = {**row.state, **state}
+    row.last_error = None
+    row.attempts = 0
+    row.updated_at = _now()
+    session.flush()
+
+
+def record_failure(session: Session, row: EncounterRow, error: str) -> None:
+    """Keep the encounter at its step, counting the attempt; `error` must carry no PHI."""
+    row.attempts += 1
+    row.last_error = error[:2000]
+    row.updated_at = _now()
+    session.flush()
+
+
+def encounters_at(
+    session: Session, connection: str, steps: Sequence[str], limit: int = 500
+) -> list[EncounterRow]:
+    """Encounters waiting at one of `steps`, oldest session first."""
+    stmt = (
+        select(EncounterRow)
+        .where(EncounterRow.connection == connection, EncounterRow.step.in_(steps))
+        .order_by(EncounterRow.period_start, EncounterRow.encounter)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def patient_encounters(session: Session, connection: str, patient: str) -> list[EncounterRow]:
+    """All known encounters of a patient, in session order."""
+    stmt = (
+        select(EncounterRow)
+        .where(EncounterRow.connection == connection, EncounterRow.patient == patient)
+        .order_by(EncounterRow.period_start, EncounterRow.encounter)
+    )
+    return list(session.scalars(stmt))
+
+
+def get_cursor(session: Session, connection: str, feed: str) -> str | None:
+    row = session.get(CursorRow, (connection, feed))
+    return None if row is None else row.value
+
+
+def set_cursor(session: Session, connection: str, feed: str, value: str) -> None:
+    row = session.get(CursorRow, (connection, feed))
+    if row is None:
+        session.add(CursorRow(connection=connection, feed=feed, value=value, updated_at=_now()))
+    else:
+        row.value = value
+        row.updated_at = _now()
+    session.flush()

@@ -1,0 +1,165 @@
+"""The store on SQLite and on the local PostgreSQL: migrations, versions, search, outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect
+
+from fhir_adapter.store import Store, open_store, outbox, resources, work
+from fhir_adapter.store.resources import DateBound, Query
+
+SYSTEM = "https://homework-fhir.org/fhir/sid/task"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = open_store(database_url)
+    yield store
+    store.close()
+
+
+def task(
+    value: str, status: str = "awaiting-review", patient: str = "Patient/p1"
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Task",
+        "identifier": [{"system": SYSTEM, "value": value}],
+        "status": "draft",
+        "intent": "proposal",
+        "for": {"reference": patient},
+        "encounter": {"reference": "Encounter/e1"},
+        "code": {
+            "coding": [
+                {
+                    "system": "https://homework-fhir.org/fhir/CodeSystem/homework-category",
+                    "code": "journal",
+                }
+            ]
+        },
+        "businessStatus": {"coding": [{"code": status}]},
+        "authoredOn": "2026-03-02T10:00:00Z",
+    }
+
+
+def test_migrations_create_every_table(store: Store) -> None:
+    tables = set(inspect(store.engine).get_table_names())
+    assert {
+        "resource",
+        "resource_version",
+        "resource_identifier",
+        "encounter_work",
+        "cursor",
+        "outbox",
+        "alembic_version",
+    } <= tables
+
+
+def test_reopen_is_idempotent(database_url: str) -> None:
+    open_store(database_url).close()
+    store = open_store(database_url)  # second upgrade to head is a no-op
+    with store.session() as s:
+        assert resources.search(s, Query("Task"))[1] == 0
+    store.close()
+
+
+def test_put_assigns_id_and_versions_only_real_changes(store: Store) -> None:
+    with store.session() as s:
+        first = resources.put(s, task("t1"))
+    rid = first["id"]
+    assert first["meta"]["versionId"] == "1"
+    with store.session() as s:
+        same = resources.put(s, task("t1"))  # same identifier, same content: no new version
+        assert same["id"] == rid and same["meta"]["versionId"] == "1"
+        changed = resources.put(s, task("t1", status="reviewed"))
+        assert changed["id"] == rid and changed["meta"]["versionId"] == "2"
+    with store.session() as s:
+        versions = resources.history(s, "Task", rid)
+        assert [v["meta"]["versionId"] for v in versions] == ["2", "1"]
+        assert (
+            resources.by_identifier(s, "Task", SYSTEM, "t1")["businessStatus"]["coding"][0]["code"]
+            == "reviewed"
+        )  # type: ignore[index]
+        last_updated = datetime.fromisoformat(
+            versions[0]["meta"]["lastUpdated"].replace("Z", "+00:00")
+        )
+        assert last_updated.tzinfo is not None
+
+
+def test_search_by_patient_status_code_and_dates(store: Store) -> None:
+    with store.session() as s:
+        resources.put(s, task("a"))
+        resources.put(s, task("b", status="reviewed"))
+        resources.put(s, task("c", patient="Patient/p2"))
+    with store.session() as s:
+        found, total = resources.search(s, Query("Task", patient="Patient/p1"))
+        assert total == 2 and {r["identifier"][0]["value"] for r in found} == {"a", "b"}
+        _, total = resources.search(s, Query("Task", business_status=["reviewed"]))
+        assert total == 1
+        _, total = resources.search(s, Query("Task", code=[(None, "journal")]))
+        assert total == 3
+        _, total = resources.search(s, Query("Task", code=[("http://other", "journal")]))
+        assert total == 0
+        when = datetime(2026, 3, 2, 10, tzinfo=UTC)
+        _, total = resources.search(s, Query("Task", date=[DateBound("ge", when)]))
+        assert total == 3
+        _, total = resources.search(s, Query("Task", date=[DateBound("gt", when)]))
+        assert total == 0
+        _, total = resources.search(s, Query("Task", identifier=(SYSTEM, "c")))
+        assert total == 1
+        page, total = resources.search(s, Query("Task", count=2, offset=2))
+        assert total == 3 and len(page) == 1
+
+
+def test_outbox_enqueue_is_idempotent_and_requeues_changes(store: Store) -> None:
+    with store.session() as s:
+        row = outbox.enqueue(s, "ehr", "chart", (SYSTEM, "t1"), task("t1"))
+        again = outbox.enqueue(s, "ehr", "chart", (SYSTEM, "t1"), task("t1"))
+        assert again.id == row.id
+        assert [r.id for r in outbox.due(s, "ehr")] == [row.id]
+        outbox.mark_done(s, row, "srv-1", "1")
+        assert outbox.due(s, "ehr") == []
+        changed = outbox.enqueue(s, "ehr", "chart", (SYSTEM, "t1"), task("t1", status="reviewed"))
+        assert changed.id == row.id and changed.status == "pending" and changed.server_id == "srv-1"
+        outbox.mark_retry(s, changed, "HTTP 503", timedelta(minutes=5))
+        assert outbox.due(s, "ehr") == []
+        assert [
+            r.id for r in outbox.due(s, "ehr", now=datetime.now(UTC) + timedelta(minutes=6))
+        ] == [row.id]
+        outbox.mark_failed(s, changed, "HTTP 403")
+        assert outbox.counts(s, "ehr") == {"failed": 1}
+        assert outbox.requeue_failed(s, "ehr") == 1
+
+
+def test_work_state_and_cursor(store: Store) -> None:
+    start = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    with store.session() as s:
+        row, created = work.upsert_encounter(
+            s, "ehr", "Encounter/e1", "Patient/p1", start, None, "ingested"
+        )
+        assert created
+        _, created = work.upsert_encounter(
+            s, "ehr", "Encounter/e1", "Patient/p1", start, None, "ingested"
+        )
+        assert not created
+        work.record_failure(s, row, "model server unavailable")
+        work.advance(s, row, "detected", {"detections": 3})
+        work.set_cursor(s, "ehr", "encounters", "2026-03-02T11:00:00Z")
+    with store.session() as s:
+        rows = work.encounters_at(s, "ehr", ["detected"])
+        assert [(r.encounter, r.state, r.attempts, r.last_error) for r in rows] == [
+            ("Encounter/e1", {"detections": 3}, 0, None)
+        ]
+        assert rows[0].period_start == start
+        assert work.get_cursor(s, "ehr", "encounters") == "2026-03-02T11:00:00Z"
+
+
+def test_a_failed_unit_of_work_leaves_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.session() as s:
+        resources.put(s, task("t9"))
+        raise RuntimeError("crash between steps")
+    with store.session() as s:
+        assert resources.by_identifier(s, "Task", SYSTEM, "t9") is None
