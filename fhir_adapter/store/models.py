@@ -166,3 +166,21 @@ class OutboxRow(Base):
             name="uq_outbox_business_id",
         ),
     )
+
+
+class SourceRow(Base):
+    """A resource read from an EHR (or pushed/backfilled), kept until its encounter is done.
+
+    Staging the inputs makes each pipeline step a function of the database alone: a rerun after
+    a crash needs neither the EHR nor the original push request.
+    """
+
+    __tablename__ = "source_resource"
+
+    connection: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    encounter: Mapped[str | None] = mapped_column(String(256), index=True)
+    patient: Mapped[str | None] = mapped_column(String(256), index=True)
+    body: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime]

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fhir_adapter.store.models import CursorRow, EncounterRow
+from fhir_adapter.store.models import CursorRow, EncounterRow, SourceRow
 
 
 def _now() -> datetime:
@@ -110,3 +110,36 @@ def set_cursor(session: Session, connection: str, feed: str, value: str) -> None
         row.value = value
         row.updated_at = _now()
     session.flush()
+
+
+def stage_source(
+    session: Session,
+    connection: str,
+    body: dict[str, Any],
+    encounter: str | None,
+    patient: str | None,
+) -> None:
+    """Keep an input resource (transcript, questionnaire, ...) for the encounter's steps."""
+    key = (connection, body["resourceType"], body["id"])
+    row = session.get(SourceRow, key)
+    if row is None:
+        row = SourceRow(connection=connection, resource_type=body["resourceType"], id=body["id"])
+        session.add(row)
+    row.encounter = encounter
+    row.patient = patient
+    row.body = body
+    row.received_at = _now()
+    session.flush()
+
+
+def sources_for(
+    session: Session, connection: str, encounter: str, resource_type: str | None = None
+) -> list[dict[str, Any]]:
+    stmt = select(SourceRow).where(
+        SourceRow.connection == connection, SourceRow.encounter == encounter
+    )
+    if resource_type:
+        stmt = stmt.where(SourceRow.resource_type == resource_type)
+    return [
+        row.body for row in session.scalars(stmt.order_by(SourceRow.resource_type, SourceRow.id))
+    ]
