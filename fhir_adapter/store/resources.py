@@ -127,6 +127,7 @@ class Query:
     """A parsed FHIR search over one resource type (see `fhir_adapter.api.search`)."""
 
     resource_type: str
+    ids: Sequence[str] = ()
     patient: str | None = None
     encounter: str | None = None
     status: Sequence[str] = ()
@@ -158,6 +159,8 @@ def _date_filter(stmt: Select[Any], column: Any, bounds: Sequence[DateBound]) ->
 def search(session: Session, query: Query) -> tuple[list[dict[str, Any]], int]:
     """Run a search; returns one page of bodies (oldest update first) and the total."""
     stmt = select(ResourceRow).where(ResourceRow.resource_type == query.resource_type)
+    if query.ids:
+        stmt = stmt.where(ResourceRow.id.in_(query.ids))
     if query.patient:
         stmt = stmt.where(ResourceRow.patient == query.patient)
     if query.encounter:

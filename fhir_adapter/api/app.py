@@ -1,0 +1,176 @@
+"""`create_app(deps)`: the FastAPI application, built from explicit dependencies.
+
+Everything the routes need (store, token verifier, readiness checks, the ingest function)
+comes in `ApiDeps`, so tests build an app over a real store and a test key, and the CLI builds
+one from settings. Every route but `/healthz`, `/readyz` and the public JWK Set needs a bearer
+token; errors are answered as FHIR OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fhir_adapter.api.capability import capability_statement
+from fhir_adapter.api.outcome import ApiError, operation_outcome
+from fhir_adapter.api.search import PARAMETERS, parse_query, searchset
+from fhir_adapter.api.security import TokenVerifier
+from fhir_adapter.store import Store, resources
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+ReadinessCheck = Callable[[], Awaitable[None]]
+IngestFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# Module level: FastAPI resolves the (postponed) annotations of routes in this module's globals.
+Auth = Annotated[str | None, Header(alias="Authorization")]
+
+
+@dataclass
+class ApiDeps:
+    store: Store
+    verifier: TokenVerifier
+    # name -> async check that raises when the dependency is not ready (e.g. the model server)
+    readiness: Sequence[tuple[str, ReadinessCheck]] = ()
+    ingest: IngestFn | None = None
+    public_routers: Sequence[APIRouter] = field(default_factory=tuple)
+
+
+def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+
+
+def create_app(deps: ApiDeps) -> FastAPI:
+    app = FastAPI(title="homework-fhir", version=version("homework-fhir"))
+    for router in deps.public_routers:
+        app.include_router(router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        response = _fhir(operation_outcome(exc.code, exc.diagnostics), exc.status)
+        if headers:
+            response.headers.update(headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _fhir(operation_outcome("invalid", f"{where}: {first.get('msg', 'invalid')}"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not-found" if exc.status_code == 404 else "processing"
+        return _fhir(operation_outcome(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _fhir(operation_outcome("exception", "internal error; see the server log"), 500)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            deps.store.ping()
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports any failure, it never raises
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        for name, check in deps.readiness:
+            try:
+                await check()
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"unavailable: {exc}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not-ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    def base_url(request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/fhir"
+
+    @app.get("/fhir/metadata")
+    async def metadata(request: Request, authorization: Auth = None) -> JSONResponse:
+        deps.verifier.claims(authorization)
+        return _fhir(capability_statement(base_url(request), app.version))
+
+    @app.get("/fhir/{resource_type}")
+    def search(request: Request, resource_type: str, authorization: Auth = None) -> JSONResponse:
+        deps.verifier.require(authorization, resource_type, "read")
+        params = list(request.query_params.multi_items())
+        query = parse_query(resource_type, params)
+        with deps.store.session() as session:
+            found, total = resources.search(session, query)
+        return _fhir(searchset(base_url(request), resource_type, params, query, found, total))
+
+    def _known(resource_type: str) -> None:
+        if resource_type not in PARAMETERS:
+            raise ApiError(404, "not-supported", f"this server holds no {resource_type}")
+
+    @app.get("/fhir/{resource_type}/{rid}")
+    def read(resource_type: str, rid: str, authorization: Auth = None) -> JSONResponse:
+        deps.verifier.require(authorization, resource_type, "read")
+        _known(resource_type)
+        with deps.store.session() as session:
+            body = resources.get(session, resource_type, rid)
+        if body is None:
+            raise ApiError(404, "not-found", f"{resource_type}/{rid} is not known")
+        response = _fhir(body)
+        response.headers["ETag"] = f'W/"{body["meta"]["versionId"]}"'
+        return response
+
+    @app.get("/fhir/{resource_type}/{rid}/_history")
+    def history(
+        request: Request, resource_type: str, rid: str, authorization: Auth = None
+    ) -> JSONResponse:
+        deps.verifier.require(authorization, resource_type, "read")
+        _known(resource_type)
+        with deps.store.session() as session:
+            versions = resources.history(session, resource_type, rid)
+        if not versions:
+            raise ApiError(404, "not-found", f"{resource_type}/{rid} is not known")
+        return _fhir(
+            {
+                "resourceType": "Bundle",
+                "type": "history",
+                "total": len(versions),
+                "entry": [
+                    {"fullUrl": f"{base_url(request)}/{resource_type}/{rid}", "resource": v}
+                    for v in versions
+                ],
+            }
+        )
+
+    @app.post("/ingest")
+    async def ingest(
+        bundle: Annotated[dict[str, Any], Body()], authorization: Auth = None
+    ) -> JSONResponse:
+        deps.verifier.require(authorization, "Bundle", "write")
+        if deps.ingest is None:
+            raise ApiError(501, "not-supported", "ingest is not enabled on this server")
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in (
+            "transaction",
+            "collection",
+            "batch",
+        ):
+            raise ApiError(
+                400, "invalid", "POST /ingest takes a FHIR Bundle of type transaction or collection"
+            )
+        return _fhir(await deps.ingest(bundle), 202)
+
+    return app

@@ -1,0 +1,69 @@
+"""The CapabilityStatement this server answers at `/fhir/metadata`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_adapter.api.search import PARAMETERS
+
+_TYPES = {
+    "date": "date",
+    "authored-on": "date",
+    "sent": "date",
+    "recorded": "date",
+    "patient": "reference",
+    "subject": "reference",
+    "encounter": "reference",
+}
+
+
+def capability_statement(base_url: str, version: str) -> dict[str, Any]:
+    common = [
+        {"name": "_id", "type": "token"},
+        {"name": "_lastUpdated", "type": "date"},
+        {"name": "identifier", "type": "token"},
+        {"name": "_count", "type": "number"},
+    ]
+    resources = [
+        {
+            "type": rtype,
+            "interaction": [
+                {"code": "read"},
+                {"code": "search-type"},
+                {"code": "history-instance"},
+            ],
+            "versioning": "versioned",
+            "searchParam": common
+            + [{"name": name, "type": _TYPES.get(name, "token")} for name in params],
+        }
+        for rtype, params in PARAMETERS.items()
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "kind": "instance",
+        "software": {"name": "homework-fhir", "version": version},
+        "implementation": {"description": "homework-fhir built-in store", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Bearer JWT (RS384/ES384), system/ scopes (e.g. system/Task.rs)",
+                },
+                "resource": resources,
+            }
+        ],
+    }
