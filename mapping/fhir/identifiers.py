@@ -1,0 +1,89 @@
+"""Stable business identifiers and logical ids, so that processing a session twice is idempotent.
+
+Derivation: value = first 32 hex digits (128 bits) of SHA-256 over the UTF-8 of the parts joined
+with U+001F (unit separator, which no reference or code contains):
+
+    CarePlan        ("careplan", encounter)
+    Task            ("task", encounter, "<unit>:<index>", category code)
+                    where unit/index are the SourcePosition of the therapist turn that set it
+                    (e.g. "line:12", "cue:4"), and the code is "take-action", not "take_action"
+    note            ("note", encounter)
+    Communication   ("communication", encounter)
+    Provenance      ("provenance", encounter, model name, model version)
+    Device          ("device", model name, model version)
+    model card      ("model-card", model name, model version)
+    Observation     ("observation", source reference, total LOINC code)
+
+`encounter` is the reference as the adapter passes it, with any "/_history/n" dropped; pass the
+same form every time (an absolute URL is safest when several EHRs feed one store).
+
+The same value is the resource's logical id in our FHIR store (CarePlan, Task, Device, model
+card, Observation, and Provenance, which has no identifier element in R4), so the store is
+written with PUT Type/id (update-as-create) and resources reference each other as "Type/id"
+before the store has seen them. Chart resources
+(note, Communication) go to the EHR, which assigns ids; they carry only the identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from mapping.domain import SourcePosition
+
+_SEP = "\x1f"
+_DIGITS = 32
+
+
+def normalize_reference(reference: str) -> str:
+    """The reference without surrounding space or a version ("/_history/n")."""
+    return reference.strip().split("/_history/")[0]
+
+
+def stable_value(*parts: str) -> str:
+    """32 hex digits of SHA-256 over the parts; equal parts give equal values, always."""
+    digest = hashlib.sha256(_SEP.join(parts).encode("utf-8")).hexdigest()
+    return digest[:_DIGITS]
+
+
+def position_key(position: SourcePosition) -> str:
+    """ "line:12", "cue:4", "segment:7": the part of a position that identifies a turn."""
+    return f"{position.unit}:{position.index}"
+
+
+def careplan_value(encounter: str) -> str:
+    return stable_value("careplan", normalize_reference(encounter))
+
+
+def task_value(encounter: str, position: SourcePosition, category_code: str) -> str:
+    return stable_value(
+        "task", normalize_reference(encounter), position_key(position), category_code
+    )
+
+
+def note_value(encounter: str) -> str:
+    return stable_value("note", normalize_reference(encounter))
+
+
+def communication_value(encounter: str) -> str:
+    return stable_value("communication", normalize_reference(encounter))
+
+
+def provenance_value(encounter: str, model_name: str, model_version: str) -> str:
+    return stable_value("provenance", normalize_reference(encounter), model_name, model_version)
+
+
+def device_value(model_name: str, model_version: str) -> str:
+    return stable_value("device", model_name, model_version)
+
+
+def model_card_value(model_name: str, model_version: str) -> str:
+    return stable_value("model-card", model_name, model_version)
+
+
+def observation_value(source: str, total_code: str) -> str:
+    return stable_value("observation", normalize_reference(source), total_code)
+
+
+def identifier(system: str, value: str) -> dict[str, str]:
+    """An Identifier as JSON; `use` official, as these are the resources' business keys."""
+    return {"use": "official", "system": system, "value": value}
