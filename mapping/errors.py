@@ -2,6 +2,7 @@
 
     MappingError                 anything the mapping layer refuses, with a message for people
     ├── TranscriptError          a transcript that cannot be read (names the line/cue/segment)
+    │   └── AttachmentNotInlineError  a FHIR attachment holds only a url: the adapter must fetch it
     ├── QuestionnaireError       a PHQ-9/GAD-7 response that cannot be scored
     └── ResourceError            a FHIR resource that cannot be read or would not validate
 
@@ -19,8 +20,21 @@ class TranscriptError(MappingError):
     """A transcript is empty or malformed. `position` says where (e.g. "line 12", "cue 4")."""
 
     def __init__(self, message: str, position: str | None = None) -> None:
+        self.message = message
         self.position = position
         super().__init__(f"{message} ({position})" if position else message)
+
+
+class AttachmentNotInlineError(TranscriptError):
+    """The transcript attachment has a `url` but no inline `data`.
+
+    Mapping does no IO: the adapter fetches each of `urls` (relative ones against the FHIR base)
+    and passes the bytes to `mapping.transcripts.read_attachment`.
+    """
+
+    def __init__(self, message: str, urls: tuple[str, ...], position: str | None = None) -> None:
+        self.urls = urls
+        super().__init__(message, position)
 
 
 class QuestionnaireError(MappingError):
