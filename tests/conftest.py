@@ -1,3 +1,7 @@
 """Fixtures shared across the suite live in plain modules, registered here as plugins."""
 
-pytest_plugins = ["tests.databases"]
+pytest_plugins = [
+    "tests.databases",
+    "tests.fhir_adapter.sekmet_server",
+    "tests.inference_server.triton_fixtures",
+]

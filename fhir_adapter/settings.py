@@ -1,0 +1,502 @@
+"""The one settings object for the whole service.
+
+Built once at the entry point with `load_settings(config_file)` and passed down
+(`create_app(settings)`, `FhirClient(settings.ehr["clinic"])`); nothing reads it at import
+time. Values come from, highest priority first:
+
+1. keyword arguments to `load_settings` (tests, CLI flags);
+2. environment variables, prefix `HOMEWORK_FHIR_`, nested fields joined with `__`, e.g.
+   `HOMEWORK_FHIR_ENVIRONMENT=production`,
+   `HOMEWORK_FHIR_EHR__CLINIC__AUTH__CLIENT_SECRET=...` (connection names are lower case);
+3. a TOML config file (`--config FILE`, or `HOMEWORK_FHIR_CONFIG_FILE`);
+4. the defaults below.
+
+A minimal config file::
+
+    environment = "production"
+    database_url = "postgresql+psycopg://homework@db/homework"
+
+    [api.auth]
+    issuer = "https://idp.example.org/"
+    audience = "homework-fhir"
+    jwks_url = "https://idp.example.org/.well-known/jwks.json"
+
+    [ehr.clinic]
+    base_url = "https://fhir.example.org/api/FHIR/R4"
+    vendor = "epic"
+
+    [ehr.clinic.auth]
+    type = "smart-backend"
+    client_id = "0f7c..."
+    private_key_file = "/run/secrets/ehr-clinic.private.pem"
+    kid = "clinic-2025-01"
+    algorithm = "ES384"
+    scopes = "system/Encounter.rs system/DocumentReference.rs system/DocumentReference.c"
+    jwks_url = "https://homework.example.org/.well-known/jwks.json"
+
+    [ehr.clinic.write]
+    care_plan_store = "builtin"            # or "ehr", or a table with base_url + auth
+
+Outside `environment = "development"`, placeholder or missing secrets ("changeme", "",
+"secret", a key file that is not there, no API token verification key) stop start-up with a
+message naming each setting to fix; in development they are warnings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import httpx
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fhir_adapter.ehr.keys import Algorithm
+from fhir_adapter.ehr.vendors import Vendor, vendor_profile, wildcard_scopes
+
+__all__ = [
+    "ApiAuthSettings",
+    "ApiSettings",
+    "CarePlanStore",
+    "ChartTargets",
+    "ClientSecretAuth",
+    "EhrConnection",
+    "EncounterPoll",
+    "Environment",
+    "FhirEndpoint",
+    "FhirStore",
+    "ModelSettings",
+    "NoAuth",
+    "PublishedKey",
+    "Settings",
+    "SettingsError",
+    "SmartBackendAuth",
+    "WriteTargets",
+    "load_settings",
+]
+
+ENV_PREFIX = "HOMEWORK_FHIR_"
+CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
+
+Environment = Literal["development", "staging", "production"]
+
+# Values people leave in config files from examples; never real secrets.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "change_me", "changethis", "secret", "password", "todo",
+     "xxx", "example", "placeholder"}
+)  # fmt: skip
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message lists every problem and what to set."""
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.strip().lower() in PLACEHOLDER_SECRETS
+
+
+def _http_url(value: str) -> str:
+    url = httpx.URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+def _scope_list(value: Any) -> Any:
+    # Scopes are written the OAuth way, space-separated, or as a list.
+    return value.split() if isinstance(value, str) else value
+
+
+HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+Scopes = Annotated[list[str], BeforeValidator(_scope_list)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- EHR auth
+
+
+class SmartBackendAuth(_Model):
+    """SMART Backend Services: a signed JWT assertion exchanged for an access token."""
+
+    type: Literal["smart-backend"]
+    client_id: str
+    private_key_file: Path
+    kid: str
+    algorithm: Algorithm = "RS384"
+    # Explicit scopes, e.g. "system/Encounter.rs system/DocumentReference.c".
+    scopes: Scopes = Field(min_length=1)
+    # Discovered from {base_url}/.well-known/smart-configuration when not set.
+    token_endpoint: HttpUrlStr | None = None
+    # Where the EHR fetches our public keys (registered with it); sent as the `jku` header.
+    jwks_url: HttpUrlStr | None = None
+
+
+class ClientSecretAuth(_Model):
+    """OAuth client credentials with a shared secret (HTTP Basic to the token endpoint)."""
+
+    type: Literal["client-secret"]
+    client_id: str
+    client_secret: SecretStr
+    scopes: Scopes = Field(default_factory=list)
+    token_endpoint: HttpUrlStr | None = None
+
+
+class NoAuth(_Model):
+    """No authentication (a FHIR store on a private network, test servers)."""
+
+    type: Literal["none"] = "none"
+
+
+EhrAuth = Annotated[SmartBackendAuth | ClientSecretAuth | NoAuth, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- FHIR endpoints
+
+
+class FhirEndpoint(_Model):
+    """Where a FHIR server is and how to talk to it."""
+
+    base_url: HttpUrlStr
+    auth: EhrAuth = Field(default_factory=NoAuth)
+    vendor: Vendor = "generic"
+    page_size: int = Field(50, ge=1, le=1000)
+    # Bound on one search, so a runaway query cannot page forever: 200 x 50 = 10,000 entries.
+    max_pages: int = Field(200, ge=1)
+    max_connections: int = Field(10, ge=1, le=100)
+    read_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _vendor_rules(self) -> Self:
+        profile = vendor_profile(self.vendor)
+        scopes = getattr(self.auth, "scopes", [])
+        wild = wildcard_scopes(scopes)
+        if wild and not profile.wildcard_scopes_allowed:
+            raise ValueError(
+                f"vendor {self.vendor} refuses wildcard scopes {wild}; list each one, "
+                "e.g. system/Encounter.read system/DocumentReference.write"
+            )
+        if (
+            profile.jwks_url_required
+            and isinstance(self.auth, SmartBackendAuth)
+            and not self.auth.jwks_url
+        ):
+            raise ValueError(
+                f"vendor {self.vendor} registers backend apps by JWK Set URL: set auth.jwks_url "
+                "to the public URL of this service's /.well-known/jwks.json"
+            )
+        return self
+
+
+class FhirStore(FhirEndpoint):
+    """A FHIR server of its own for drafted CarePlans and Tasks (not the EHR)."""
+
+    type: Literal["fhir-store"] = "fhir-store"
+
+
+CarePlanStore = Literal["ehr", "builtin"] | FhirStore
+
+
+class ChartTargets(_Model):
+    """What is written into the EHR chart."""
+
+    note: bool = True  # DocumentReference: the session note with the detected homework
+    communication: bool = False  # Communication to the care team
+    provenance: bool = True  # Provenance for everything we write
+
+
+class WriteTargets(_Model):
+    chart: ChartTargets = Field(default_factory=ChartTargets)
+    # Where drafted CarePlan/Task go: the EHR itself, the built-in store, or a FHIR store.
+    care_plan_store: CarePlanStore = "builtin"
+
+
+class EncounterPoll(_Model):
+    """Which encounters the poller asks the EHR for."""
+
+    statuses: list[str] = Field(default_factory=lambda: ["finished"])
+    class_codes: list[str] = Field(default_factory=list)  # v3 ActCode: AMB, VR, ...
+    type_codes: list[str] = Field(default_factory=list)  # tokens: "system|code"
+    lookback: timedelta = timedelta(days=1)
+    extra_params: dict[str, str] = Field(default_factory=dict)
+
+    def search_params(self, now: datetime | None = None) -> list[tuple[str, str]]:
+        """Encounter search parameters for one poll ending at `now` (timezone-aware)."""
+        now = now or datetime.now(UTC)
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        since = (now - self.lookback).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        params: list[tuple[str, str]] = [("date", f"ge{since}")]
+        if self.statuses:
+            params.append(("status", ",".join(self.statuses)))
+        if self.class_codes:
+            params.append(("class", ",".join(self.class_codes)))
+        if self.type_codes:
+            params.append(("type", ",".join(self.type_codes)))
+        params.extend(self.extra_params.items())
+        return params
+
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class EhrConnection(FhirEndpoint):
+    """One EHR: the FHIR endpoint plus what we read from it and write to it."""
+
+    name: str
+    write: WriteTargets = Field(default_factory=WriteTargets)
+    encounter_poll: EncounterPoll = Field(default_factory=EncounterPoll)
+
+    def fhir_stores(self) -> list[tuple[str, FhirEndpoint]]:
+        """Every FHIR endpoint of this connection with a label: the EHR, a separate store."""
+        stores: list[tuple[str, FhirEndpoint]] = [(f"ehr.{self.name}", self)]
+        if isinstance(self.write.care_plan_store, FhirStore):
+            stores.append((f"ehr.{self.name}.write.care_plan_store", self.write.care_plan_store))
+        return stores
+
+
+# ---------------------------------------------------------------- model, API, keys
+
+
+class ModelSettings(_Model):
+    backend: Literal["in-process", "triton"] = "in-process"
+    model_dir: Path | None = None  # in-process: a trained model directory (None: packaged)
+    triton_url: str | None = None  # "host:8000" for HTTP, "host:8001" for gRPC
+    triton_protocol: Literal["http", "grpc"] = "http"
+    triton_model: str = "homework_classifier"
+    timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _triton_needs_url(self) -> Self:
+        if self.backend == "triton" and not self.triton_url:
+            raise ValueError("model.backend is 'triton': set model.triton_url (e.g. 'triton:8000')")
+        return self
+
+
+class ApiAuthSettings(_Model):
+    """How the API checks bearer tokens: JWTs from an identity provider, or dev mode."""
+
+    # "dev-embedded": the service mints and accepts its own tokens; development only.
+    mode: Literal["jwt", "dev-embedded"] = "jwt"
+    issuer: str | None = None
+    audience: str | None = None
+    public_key_file: Path | None = None
+    jwks_url: HttpUrlStr | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "RS384", "ES256", "ES384"])
+
+
+class ApiSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    # Where this service is reachable from outside (the EHRs fetch our JWK Set from here).
+    public_base_url: HttpUrlStr | None = None
+    auth: ApiAuthSettings = Field(default_factory=ApiAuthSettings)
+
+
+class PublishedKey(_Model):
+    """A public key for our JWK Set beyond the connections' own: the next key before a
+    rotation, or the previous one until the EHRs' caches of our JWK Set expire."""
+
+    file: Path  # public or private PEM
+    kid: str
+    algorithm: Algorithm
+
+
+# ---------------------------------------------------------------- settings
+
+
+def _named_connections(value: Any) -> Any:
+    # The table key is the connection's name: [ehr.clinic] -> name "clinic".
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, conn in value.items():
+        if isinstance(conn, dict):
+            conn = {"name": key, **conn}
+        elif isinstance(conn, EhrConnection) and conn.name != key:
+            raise ValueError(f"connection named {conn.name!r} is listed under {key!r}")
+        out[key] = conn
+    return out
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    environment: Environment = "production"
+    data_dir: Path = Path("var")
+    # SQLAlchemy URL; empty means a SQLite file under data_dir.
+    database_url: str = ""
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    ehr: Annotated[dict[str, EhrConnection], BeforeValidator(_named_connections)] = Field(
+        default_factory=dict
+    )
+    published_keys: list[PublishedKey] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets-dir magic: the environment and one explicit file.
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        config_file = _CONFIG_FILE.get(cls)
+        if config_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
+        return sources
+
+    @model_validator(mode="after")
+    def _defaults_and_secrets(self) -> Self:
+        if not self.database_url:
+            object.__setattr__(
+                self, "database_url", f"sqlite:///{self.data_dir / 'homework-fhir.sqlite3'}"
+            )
+        for name in self.ehr:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"EHR connection name {name!r}: use lower-case letters, digits and '_' "
+                    "(names also appear in environment variable names)"
+                )
+        problems = self.secret_problems()
+        if problems and self.environment == "development":
+            for problem in problems:
+                warnings.warn(f"settings: {problem}", stacklevel=2)
+        elif problems:
+            raise ValueError(
+                f"environment is {self.environment!r} and {len(problems)} secret(s) are "
+                "missing or placeholders:\n"
+                + "\n".join(f"  - {p}" for p in problems)
+                + "\n(set them in the config file or HOMEWORK_FHIR_* variables; placeholders "
+                "are accepted only with environment = 'development')"
+            )
+        if self.api.auth.mode == "dev-embedded" and self.environment != "development":
+            raise ValueError(
+                "api.auth.mode 'dev-embedded' accepts tokens the service mints itself; it is "
+                "allowed only with environment = 'development'"
+            )
+        return self
+
+    def secret_problems(self) -> list[str]:
+        """Missing or placeholder secrets, one line each naming the setting."""
+        problems: list[str] = []
+        for conn in self.ehr.values():
+            for label, endpoint in conn.fhir_stores():
+                problems.extend(_auth_problems(label, endpoint))
+        auth = self.api.auth
+        if auth.mode == "jwt":
+            if not auth.public_key_file and not auth.jwks_url:
+                problems.append(
+                    "api.auth: set jwks_url or public_key_file to verify API bearer tokens"
+                )
+            if auth.public_key_file and not auth.public_key_file.is_file():
+                problems.append(f"api.auth.public_key_file: {auth.public_key_file} not found")
+            for field in ("issuer", "audience"):
+                value = getattr(auth, field)
+                if value is None or _is_placeholder(value):
+                    problems.append(f"api.auth.{field}: not set")
+        password = _url_password(self.database_url)
+        if password is not None and _is_placeholder(password):
+            problems.append("database_url: the password is a placeholder")
+        for i, key in enumerate(self.published_keys):
+            if not key.file.is_file():
+                problems.append(f"published_keys[{i}].file: {key.file} not found")
+        return problems
+
+    def connection(self, name: str) -> EhrConnection:
+        """The EHR connection called `name`, or a SettingsError listing the known ones."""
+        try:
+            return self.ehr[name]
+        except KeyError:
+            known = ", ".join(sorted(self.ehr)) or "none configured"
+            raise SettingsError(f"no EHR connection {name!r} (known: {known})") from None
+
+
+def _url_password(url: str) -> str | None:
+    match = re.match(r"^[a-z0-9+]+://[^:/@]+:([^@]*)@", url)
+    return match.group(1) if match else None
+
+
+def _auth_problems(label: str, endpoint: FhirEndpoint) -> list[str]:
+    auth = endpoint.auth
+    problems: list[str] = []
+    if isinstance(auth, ClientSecretAuth):
+        if _is_placeholder(auth.client_secret.get_secret_value()):
+            problems.append(f"{label}.auth.client_secret: missing or a placeholder")
+        if _is_placeholder(auth.client_id):
+            problems.append(f"{label}.auth.client_id: missing or a placeholder")
+    elif isinstance(auth, SmartBackendAuth):
+        if _is_placeholder(auth.client_id):
+            problems.append(f"{label}.auth.client_id: missing or a placeholder")
+        if not auth.private_key_file.is_file():
+            problems.append(
+                f"{label}.auth.private_key_file: {auth.private_key_file} not found "
+                "(create one with `homework-fhir keys generate`)"
+            )
+    return problems
+
+
+# Which config file a `load_settings` call reads; keyed by a subclass made for that call so
+# concurrent loads (tests) never see each other's file.
+_CONFIG_FILE: dict[type[BaseSettings], Path] = {}
+
+
+def load_settings(config_file: Path | None = None, /, **overrides: Any) -> Settings:
+    """Build the settings once, at an entry point. Raises SettingsError with every problem.
+
+    `config_file` defaults to $HOMEWORK_FHIR_CONFIG_FILE when set.
+    """
+    if config_file is None and os.environ.get(CONFIG_FILE_ENV):
+        config_file = Path(os.environ[CONFIG_FILE_ENV])
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file {config_file} not found")
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        cls = type("FileSettings", (Settings,), {"__module__": __name__})
+        _CONFIG_FILE[cls] = config_file
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, config_file)) from exc
+    except ValueError as exc:  # e.g. a TOML syntax error
+        raise SettingsError(f"cannot read {config_file}: {exc}") from exc
+    finally:
+        _CONFIG_FILE.pop(cls, None)
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    where = f" (config file {config_file})" if config_file else ""
+    lines = [f"invalid settings{where}:"]
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in error["loc"]) or "settings"
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)

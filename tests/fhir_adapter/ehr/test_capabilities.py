@@ -1,0 +1,200 @@
+"""Start-up check of the write targets: against sekmet-fhir's real CapabilityStatement, and
+against statements written here for what sekmet cannot show (a server lacking interactions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_adapter.ehr.capabilities import (
+    ServerCapabilities,
+    scope_grants,
+    target_problems,
+    verify_write_targets,
+)
+from fhir_adapter.ehr.client import FhirClient
+from fhir_adapter.ehr.errors import CapabilityError
+from fhir_adapter.settings import EhrConnection
+from tests.fhir_adapter.sekmet_server import SekmetServer
+
+ALL_TARGETS: dict[str, Any] = {
+    "chart": {"note": True, "communication": True, "provenance": True},
+    "care_plan_store": "ehr",
+}
+
+
+@pytest.mark.integration
+async def test_all_targets_pass_on_a_generic_server_that_supports_them(
+    sekmet_server: SekmetServer,
+) -> None:
+    conn = sekmet_server.connection("rs384", write=ALL_TARGETS)
+    async with FhirClient(conn) as fhir:
+        caps = await verify_write_targets(conn, fhir)
+    assert caps.supports("CarePlan", "create")
+
+
+@pytest.mark.integration
+async def test_epic_profile_refuses_care_plans_in_the_ehr(sekmet_server: SekmetServer) -> None:
+    conn = sekmet_server.connection("rs384", name="clinic", vendor="epic", write=ALL_TARGETS)
+    async with FhirClient(conn) as fhir:
+        with pytest.raises(CapabilityError) as info:
+            await verify_write_targets(conn, fhir)
+    error = info.value
+    assert error.connection == "clinic"
+    # The server itself would take them; the vendor rule is what refuses.
+    assert error.problems == (
+        "ehr.clinic.write.care_plan_store needs CarePlan create, refused by vendor epic: Epic's "
+        "FHIR API offers no CarePlan.Create to backend apps; set "
+        'ehr.clinic.write.care_plan_store = "builtin", or a FHIR store that accepts them',
+        "ehr.clinic.write.care_plan_store needs Task create, refused by vendor epic: Epic's "
+        "FHIR API offers no Task.Create (Task.Update is available); set "
+        'ehr.clinic.write.care_plan_store = "builtin", or a FHIR store that accepts them',
+    )
+    assert "2 configured target(s) cannot work" in str(error)
+
+
+@pytest.mark.integration
+async def test_separate_store_is_checked_with_its_own_client(sekmet_server: SekmetServer) -> None:
+    store = sekmet_server.endpoint("es384").model_dump()
+    conn = sekmet_server.connection(
+        "rs384",
+        vendor="oracle-health",
+        scopes="system/DocumentReference.c system/DocumentReference.s system/Provenance.c",
+        write={"care_plan_store": store},
+    )
+    async with FhirClient(conn) as ehr, FhirClient(conn.write.care_plan_store) as store_client:  # type: ignore[arg-type]
+        await verify_write_targets(conn, ehr, store_client)
+        with pytest.raises(ValueError, match="pass the care-plan store's client"):
+            await verify_write_targets(conn, ehr)
+
+
+@pytest.mark.integration
+async def test_scopes_that_do_not_grant_a_target(sekmet_server: SekmetServer) -> None:
+    conn = sekmet_server.connection(
+        "rs384",
+        scopes="system/DocumentReference.rs system/Provenance.c",
+        write={"chart": {"note": True, "provenance": True}},
+    )
+    async with FhirClient(conn) as fhir:
+        with pytest.raises(CapabilityError) as info:
+            await verify_write_targets(conn, fhir)
+    [problem] = info.value.problems
+    assert problem.startswith(
+        "ehr.sekmet.write.chart.note needs DocumentReference create, which none of the "
+        "scopes in ehr.sekmet.auth.scopes grants; add system/DocumentReference.c (SMART v2) "
+        "or system/DocumentReference.write (v1)"
+    )
+
+
+def _statement(resources: dict[str, list[str]]) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": "4.0.1",
+        "software": {"name": "Hand-written"},
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [
+                    {"type": t, "interaction": [{"code": c} for c in codes]}
+                    for t, codes in resources.items()
+                ],
+            },
+            # A client-mode rest entry says nothing about the server.
+            {"mode": "client", "resource": [{"type": "Task", "interaction": [{"code": "create"}]}]},
+        ],
+    }
+
+
+def _conn(**fields: Any) -> EhrConnection:
+    return EhrConnection(name="clinic", base_url="https://ehr.example.org/fhir", **fields)
+
+
+def test_targets_missing_from_the_statement_are_named_with_their_setting() -> None:
+    caps = ServerCapabilities.from_statement(
+        _statement(
+            {
+                "DocumentReference": ["read", "search-type"],  # no create
+                "Provenance": ["create"],
+                "CarePlan": ["create", "update", "search-type"],
+                "Task": ["read"],
+            }
+        )
+    )
+    assert caps.software == "Hand-written"
+    assert not caps.supports("Task", "create")  # the client-mode entry is ignored
+    problems = target_problems(_conn(write=ALL_TARGETS | {"chart": {"communication": False}}), caps)
+    assert [p.split(",")[0] for p in problems] == [
+        "ehr.clinic.write.chart.note needs DocumentReference create",
+        "ehr.clinic.write.care_plan_store needs Task create",
+        "ehr.clinic.write.care_plan_store needs Task update",
+        "ehr.clinic.write.care_plan_store needs Task search-type",
+    ]
+    assert "set ehr.clinic.write.chart.note = false" in problems[0]
+
+
+def test_disabled_targets_need_nothing() -> None:
+    caps = ServerCapabilities.from_statement(_statement({}))
+    conn = _conn(
+        write={"chart": {"note": False, "provenance": False}, "care_plan_store": "builtin"}
+    )
+    assert target_problems(conn, caps) == []
+
+
+def test_oracle_health_refuses_task_create_even_if_listed() -> None:
+    caps = ServerCapabilities.from_statement(
+        _statement({t: ["create", "update", "search-type"] for t in ("CarePlan", "Task")})
+    )
+    conn = _conn(
+        vendor="oracle-health",
+        write={"chart": {"note": False, "provenance": False}, "care_plan_store": "ehr"},
+    )
+    problems = target_problems(conn, caps)
+    assert len(problems) == 2
+    assert (
+        "refused by vendor oracle-health: Oracle Health Millennium offers no CarePlan create"
+        in problems[0]
+    )
+    assert "no Task create" in problems[1]
+
+
+def test_statement_parsing_is_lenient() -> None:
+    caps = ServerCapabilities.from_statement(
+        {
+            "resourceType": "CapabilityStatement",
+            "rest": [
+                {
+                    "resource": [
+                        {
+                            "type": "Patient",
+                            "interaction": [{"code": "read"}, {"code": "x"}, "junk"],
+                        }
+                    ]
+                },
+                "junk",
+                {"mode": "server", "resource": [{"interaction": [{"code": "read"}]}]},
+            ],
+        }
+    )
+    assert caps.interactions == {"Patient": frozenset({"read"})}
+    assert caps.software is None
+
+
+@pytest.mark.parametrize(
+    ("scopes", "resource_type", "interaction", "expected"),
+    [
+        (["system/Task.u"], "Task", "update", True),
+        (["system/Task.rs"], "Task", "update", False),
+        (["system/*.write"], "Task", "create", True),
+        (["system/*.read"], "Task", "search-type", True),
+        (["system/*.read"], "Task", "create", False),
+        (["system/Observation.*"], "Observation", "create", True),
+        (["system/Observation.rs?category=survey"], "Observation", "search-type", True),
+        (["system/Observation.rs"], "Task", "read", False),
+        (["openid", "fhirUser"], "Task", "read", None),  # not SMART resource scopes: can't tell
+    ],
+)
+def test_scope_grants(
+    scopes: list[str], resource_type: str, interaction: str, expected: bool | None
+) -> None:
+    assert scope_grants(scopes, resource_type, interaction) is expected
