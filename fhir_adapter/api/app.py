@@ -41,6 +41,8 @@ class ApiDeps:
     # name -> async check that raises when the dependency is not ready (e.g. the model server)
     readiness: Sequence[tuple[str, ReadinessCheck]] = ()
     ingest: IngestFn | None = None
+    model_card: dict[str, Any] | None = None
+    # Routers served without a token: only the JWK Set, whose keys must be public.
     public_routers: Sequence[APIRouter] = field(default_factory=tuple)
 
 
@@ -155,6 +157,13 @@ def create_app(deps: ApiDeps) -> FastAPI:
                 ],
             }
         )
+
+    @app.get("/model-card")
+    async def model_card(authorization: Auth = None) -> JSONResponse:
+        deps.verifier.claims(authorization)
+        if deps.model_card is None:
+            raise ApiError(404, "not-found", "no model card is configured")
+        return JSONResponse(deps.model_card)
 
     @app.post("/ingest")
     async def ingest(

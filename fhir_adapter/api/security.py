@@ -31,13 +31,14 @@ class TokenVerifier:
     keys: KeySet
     issuer: str
     audience: str
+    algorithms: tuple[str, ...] = tuple(ALGORITHMS)
 
     def claims(self, authorization: str | None) -> dict[str, Any]:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ApiError(401, "login", "missing bearer token (Authorization: Bearer <JWT>)")
         token = authorization.split(" ", 1)[1].strip()
         try:
-            decoded = jwt.decode(token, self.keys, algorithms=ALGORITHMS)
+            decoded = jwt.decode(token, self.keys, algorithms=list(self.algorithms))
             JWTClaimsRegistry(
                 leeway=LEEWAY_S,
                 iss={"essential": True, "value": self.issuer},

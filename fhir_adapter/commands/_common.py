@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 from mapping.errors import MappingError
+
+if TYPE_CHECKING:
+    from fhir_adapter.settings import Settings
 
 EXIT_BAD_INPUT = 2
 
@@ -32,3 +36,40 @@ def bad_input_exits() -> Iterator[None]:
         fail(f"expected a file, got a directory: {exc.filename}")
     except UnicodeDecodeError as exc:
         fail(f"file is not UTF-8 text (byte {exc.start}); convert it to UTF-8 and retry")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr; only entry points call this. Records carry ids, never transcript text."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Per-request lines from the HTTP stack would drown the pipeline's own.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
+    """Settings for an entry point; a bad config is exit 2 with the full list of problems."""
+    from fhir_adapter.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(config, **overrides)
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def progress_bar(description: str) -> Callable[[Iterable[str], int], Iterable[str]]:
+    """A tqdm progress bar over encounter references (on stderr; silent when not a TTY)."""
+    import sys
+
+    from tqdm import tqdm
+
+    def wrap(items: Iterable[str], total: int) -> Iterable[str]:
+        bar: Iterable[str] = tqdm(items, total=total, desc=description, unit="enc",
+                    disable=not sys.stderr.isatty() or total == 0)  # fmt: skip
+        return bar
+
+    return wrap

@@ -143,3 +143,21 @@ def sources_for(
     return [
         row.body for row in session.scalars(stmt.order_by(SourceRow.resource_type, SourceRow.id))
     ]
+
+
+def source(
+    session: Session, connection: str, resource_type: str, rid: str
+) -> dict[str, Any] | None:
+    row = session.get(SourceRow, (connection, resource_type, rid))
+    return None if row is None else row.body
+
+
+def sources_of_patient(
+    session: Session, connection: str, patient: str, resource_type: str
+) -> list[SourceRow]:
+    stmt = select(SourceRow).where(
+        SourceRow.connection == connection,
+        SourceRow.patient == patient,
+        SourceRow.resource_type == resource_type,
+    )
+    return list(session.scalars(stmt.order_by(SourceRow.id)))

@@ -1,0 +1,128 @@
+"""`homework-fhir demo`: the whole product on embedded defaults, in one command.
+
+The bundled sample export (made by us: a few patients, several sessions each, transcripts in
+every format, PHQ-9/GAD-7) is backfilled into a fresh SQLite store with the in-process model
+(or a local Triton), and the API is served on localhost with a development token, so the
+drafts can be read with FHIR search.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fhir_adapter.commands._common import configure_logging, fail, load_settings_or_exit
+from fhir_adapter.commands.run import print_summary
+
+
+def _drafts(store: Any) -> list[str]:
+    """One line per patient: the homework drafted and its review status, by session."""
+    from fhir_adapter.store import resources
+    from fhir_adapter.store.resources import Query
+
+    lines: list[str] = []
+    with store.session() as session:
+        tasks, _ = resources.search(session, Query("Task", count=500))
+        plans, _ = resources.search(session, Query("CarePlan", count=500))
+        observations, _ = resources.search(session, Query("Observation", count=500))
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks:
+        by_patient.setdefault(task["for"]["reference"], []).append(task)
+    for patient, items in sorted(by_patient.items()):
+        lines.append(f"{patient}:")
+        for task in sorted(items, key=lambda t: (t.get("authoredOn", ""), t["id"])):
+            code = task["code"]["coding"][0]["code"]
+            status = task["businessStatus"]["coding"][0]["code"]
+            encounter = task["encounter"]["reference"]
+            lines.append(f"  {encounter:<16} {code:<12} {status:<16} {task['description'][:60]}")
+    lines.append(f"{len(plans)} CarePlans, {len(tasks)} Tasks, {len(observations)} Observations")
+    return lines
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its files.")] = Path(
+            "var/demo"
+        ),
+        export: Annotated[
+            Path | None, typer.Option(help="A Bulk Data export to use instead of the sample.")
+        ] = None,
+        triton: Annotated[
+            str | None, typer.Option(help="Use a running Triton (host:port) instead of in-process.")
+        ] = None,
+        serve: Annotated[bool, typer.Option(help="Serve the API afterwards.")] = True,
+        port: Annotated[int, typer.Option(help="API port.")] = 8080,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ) -> None:
+        """Backfill the bundled sample export with the model, then serve the API on localhost."""
+        import asyncio
+
+        from fhir_adapter.bulk import BulkExportError, read_export
+        from fhir_adapter.model_backend import make_backend, model_info
+        from fhir_adapter.pipeline.jobs import ingest_resources
+        from fhir_adapter.pipeline.runner import ModelUnavailableError
+        from fhir_adapter.samples import sample_export_dir
+        from fhir_adapter.service import build_service, dev_token
+        from fhir_adapter.store import open_store
+
+        configure_logging(verbose)
+        # A fresh store each time, so the printout shows exactly what this run drafted.
+        if (data_dir / "demo.sqlite3").exists():
+            for leftover in data_dir.glob("demo.sqlite3*"):
+                leftover.unlink()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        model = {"backend": "triton", "triton_url": triton} if triton else {}
+        settings = load_settings_or_exit(
+            None,
+            environment="development",
+            data_dir=data_dir,
+            database_url=f"sqlite:///{data_dir / 'demo.sqlite3'}",
+            api={"auth": {"mode": "dev-embedded"}, "port": port},
+            model=model,
+            ehr={},
+        )
+        source = export or sample_export_dir()
+        try:
+            resources = list(read_export(source))
+        except BulkExportError as exc:
+            fail(str(exc))
+        store = open_store(settings.database_url)
+        backend = make_backend(settings)
+        typer.echo(f"backfilling {len(resources)} resources from {source} ...")
+        try:
+            summary = asyncio.run(
+                ingest_resources(settings, store, backend, model_info(settings), resources)
+            )
+        except ModelUnavailableError as exc:
+            fail(f"model server unavailable: {exc}", 1)
+        finally:
+            asyncio.run(backend.close())
+        print_summary(summary.as_dict())
+        typer.echo("")
+        for line in _drafts(store):
+            typer.echo(line)
+        store.close()
+        token = dev_token(settings, "system/*.read", lifetime_s=8 * 3600)
+        base = f"http://127.0.0.1:{port}"
+        typer.echo(
+            "\nWhere to look (development token valid 8 h; "
+            f"new one: homework-fhir token, with HOMEWORK_FHIR_DATA_DIR={data_dir}):\n"
+            f"  export TOKEN={token}\n"
+            f'  curl -H "Authorization: Bearer $TOKEN" \\\n'
+            f'       "{base}/fhir/Task?business-status=reviewed"\n'
+            f'  curl -H "Authorization: Bearer $TOKEN" "{base}/fhir/CarePlan?patient=pat-1"\n'
+            f"  store: {data_dir / 'demo.sqlite3'}"
+        )
+        if not serve:
+            return
+        import uvicorn
+
+        service = build_service(settings)
+        typer.echo(f"serving the API on {base} (Ctrl-C to stop)")
+        try:
+            uvicorn.run(service.app, host="127.0.0.1", port=port, log_config=None)
+        finally:
+            asyncio.run(service.close())

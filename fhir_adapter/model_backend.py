@@ -1,0 +1,49 @@
+"""The model behind the pipeline, as settings choose it: in-process or a Triton server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fhir_adapter.settings import Settings
+from inference_server.classifier import CARD_FILE, WEIGHTS_DIR
+from inference_server.client import Backend, InProcessBackend, TritonBackend
+from mapping.fhir.context import ModelInfo
+
+MODEL_NAME = "homework-classifier"
+
+
+def model_card(settings: Settings) -> dict[str, object]:
+    """The model card of the weights in use (the packaged ones unless model.model_dir is set)."""
+    path = (settings.model.model_dir or WEIGHTS_DIR) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no model card at {path}; run `homework-fhir train`")
+    card: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
+    return card
+
+
+def model_info(settings: Settings) -> ModelInfo:
+    card = model_card(settings)
+    base = settings.api.public_base_url or f"http://{settings.api.host}:{settings.api.port}"
+    return ModelInfo(
+        name=MODEL_NAME,
+        version=str(card.get("version", "unversioned")),
+        model_card_url=f"{base}/model-card",
+    )
+
+
+def make_backend(settings: Settings) -> Backend:
+    """A backend for `settings.model`; in-process loads the weights now (seconds)."""
+    model = settings.model
+    if model.backend == "triton":
+        assert model.triton_url is not None  # checked by ModelSettings
+        return TritonBackend(
+            model.triton_url,
+            model.triton_protocol,
+            timeout_s=model.timeout_s,
+            model_name=model.triton_model,
+        )
+    from inference_server.classifier import HomeworkClassifier
+
+    weights: Path | None = model.model_dir
+    return InProcessBackend(HomeworkClassifier.load(weights))

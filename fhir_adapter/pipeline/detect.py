@@ -1,0 +1,131 @@
+"""The detect step: transcript -> micro-dialogues -> model -> detections in the work state.
+
+The model call happens outside any database transaction; its result and the step change are
+written together, so a crash before that write just means the step runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fhir_adapter.pipeline.records import detection_to_json
+from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.store import Store, work
+from inference_server.client import Backend
+from inference_server.labels import LABELS
+from inference_server.text import format_dialogue
+from mapping.dialogues import build_micro_dialogues, dialogue_turns
+from mapping.domain import Detection, HomeworkLabel, MicroDialogue, RoleHints
+from mapping.errors import TranscriptError
+from mapping.transcripts import read_document
+
+log = logging.getLogger(__name__)
+
+# A review flag is raised at this probability; the model card reports F1 at the same threshold.
+REVIEW_THRESHOLD = 0.5
+TRANSCRIPT_TYPES = ("text/plain", "text/vtt", "application/json")
+
+
+def _names(resource: dict[str, Any] | None) -> list[str]:
+    names: list[str] = []
+    for name in (resource or {}).get("name") or []:
+        if name.get("text"):
+            names.append(str(name["text"]))
+        parts = [*(name.get("given") or []), name.get("family") or ""]
+        if any(parts):
+            names.append(" ".join(p for p in parts if p))
+    return names
+
+
+def role_hints(encounter: dict[str, Any], patient: dict[str, Any] | None) -> RoleHints:
+    """Speaker names from the Encounter's participants (therapists) and its Patient (client)."""
+    therapists = [
+        str(p["individual"]["display"])
+        for p in encounter.get("participant") or []
+        if (p.get("individual") or {}).get("display")
+    ]
+    clients = _names(patient)
+    subject = (encounter.get("subject") or {}).get("display")
+    if subject:
+        clients.append(str(subject))
+    return RoleHints(therapist_names=tuple(therapists), client_names=tuple(clients))
+
+
+def is_transcript(doc: dict[str, Any]) -> bool:
+    return any(
+        str((c.get("attachment") or {}).get("contentType", "")).split(";")[0] in TRANSCRIPT_TYPES
+        for c in doc.get("content") or []
+    )
+
+
+def detections_from(
+    dialogues: Sequence[MicroDialogue], label_probs: Any, review_probs: Any
+) -> list[Detection]:
+    """Keep what matters downstream: homework, or a review of earlier homework."""
+    found: list[Detection] = []
+    for dialogue, probs, review_p in zip(dialogues, label_probs, review_probs, strict=True):
+        best = int(probs.argmax())
+        label = HomeworkLabel(LABELS[best])
+        review = float(review_p) >= REVIEW_THRESHOLD
+        if label is HomeworkLabel.NONE and not review:
+            continue
+        found.append(
+            Detection(
+                dialogue=dialogue,
+                label=label,
+                review=review,
+                confidence=float(probs[best]),
+                review_confidence=float(review_p),
+                probabilities={HomeworkLabel(LABELS[i]): float(p) for i, p in enumerate(probs)},
+            )
+        )
+    return found
+
+
+async def detect(store: Store, connection: str, encounter: str, backend: Backend) -> int:
+    """Run the model on the encounter's transcript; returns the number of detections."""
+    with store.session() as session:
+        row = work.get_encounter(session, connection, encounter)
+        if row is None or row.step != Step.DETECT:
+            return 0
+        docs = [
+            d for d in work.sources_for(session, connection, encounter, "DocumentReference")
+            if is_transcript(d) and d.get("status", "current") == "current"
+        ]  # fmt: skip
+        enc = work.source(session, connection, "Encounter", encounter.split("/")[-1]) or {}
+        patient = work.source(session, connection, "Patient", row.patient.split("/")[-1])
+        if not docs:
+            work.advance(session, row, Step.SKIPPED, {"skipped": "no transcript"})
+            return 0
+    doc = sorted(docs, key=lambda d: (str(d.get("date", "")), str(d["id"])))[-1]
+    try:
+        transcript = read_document(doc, role_hints(enc, patient))
+    except TranscriptError as exc:
+        # The message names the problem and position, never the transcript's text.
+        with store.session() as session:
+            row = work.get_encounter(session, connection, encounter)
+            if row is not None:
+                work.advance(session, row, Step.SKIPPED, {"skipped": f"transcript: {exc}"})
+        log.warning("%s: DocumentReference/%s unreadable: %s", encounter, doc["id"], exc)
+        return 0
+    dialogues = build_micro_dialogues(transcript)
+    texts = [format_dialogue(dialogue_turns(d)) for d in dialogues]
+    predictions = await backend.predict(texts)
+    found = detections_from(dialogues, predictions.label_probs, predictions.review_probs)
+    with store.session() as session:
+        row = work.get_encounter(session, connection, encounter)
+        if row is None or row.step != Step.DETECT:
+            return 0
+        work.advance(
+            session,
+            row,
+            Step.DRAFT,
+            {
+                "transcript": f"DocumentReference/{doc['id']}",
+                "dialogues": len(dialogues),
+                "detections": [detection_to_json(d) for d in found],
+            },
+        )
+    return len(found)

@@ -1,0 +1,203 @@
+"""The draft step: detections -> FHIR resources in our store, review status, queued writes.
+
+Review status: every `awaiting-review` Task of the patient from an earlier session is settled
+by this session. If the model found a review in this session, the Tasks become `reviewed`,
+citing this encounter and the review turn with the highest review probability; otherwise
+`not-reviewed`. (Matching a review to one Task by its wording is not attempted: therapists
+usually ask about "the homework" as a whole, and a wrong match is worse than a general one.)
+
+Where resources go (per connection, `write` settings):
+- our store: everything, always (the record of what the service produced, and what the API
+  serves to quality teams);
+- the care-plan store (`ehr` or a separate FHIR store): CarePlan, Tasks, Device, model card
+  and Provenance, written by id (PUT; ids derive from business identifiers);
+- the chart: the note and, if enabled, the Communication, created after a search by
+  identifier (the big EHRs have no conditional create).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fhir_adapter.ehr.vendors import vendor_profile
+from fhir_adapter.pipeline.records import detection_from_json
+from fhir_adapter.pipeline.staging import encounter_period
+from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.settings import EhrConnection, FhirStore
+from fhir_adapter.store import Store, outbox, resources, work
+from fhir_adapter.store.resources import Query
+from mapping.domain import Detection
+from mapping.errors import MappingError
+from mapping.fhir.context import (
+    EarlierTask,
+    EncounterContext,
+    ModelInfo,
+    NoteOptions,
+    Ref,
+    ReviewStatus,
+)
+from mapping.fhir.session import build_session_resources
+from mapping.fhir.validate import as_json
+from mapping.scores import build_observation, score_resource
+
+log = logging.getLogger(__name__)
+
+CHART = "chart"
+CARE_PLAN_STORE = "care-plan-store"
+# Resources without an identifier element (Provenance in R4) are keyed by their logical id.
+ID_SYSTEM = "urn:homework-fhir:logical-id"
+
+
+@dataclass(frozen=True)
+class DraftResult:
+    tasks: int
+    reviewed: int
+    not_reviewed: int
+    observations: int
+
+
+def outbox_key(resource: dict[str, Any]) -> tuple[str, str]:
+    for ident in resource.get("identifier") or []:
+        if ident.get("system") and ident.get("value"):
+            return str(ident["system"]), str(ident["value"])
+    return ID_SYSTEM, f"{resource['resourceType']}/{resource['id']}"
+
+
+def _context(
+    row_encounter: str, row_patient: str, enc: dict[str, Any], transcript: str
+) -> EncounterContext:
+    start, end = encounter_period(enc)
+    if start is None:
+        raise MappingError(f"{row_encounter} has no period.start; cannot date the drafts")
+    practitioners = tuple(
+        Ref(p["individual"]["reference"], p["individual"].get("display"))
+        for p in enc.get("participant") or []
+        if str((p.get("individual") or {}).get("reference", "")).split("/")[0]
+        in ("Practitioner", "PractitionerRole")
+    )
+    if not practitioners:
+        raise MappingError(
+            f"{row_encounter} names no Practitioner participant; the note needs an author"
+        )
+    provider = (enc.get("serviceProvider") or {}).get("reference")
+    return EncounterContext(
+        patient=Ref(row_patient, (enc.get("subject") or {}).get("display")),
+        encounter=Ref(row_encounter),
+        practitioners=practitioners,
+        period_start=start,
+        # A finished encounter without an end is taken to end when it started.
+        period_end=end or start,
+        transcript=Ref(transcript),
+        organization=Ref(provider) if provider else None,
+    )
+
+
+def _earlier_tasks(
+    session: Session, patient: str, before: datetime, detections: list[Detection],
+    connection: str,
+) -> list[EarlierTask]:  # fmt: skip
+    reviews = sorted((d for d in detections if d.review), key=lambda d: -d.review_confidence)
+    earlier_encounters = {
+        row.encounter
+        for row in work.patient_encounters(session, connection, patient)
+        if row.period_start is not None and row.period_start < before
+    }
+    awaiting, _ = resources.search(
+        session,
+        Query("Task", patient=patient, business_status=[ReviewStatus.AWAITING.value], count=1000),
+    )
+    items = []
+    for task in awaiting:
+        if (task.get("encounter") or {}).get("reference") not in earlier_encounters:
+            continue
+        if reviews:
+            items.append(EarlierTask(task, ReviewStatus.REVIEWED, reviews[0]))
+        else:
+            items.append(EarlierTask(task, ReviewStatus.NOT_REVIEWED))
+    return items
+
+
+def _scores(session: Session, connection: str, encounter: str) -> list[dict[str, Any]]:
+    observations = []
+    for rtype in ("QuestionnaireResponse", "Observation"):
+        for body in work.sources_for(session, connection, encounter, rtype):
+            try:
+                for score in score_resource(body):
+                    observations.append(as_json(build_observation(score)))
+            except MappingError as exc:
+                # Not a PHQ-9/GAD-7, or unscoreable: said in the log, never a wrong total.
+                log.warning("%s/%s not scored: %s", rtype, body.get("id"), exc)
+    return observations
+
+
+def _queue_writes(
+    session: Session,
+    conn: EhrConnection,
+    store_items: list[dict[str, Any]],
+    note: dict[str, Any],
+    communication: dict[str, Any],
+) -> None:
+    chart = conn.write.chart
+    for wanted, body in ((chart.note, note), (chart.communication, communication)):
+        if wanted:
+            outbox.enqueue(session, conn.name, CHART, outbox_key(body), body)
+    target = conn.write.care_plan_store
+    if target == "ehr" or isinstance(target, FhirStore):
+        for body in store_items:
+            outbox.enqueue(session, conn.name, CARE_PLAN_STORE, outbox_key(body), body)
+
+
+def draft(
+    store: Store,
+    connection: str,
+    conn: EhrConnection | None,
+    encounter: str,
+    model: ModelInfo,
+    now: datetime | None = None,
+) -> DraftResult | None:
+    """Build, store and queue everything for one encounter at step DRAFT.
+
+    `conn` None (a local backfill with no EHR configured) keeps everything in our store.
+    """
+    now = now or datetime.now(UTC)
+    with store.session() as session:
+        row = work.get_encounter(session, connection, encounter)
+        if row is None or row.step != Step.DRAFT:
+            return None
+        enc = work.source(session, connection, "Encounter", encounter.split("/")[-1]) or {}
+        detections = [detection_from_json(d) for d in row.state.get("detections", [])]
+        try:
+            ctx = _context(encounter, row.patient, enc, row.state["transcript"])
+        except MappingError as exc:
+            work.advance(session, row, Step.SKIPPED, {"skipped": str(exc)})
+            log.warning("%s skipped: %s", encounter, exc)
+            return None
+        earlier = _earlier_tasks(session, row.patient, ctx.period_start, detections, connection)
+        final = conn is not None and vendor_profile(conn.vendor).document_reference_requires_final
+        options = NoteOptions(doc_status="final" if final else "preliminary")
+        built = build_session_resources(ctx, detections, model, earlier, now=now, options=options)
+        store_items = [as_json(r) for r in built.store_resources()]
+        note, communication = as_json(built.note), as_json(built.communication)
+        observations = _scores(session, connection, encounter)
+        for body in [*store_items, note, communication, *observations]:
+            resources.put(session, body, now=now)
+        if conn is not None:
+            _queue_writes(session, conn, store_items, note, communication)
+        reviewed = sum(1 for e in earlier if e.outcome is ReviewStatus.REVIEWED)
+        work.advance(
+            session,
+            row,
+            Step.DONE,
+            {
+                "tasks": len(built.tasks),
+                "reviewed": reviewed,
+                "not_reviewed": len(earlier) - reviewed,
+                "observations": len(observations),
+            },
+        )
+        return DraftResult(len(built.tasks), reviewed, len(earlier) - reviewed, len(observations))

@@ -1,0 +1,112 @@
+"""Poll an EHR for finished encounters, and fetch each one's inputs.
+
+Neither Epic nor Oracle Health offers FHIR Subscriptions, so the poller asks for encounters
+by date. The persisted cursor is the time of the last successful poll; each poll reaches back
+`encounter_poll.lookback` before it, so a session charted late is still seen (re-seen
+encounters are no-ops: registration is keyed by encounter).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_adapter.ehr.client import FhirClient
+from fhir_adapter.ehr.errors import FatalFhirError
+from fhir_adapter.pipeline.staging import LINK_WINDOW, StageSummary, stage
+from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.settings import EhrConnection
+from fhir_adapter.store import Store, work
+from fhir_adapter.store.models import EncounterRow
+from mapping.transcripts import attachment_urls
+
+log = logging.getLogger(__name__)
+
+CURSOR_FEED = "encounters"
+TRANSCRIPT_TYPES = ("text/plain", "text/vtt", "application/json")
+SCREENING_TOTALS = "http://loinc.org|44261-6,http://loinc.org|70274-6"
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def poll(
+    client: FhirClient, store: Store, conn: EhrConnection, now: datetime | None = None
+) -> StageSummary:
+    """Register the finished encounters updated since the cursor (minus the lookback)."""
+    now = now or datetime.now(UTC)
+    with store.session() as session:
+        cursor = work.get_cursor(session, conn.name, CURSOR_FEED)
+    since = datetime.fromisoformat(cursor) if cursor else now
+    params = conn.encounter_poll.search_params(now=since)
+    encounters = [e async for e in client.search("Encounter", params)]
+    with store.session() as session:
+        summary = stage(session, conn.name, encounters, Step.FETCH)
+        # The cursor moves only once the encounters are registered (same transaction).
+        work.set_cursor(session, conn.name, CURSOR_FEED, now.isoformat())
+    log.info(
+        "polled %s: %d encounters (%d new)", conn.name, len(encounters), summary.encounters_new
+    )
+    return summary
+
+
+async def _inline_attachments(client: FhirClient, doc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `doc` whose transcript attachments given by url carry their data inline."""
+    links = {link.url for link in attachment_urls(doc)}
+    if not links:
+        return doc
+    content = []
+    for item in doc.get("content") or []:
+        attachment = dict(item.get("attachment") or {})
+        if attachment.get("url") in links and not attachment.get("data"):
+            fetched = await client.fetch_attachment(str(attachment["url"]))
+            attachment["data"] = base64.b64encode(fetched.content).decode("ascii")
+            attachment.setdefault("contentType", fetched.content_type)
+        content.append({**item, "attachment": attachment})
+    return {**doc, "content": content}
+
+
+async def fetch_inputs(
+    client: FhirClient, store: Store, conn: EhrConnection, row: EncounterRow
+) -> None:
+    """Read the encounter's transcript(s), its patient and PHQ-9/GAD-7 results; stage them."""
+    encounter_id = row.encounter.split("/")[-1]
+    start = row.period_start or datetime.now(UTC)
+    end = row.period_end or start
+    resources: list[dict[str, Any]] = []
+    resources.append(await client.read("Patient", row.patient.split("/")[-1]))
+    async for doc in client.search(
+        "DocumentReference", [("patient", row.patient), ("encounter", encounter_id)]
+    ):
+        if any(
+            str((c.get("attachment") or {}).get("contentType", "")).split(";")[0]
+            in TRANSCRIPT_TYPES
+            for c in doc.get("content") or []
+        ):
+            resources.append(await _inline_attachments(client, doc))
+    window = [("date", f"ge{_iso(start - LINK_WINDOW)}"), ("date", f"le{_iso(end + LINK_WINDOW)}")]
+    for source in client.vendor.questionnaire_sources:
+        try:
+            if source == "QuestionnaireResponse":
+                params = [("patient", row.patient)]
+                params += [("authored", v) for _, v in window]
+                resources += [r async for r in client.search("QuestionnaireResponse", params)]
+            else:
+                params = [("patient", row.patient), ("code", SCREENING_TOTALS), *window]
+                resources += [r async for r in client.search("Observation", params)]
+        except FatalFhirError as exc:
+            # Some builds do not expose one of the two searches; the other one still counts.
+            log.warning("%s: %s search refused for %s: %s", conn.name, source, row.encounter, exc)
+    with store.session() as session:
+        for resource in resources:
+            # A questionnaire of the patient is linked to this encounter by the fetch itself.
+            encounter = row.encounter if resource["resourceType"] != "Patient" else None
+            if resource["resourceType"] == "DocumentReference":
+                encounter = row.encounter
+            work.stage_source(session, conn.name, resource, encounter, row.patient)
+        current = work.get_encounter(session, conn.name, row.encounter)
+        if current is not None and current.step == Step.FETCH:
+            work.advance(session, current, Step.DETECT)

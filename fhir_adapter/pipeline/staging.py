@@ -1,0 +1,156 @@
+"""Stage incoming resources and register their encounters (poll, push and backfill alike).
+
+Resources are linked to an encounter by reference (`DocumentReference.context.encounter`,
+`QuestionnaireResponse.encounter`, `Observation.encounter`). A questionnaire or screening
+Observation without an encounter is linked to the same patient's encounter whose day it falls
+on (one day either side, since questionnaires are often filled in the day before a session);
+one that matches no encounter is kept, unlinked, and counted, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.store import work
+from fhir_adapter.store.search_index import parse_datetime
+
+log = logging.getLogger(__name__)
+
+# Encounter statuses that mean the session happened and is over.
+FINISHED = frozenset({"finished"})
+STAGED_TYPES = frozenset(
+    {"Encounter", "Patient", "Practitioner", "DocumentReference", "Binary",
+     "QuestionnaireResponse", "Observation", "Questionnaire"}
+)  # fmt: skip
+# How far from an encounter's day an unlinked questionnaire may be and still belong to it.
+LINK_WINDOW = timedelta(days=1)
+
+
+@dataclass
+class StageSummary:
+    encounters_new: int = 0
+    encounters_known: int = 0
+    encounters_not_finished: int = 0
+    staged: int = 0
+    unlinked: int = 0
+    ignored_types: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _ref(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        return str(value["reference"])
+    if isinstance(value, list) and value:
+        return _ref(value[0])
+    return None
+
+
+def encounter_period(encounter: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    period = encounter.get("period") or {}
+    start = parse_datetime(period["start"]) if period.get("start") else None
+    end = parse_datetime(period["end"]) if period.get("end") else None
+    return start, end
+
+
+def _when(resource: dict[str, Any]) -> datetime | None:
+    for key in ("authored", "effectiveDateTime", "issued"):
+        if resource.get(key):
+            try:
+                return parse_datetime(str(resource[key]))
+            except ValueError:
+                return None
+    return None
+
+
+def _links(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(encounter, patient) references a resource names."""
+    rtype = resource["resourceType"]
+    if rtype == "Encounter":
+        return f"Encounter/{resource['id']}", _ref(resource.get("subject"))
+    if rtype == "Patient":
+        return None, f"Patient/{resource['id']}"
+    if rtype == "DocumentReference":
+        return _ref((resource.get("context") or {}).get("encounter")), _ref(resource.get("subject"))
+    if rtype in ("QuestionnaireResponse", "Observation"):
+        return _ref(resource.get("encounter")), _ref(resource.get("subject"))
+    return None, None
+
+
+def stage(
+    session: Session,
+    connection: str,
+    resources: Iterable[dict[str, Any]],
+    first_step: Step,
+) -> StageSummary:
+    """Stage `resources` and register their finished encounters at `first_step`.
+
+    Push and backfill hand over every input, so their encounters start at DETECT; the poller
+    knows only the Encounter, so its encounters start at FETCH.
+    """
+    summary = StageSummary()
+    pending_links: list[tuple[dict[str, Any], str | None]] = []
+    encounters: dict[str, tuple[str | None, datetime | None, datetime | None]] = {}
+    for resource in resources:
+        rtype = resource.get("resourceType")
+        if rtype not in STAGED_TYPES or not resource.get("id"):
+            key = str(rtype) if rtype in STAGED_TYPES else str(rtype or "unknown")
+            summary.ignored_types[key] = summary.ignored_types.get(key, 0) + 1
+            continue
+        encounter, patient = _links(resource)
+        if rtype == "Encounter":
+            start, end = encounter_period(resource)
+            if resource.get("status") not in FINISHED:
+                summary.encounters_not_finished += 1
+            else:
+                encounters[str(encounter)] = (patient, start, end)
+        if rtype in ("QuestionnaireResponse", "Observation") and encounter is None:
+            pending_links.append((resource, patient))
+            continue
+        work.stage_source(session, connection, resource, encounter, patient)
+        summary.staged += 1
+    for ref, (patient, start, end) in encounters.items():
+        if patient is None:
+            log.warning("%s has no subject; skipped", ref)
+            continue
+        _, created = work.upsert_encounter(
+            session, connection, ref, patient, start, end, first_step
+        )
+        if created:
+            summary.encounters_new += 1
+        else:
+            summary.encounters_known += 1
+    for resource, patient in pending_links:
+        encounter = _nearest_encounter(session, connection, patient, _when(resource))
+        if encounter is None:
+            summary.unlinked += 1
+            log.info("%s/%s matches no encounter; kept unlinked",
+                     resource["resourceType"], resource["id"])  # fmt: skip
+        work.stage_source(session, connection, resource, encounter, patient)
+        summary.staged += 1
+    return summary
+
+
+def _nearest_encounter(
+    session: Session, connection: str, patient: str | None, when: datetime | None
+) -> str | None:
+    if patient is None or when is None:
+        return None
+    best: tuple[timedelta, str] | None = None
+    for row in work.patient_encounters(session, connection, patient):
+        if row.period_start is None:
+            continue
+        end = row.period_end or row.period_start
+        if row.period_start - LINK_WINDOW <= when <= end + LINK_WINDOW:
+            distance = abs(when - row.period_start)
+            if best is None or distance < best[0]:
+                best = (distance, row.encounter)
+    return None if best is None else best[1]

@@ -1,0 +1,115 @@
+"""Drain the outbox: each queued write reaches its FHIR server exactly once in effect.
+
+- care-plan store: PUT Type/id. The id derives from the business identifier, so a repeated
+  PUT is an update of the same resource, never a duplicate.
+- chart (the EHR): no conditional create, so search by identifier first. Found and never
+  confirmed by us: an earlier attempt landed before a crash, so it is recorded, not re-sent.
+  Found and ours (a later change, e.g. an updated note): updated with If-Match. Not found:
+  created.
+A temporary failure (429/5xx/network, still failing after the client's bounded retries)
+leaves the row pending with a growing delay; a fatal one (400/403/422, a vendor rule) marks it
+failed: kept, with the error, for an operator to fix and requeue. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from fhir_adapter.ehr.client import FhirClient
+from fhir_adapter.ehr.errors import (
+    AuthError,
+    CapabilityError,
+    FatalFhirError,
+    FhirError,
+    TemporaryFhirError,
+    VersionConflictError,
+)
+from fhir_adapter.pipeline.draft import CARE_PLAN_STORE, ID_SYSTEM
+from fhir_adapter.store import Store, outbox
+from fhir_adapter.store.models import OutboxRow
+
+log = logging.getLogger(__name__)
+
+# Delay before retrying a temporarily failed write: 30 s doubling per attempt, at most 1 h, so
+# an EHR outage of a day costs a few dozen attempts per write, not thousands.
+FIRST_RETRY_S = 30.0
+MAX_RETRY_S = 3600.0
+
+
+@dataclass
+class FlushSummary:
+    done: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def retry_delay(attempts: int, retry_after: float | None = None) -> timedelta:
+    delay = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, attempts))
+    return timedelta(seconds=max(delay, retry_after or 0.0))
+
+
+def _version(resource: Mapping[str, Any]) -> str | None:
+    version = (resource.get("meta") or {}).get("versionId")
+    return str(version) if version is not None else None
+
+
+async def _write(client: FhirClient, row: OutboxRow) -> dict[str, Any] | None:
+    # meta stays: it carries the AI security label and profiles; servers own versionId.
+    payload = dict(row.payload)
+    if row.target == CARE_PLAN_STORE:
+        return await client.update(payload)
+    if row.server_id is not None:
+        current = await client.read(row.resource_type, row.server_id)
+        return await client.update({**payload, "id": row.server_id}, if_match=_version(current))
+    if row.identifier_system != ID_SYSTEM:
+        found = await client.search_by_identifier(
+            row.resource_type, row.identifier_system, row.identifier_value
+        )
+        if found is not None:
+            return found
+    return await client.create(payload)
+
+
+async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]) -> FlushSummary:
+    """Send every due write of `connection`; one transaction per write."""
+    summary = FlushSummary()
+    with store.session() as session:
+        due_ids = [row.id for row in outbox.due(session, connection, limit=10_000)]
+    for row_id in due_ids:
+        with store.session() as session:
+            row = session.get(OutboxRow, row_id)
+            if row is None or row.status != outbox.OutboxStatus.PENDING:
+                continue
+            client = clients.get(row.target)
+            if client is None:
+                outbox.mark_failed(session, row, f"no client configured for target {row.target}")
+                summary.failed += 1
+                continue
+            try:
+                stored = await _write(client, row)
+            except TemporaryFhirError as exc:
+                outbox.mark_retry(
+                    session, row, str(exc), retry_delay(row.attempts, exc.retry_after)
+                )
+                summary.retrying += 1
+            except (AuthError, VersionConflictError) as exc:
+                # Auth: token endpoint trouble or a revoked key; a conflict: re-read next time.
+                outbox.mark_retry(session, row, str(exc), retry_delay(row.attempts))
+                summary.retrying += 1
+            except (FatalFhirError, CapabilityError) as exc:
+                outbox.mark_failed(session, row, str(exc))
+                summary.failed += 1
+                log.error("write of %s %s to %s failed: %s",
+                          row.resource_type, row.identifier_value, row.target, exc)  # fmt: skip
+            except FhirError as exc:
+                outbox.mark_retry(session, row, str(exc), retry_delay(row.attempts))
+                summary.retrying += 1
+            else:
+                server_id = str(stored.get("id")) if stored and stored.get("id") else None
+                outbox.mark_done(session, row, server_id, _version(stored or {}))
+                summary.done += 1
+    return summary
