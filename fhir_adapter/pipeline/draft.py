@@ -41,6 +41,7 @@ from mapping.fhir.context import (
     Ref,
     ReviewStatus,
 )
+from mapping.fhir.provenance import build_chart_provenance
 from mapping.fhir.session import build_session_resources
 from mapping.fhir.validate import as_json
 from mapping.scores import build_observation, score_resource
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 
 CHART = "chart"
 CARE_PLAN_STORE = "care-plan-store"
+# Outbox key system of the chart note's Provenance; the value is the note's "system|value".
+NOTE_PROVENANCE = "urn:homework-fhir:note-provenance"
+# Stands for the note's EHR id until the note is written (see writeback).
+UNASSIGNED_NOTE = "DocumentReference/unassigned"
 # Resources without an identifier element (Provenance in R4) are keyed by their logical id.
 ID_SYSTEM = "urn:homework-fhir:logical-id"
 
@@ -141,11 +146,16 @@ def _queue_writes(
     store_items: list[dict[str, Any]],
     note: dict[str, Any],
     communication: dict[str, Any],
+    note_provenance: dict[str, Any],
 ) -> None:
     chart = conn.write.chart
     for wanted, body in ((chart.note, note), (chart.communication, communication)):
         if wanted:
             outbox.enqueue(session, conn.name, CHART, outbox_key(body), body)
+    if chart.note and chart.provenance:
+        system, value = outbox_key(note)
+        key = (NOTE_PROVENANCE, f"{system}|{value}")
+        outbox.enqueue(session, conn.name, CHART, key, note_provenance)
     target = conn.write.care_plan_store
     if target == "ehr" or isinstance(target, FhirStore):
         for body in store_items:
@@ -187,7 +197,8 @@ def draft(
         for body in [*store_items, note, communication, *observations]:
             resources.put(session, body, now=now)
         if conn is not None:
-            _queue_writes(session, conn, store_items, note, communication)
+            provenance = as_json(build_chart_provenance(ctx, model, UNASSIGNED_NOTE, now=now))
+            _queue_writes(session, conn, store_items, note, communication, provenance)
         reviewed = sum(1 for e in earlier if e.outcome is ReviewStatus.REVIEWED)
         work.advance(
             session,

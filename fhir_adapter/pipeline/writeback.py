@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import (
     AuthError,
@@ -28,7 +31,7 @@ from fhir_adapter.ehr.errors import (
     TemporaryFhirError,
     VersionConflictError,
 )
-from fhir_adapter.pipeline.draft import CARE_PLAN_STORE, ID_SYSTEM
+from fhir_adapter.pipeline.draft import CARE_PLAN_STORE, CHART, ID_SYSTEM, NOTE_PROVENANCE
 from fhir_adapter.store import Store, outbox
 from fhir_adapter.store.models import OutboxRow
 
@@ -55,6 +58,35 @@ def retry_delay(attempts: int, retry_after: float | None = None) -> timedelta:
 def _version(resource: Mapping[str, Any]) -> str | None:
     version = (resource.get("meta") or {}).get("versionId")
     return str(version) if version is not None else None
+
+
+class NotYet(Exception):
+    """The write depends on another one that has not landed yet; try again next flush."""
+
+
+def _note_reference(session: Session, row: OutboxRow) -> str:
+    system, _, value = row.identifier_value.partition("|")
+    note = session.scalar(
+        select(OutboxRow).where(
+            OutboxRow.connection == row.connection,
+            OutboxRow.target == CHART,
+            OutboxRow.resource_type == "DocumentReference",
+            OutboxRow.identifier_system == system,
+            OutboxRow.identifier_value == value,
+        )
+    )
+    if note is None or note.status != outbox.OutboxStatus.DONE or not note.server_id:
+        raise NotYet
+    return f"DocumentReference/{note.server_id}"
+
+
+async def _write_note_provenance(
+    client: FhirClient, row: OutboxRow, note_ref: str
+) -> dict[str, Any] | None:
+    """The note's Provenance: searched by target first, since Provenance has no identifier."""
+    async for found in client.search("Provenance", [("target", note_ref)], max_pages=1):
+        return found
+    return await client.create({**row.payload, "target": [{"reference": note_ref}]})
 
 
 async def _write(client: FhirClient, row: OutboxRow) -> dict[str, Any] | None:
@@ -90,7 +122,14 @@ async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]
                 summary.failed += 1
                 continue
             try:
-                stored = await _write(client, row)
+                if row.identifier_system == NOTE_PROVENANCE:
+                    stored = await _write_note_provenance(
+                        client, row, _note_reference(session, row)
+                    )
+                else:
+                    stored = await _write(client, row)
+            except NotYet:
+                continue
             except TemporaryFhirError as exc:
                 outbox.mark_retry(
                     session, row, str(exc), retry_delay(row.attempts, exc.retry_after)

@@ -20,6 +20,7 @@ from mapping.fhir.codes import (
     PROFILE_AI_PROVENANCE,
     PROFILE_PROVENANCE,
     PROVENANCE_PARTICIPANT_TYPE,
+    SID_DEVICE,
     V3_DATA_OPERATION,
     ai_asserted,
     ai_device_type,
@@ -27,11 +28,11 @@ from mapping.fhir.codes import (
 )
 from mapping.fhir.context import EncounterContext, ModelInfo
 from mapping.fhir.device import device_id, model_card_id
-from mapping.fhir.identifiers import provenance_value
+from mapping.fhir.identifiers import device_value, identifier, provenance_value
 from mapping.fhir.text import instant
 from mapping.fhir.validate import parse
 
-__all__ = ["build_provenance"]
+__all__ = ["build_chart_provenance", "build_provenance"]
 
 Activity = Literal["CREATE", "UPDATE"]
 
@@ -82,3 +83,23 @@ def build_provenance(
         ],
     }
     return parse(data, Provenance)
+
+
+def build_chart_provenance(
+    ctx: EncounterContext, model: ModelInfo, note: str, *, now: datetime
+) -> Provenance:
+    """Provenance for the chart note, written into the EHR after the note itself.
+
+    `note` is the note's reference in the EHR ("DocumentReference/123", known only once the
+    EHR has assigned it). The EHR holds no Device for our model, so the model is named by
+    identifier and display (a logical reference) instead of a literal one; no `id`: the EHR
+    assigns it.
+    """
+    built = build_provenance(ctx, model, [note], now=now).model_dump(mode="json", exclude_none=True)
+    built.pop("id", None)
+    built["agent"][0]["who"] = {
+        "identifier": identifier(SID_DEVICE, device_value(model.name, model.version)),
+        "display": f"{model.name} {model.version}",
+    }
+    built["entity"] = [e for e in built["entity"] if e["role"] == "source"]
+    return parse(built, Provenance)
