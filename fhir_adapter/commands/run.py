@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -55,36 +54,47 @@ def register(app: typer.Typer) -> None:
         if not settings.ehr:
             fail("no EHR connection configured: add an [ehr.NAME] table to the config file "
                  "(see README), or try `homework-fhir demo`")  # fmt: skip
+        try:
+            model = model_info(settings)
+            backend = make_backend(settings)
+        except FileNotFoundError as exc:  # no trained weights or model card where configured
+            fail(str(exc))
         store = open_store(settings.database_url)
-        backend = make_backend(settings)
-        model = model_info(settings)
-
-        async def one_pass() -> dict[str, object]:
-            summary = await run_once(settings, store, backend, model, progress_bar("encounters"))
-            return summary.as_dict()
 
         failed = False
+
+        async def passes() -> None:
+            # One event loop for every pass: the model client (aiohttp, gRPC) and its
+            # semaphore belong to the loop they were first used on.
+            nonlocal failed
+            try:
+                while True:
+                    try:
+                        result = await run_once(
+                            settings, store, backend, model, progress_bar("encounters")
+                        )
+                        summary = result.as_dict()
+                        print_summary(summary)
+                        failed = bool(summary.get("encounters_failed")) or bool(
+                            summary.get("writes_failed")
+                        )
+                    except ModelUnavailableError as exc:
+                        typer.echo(f"error: model server unavailable, run stopped: {exc}", err=True)
+                        failed = True
+                    except FhirError as exc:
+                        typer.echo(f"error: {exc}", err=True)
+                        failed = True
+                    if once:
+                        break
+                    await asyncio.sleep(interval)
+            finally:
+                await backend.close()
+
         try:
-            while True:
-                try:
-                    summary = asyncio.run(one_pass())
-                    print_summary(summary)
-                    failed = bool(summary.get("encounters_failed")) or bool(
-                        summary.get("writes_failed")
-                    )
-                except ModelUnavailableError as exc:
-                    typer.echo(f"error: model server unavailable, run stopped: {exc}", err=True)
-                    failed = True
-                except FhirError as exc:
-                    typer.echo(f"error: {exc}", err=True)
-                    failed = True
-                if once:
-                    break
-                time.sleep(interval)
+            asyncio.run(passes())
         except KeyboardInterrupt:
             typer.echo("stopped")
         finally:
-            asyncio.run(backend.close())
             store.close()
         if failed:
             raise typer.Exit(1)
@@ -113,15 +123,19 @@ def register(app: typer.Typer) -> None:
             resources = list(read_export(directory))
         except BulkExportError as exc:
             fail(str(exc))
+        try:
+            model = model_info(settings)
+            backend = make_backend(settings)
+        except FileNotFoundError as exc:  # no trained weights or model card where configured
+            fail(str(exc))
         store = open_store(settings.database_url)
-        backend = make_backend(settings)
         try:
             summary = asyncio.run(
                 ingest_resources(
                     settings,
                     store,
                     backend,
-                    model_info(settings),
+                    model,
                     resources,
                     connection,
                     progress_bar("encounters"),

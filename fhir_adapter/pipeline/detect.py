@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from fhir_adapter.pipeline.records import detection_to_json
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.store import Store, work
@@ -84,6 +86,23 @@ def detections_from(
     return found
 
 
+def with_staged_binaries(session: Session, connection: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with attachments given as a url to a Binary that came along (a push, a Bulk
+    export's Binary.ndjson) carrying that Binary's data inline."""
+    content, changed = [], False
+    for item in doc.get("content") or []:
+        attachment = dict(item.get("attachment") or {})
+        parts = str(attachment.get("url") or "").split("/_history/")[0].rstrip("/").split("/")
+        if not attachment.get("data") and len(parts) >= 2 and parts[-2] == "Binary":
+            binary = work.source(session, connection, "Binary", parts[-1])
+            if binary is not None and binary.get("data"):
+                attachment["data"] = binary["data"]
+                attachment.setdefault("contentType", binary.get("contentType"))
+                changed = True
+        content.append({**item, "attachment": attachment})
+    return {**doc, "content": content} if changed else doc
+
+
 async def detect(store: Store, connection: str, encounter: str, backend: Backend) -> int:
     """Run the model on the encounter's transcript; returns the number of detections."""
     with store.session() as session:
@@ -99,7 +118,8 @@ async def detect(store: Store, connection: str, encounter: str, backend: Backend
         if not docs:
             work.advance(session, row, Step.SKIPPED, {"skipped": "no transcript"})
             return 0
-    doc = sorted(docs, key=lambda d: (str(d.get("date", "")), str(d["id"])))[-1]
+        doc = sorted(docs, key=lambda d: (str(d.get("date", "")), str(d["id"])))[-1]
+        doc = with_staged_binaries(session, connection, doc)
     try:
         transcript = read_document(doc, role_hints(enc, patient))
     except TranscriptError as exc:

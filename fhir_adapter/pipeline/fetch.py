@@ -15,7 +15,7 @@ from typing import Any
 
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import FatalFhirError
-from fhir_adapter.pipeline.staging import LINK_WINDOW, StageSummary, stage
+from fhir_adapter.pipeline.staging import LINK_WINDOW, StageSummary, _when, stage
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.settings import EhrConnection
 from fhir_adapter.store import Store, work
@@ -53,6 +53,30 @@ async def poll(
     return summary
 
 
+def _ref_tail(value: Any) -> str | None:
+    """ "Type/id" of a reference, relative or absolute, without a version."""
+    ref = value.get("reference") if isinstance(value, dict) else value
+    if not isinstance(ref, str):
+        return None
+    parts = ref.split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else None
+
+
+def _belongs(resource: dict[str, Any], row: EncounterRow, low: datetime, high: datetime) -> bool:
+    """Whether a search match really is this patient's (and, where it says, this session's).
+
+    Servers may ignore search parameters they do not support (FHIR's default lenient
+    handling; sekmet does so for QuestionnaireResponse) and answer with everyone's resources.
+    """
+    if _ref_tail(resource.get("subject")) != _ref_tail(row.patient):
+        return False
+    if resource["resourceType"] == "DocumentReference":
+        named = {_ref_tail(e) for e in (resource.get("context") or {}).get("encounter") or []}
+        return not named or _ref_tail(row.encounter) in named
+    when = _when(resource)
+    return when is None or low <= when <= high
+
+
 async def _inline_attachments(client: FhirClient, doc: dict[str, Any]) -> dict[str, Any]:
     """A copy of `doc` whose transcript attachments given by url carry their data inline."""
     links = {link.url for link in attachment_urls(doc)}
@@ -81,7 +105,7 @@ async def fetch_inputs(
     async for doc in client.search(
         "DocumentReference", [("patient", row.patient), ("encounter", encounter_id)]
     ):
-        if any(
+        if _belongs(doc, row, start, end) and any(
             str((c.get("attachment") or {}).get("contentType", "")).split(";")[0]
             in TRANSCRIPT_TYPES
             for c in doc.get("content") or []
@@ -100,6 +124,10 @@ async def fetch_inputs(
         except FatalFhirError as exc:
             # Some builds do not expose one of the two searches; the other one still counts.
             log.warning("%s: %s search refused for %s: %s", conn.name, source, row.encounter, exc)
+    low, high = start - LINK_WINDOW, end + LINK_WINDOW
+    resources = [
+        r for r in resources if r["resourceType"] == "Patient" or _belongs(r, row, low, high)
+    ]
     with store.session() as session:
         for resource in resources:
             # A questionnaire of the patient is linked to this encounter by the fetch itself.
