@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from fhir_adapter.api import ApiDeps, create_app
-from fhir_adapter.api.outcome import operation_outcome
+from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.security import TokenVerifier, issue_token
 from fhir_adapter.ehr.jwks import jwks_router
 from fhir_adapter.model_backend import make_backend, model_card, model_info
@@ -103,8 +103,13 @@ def build_service(settings: Settings, store: Store | None = None) -> Service:
         if ready is not None and not await ready():
             raise RuntimeError("model server not ready")
 
-    async def ingest(bundle: dict[str, Any]) -> dict[str, Any]:
-        summary = await ingest_resources(settings, store, backend, model, bundle_resources(bundle))
+    async def ingest(bundle: dict[str, Any], connection: str | None) -> dict[str, Any]:
+        try:
+            summary = await ingest_resources(
+                settings, store, backend, model, bundle_resources(bundle), connection
+            )
+        except SettingsError as exc:
+            raise ApiError(400, "invalid", f"{exc} (POST /ingest?connection=NAME)") from exc
         outcome = operation_outcome(
             "informational", json.dumps(summary.as_dict(), sort_keys=True), severity="information"
         )

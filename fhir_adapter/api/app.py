@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 ReadinessCheck = Callable[[], Awaitable[None]]
-IngestFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# (bundle, connection name or None) -> OperationOutcome
+IngestFn = Callable[[dict[str, Any], str | None], Awaitable[dict[str, Any]]]
 # Module level: FastAPI resolves the (postponed) annotations of routes in this module's globals.
 Auth = Annotated[str | None, Header(alias="Authorization")]
 
@@ -167,7 +168,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.post("/ingest")
     async def ingest(
-        bundle: Annotated[dict[str, Any], Body()], authorization: Auth = None
+        bundle: Annotated[dict[str, Any], Body()],
+        authorization: Auth = None,
+        connection: str | None = None,
     ) -> JSONResponse:
         deps.verifier.require(authorization, "Bundle", "write")
         if deps.ingest is None:
@@ -180,6 +183,6 @@ def create_app(deps: ApiDeps) -> FastAPI:
             raise ApiError(
                 400, "invalid", "POST /ingest takes a FHIR Bundle of type transaction or collection"
             )
-        return _fhir(await deps.ingest(bundle), 202)
+        return _fhir(await deps.ingest(bundle, connection), 202)
 
     return app

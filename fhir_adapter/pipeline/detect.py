@@ -21,6 +21,7 @@ from inference_server.text import format_dialogue
 from mapping.dialogues import build_micro_dialogues, dialogue_turns
 from mapping.domain import Detection, HomeworkLabel, MicroDialogue, RoleHints
 from mapping.errors import TranscriptError
+from mapping.fhir.codes import BASE_URL
 from mapping.transcripts import read_document
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ def role_hints(encounter: dict[str, Any], patient: dict[str, Any] | None) -> Rol
 
 
 def is_transcript(doc: dict[str, Any]) -> bool:
+    """A document of the session in a transcript format that is not one of our own notes.
+
+    Our notes are text/plain too, and sit in the same chart: they carry our identifier system.
+    """
+    if any(str(i.get("system", "")).startswith(BASE_URL) for i in doc.get("identifier") or []):
+        return False
     return any(
         str((c.get("attachment") or {}).get("contentType", "")).split(";")[0] in TRANSCRIPT_TYPES
         for c in doc.get("content") or []

@@ -15,7 +15,8 @@ from typing import Any
 
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import FatalFhirError
-from fhir_adapter.pipeline.staging import LINK_WINDOW, StageSummary, _when, stage
+from fhir_adapter.pipeline.detect import is_transcript
+from fhir_adapter.pipeline.staging import LINK_WINDOW, StageSummary, resource_time, stage
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.settings import EhrConnection
 from fhir_adapter.store import Store, work
@@ -25,7 +26,6 @@ from mapping.transcripts import attachment_urls
 log = logging.getLogger(__name__)
 
 CURSOR_FEED = "encounters"
-TRANSCRIPT_TYPES = ("text/plain", "text/vtt", "application/json")
 SCREENING_TOTALS = "http://loinc.org|44261-6,http://loinc.org|70274-6"
 
 
@@ -36,7 +36,7 @@ def _iso(value: datetime) -> str:
 async def poll(
     client: FhirClient, store: Store, conn: EhrConnection, now: datetime | None = None
 ) -> StageSummary:
-    """Register the finished encounters updated since the cursor (minus the lookback)."""
+    """Register the finished encounters dated since the last poll (minus the lookback)."""
     now = now or datetime.now(UTC)
     with store.session() as session:
         cursor = work.get_cursor(session, conn.name, CURSOR_FEED)
@@ -73,7 +73,7 @@ def _belongs(resource: dict[str, Any], row: EncounterRow, low: datetime, high: d
     if resource["resourceType"] == "DocumentReference":
         named = {_ref_tail(e) for e in (resource.get("context") or {}).get("encounter") or []}
         return not named or _ref_tail(row.encounter) in named
-    when = _when(resource)
+    when = resource_time(resource)
     return when is None or low <= when <= high
 
 
@@ -105,11 +105,7 @@ async def fetch_inputs(
     async for doc in client.search(
         "DocumentReference", [("patient", row.patient), ("encounter", encounter_id)]
     ):
-        if _belongs(doc, row, start, end) and any(
-            str((c.get("attachment") or {}).get("contentType", "")).split(";")[0]
-            in TRANSCRIPT_TYPES
-            for c in doc.get("content") or []
-        ):
+        if _belongs(doc, row, start, end) and is_transcript(doc):
             resources.append(await _inline_attachments(client, doc))
     window = [("date", f"ge{_iso(start - LINK_WINDOW)}"), ("date", f"le{_iso(end + LINK_WINDOW)}")]
     for source in client.vendor.questionnaire_sources:

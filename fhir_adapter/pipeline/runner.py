@@ -35,6 +35,7 @@ WAITING = (Step.FETCH, Step.DETECT, Step.DRAFT)
 class RunSummary:
     """What one run did; printed by the CLI and returned by `POST /ingest`."""
 
+    connections_failed: int = 0
     encounters_new: int = 0
     encounters_processed: int = 0
     encounters_skipped: int = 0

@@ -61,7 +61,8 @@ def encounter_period(encounter: dict[str, Any]) -> tuple[datetime | None, dateti
     return start, end
 
 
-def _when(resource: dict[str, Any]) -> datetime | None:
+def resource_time(resource: dict[str, Any]) -> datetime | None:
+    """When a questionnaire or screening Observation was filled in, if it says."""
     for key in ("authored", "effectiveDateTime", "issued"):
         if resource.get(key):
             try:
@@ -129,7 +130,7 @@ def stage(
         else:
             summary.encounters_known += 1
     for resource, patient in pending_links:
-        encounter = _nearest_encounter(session, connection, patient, _when(resource))
+        encounter = _nearest_encounter(session, connection, patient, resource_time(resource))
         if encounter is None:
             summary.unlinked += 1
             log.info("%s/%s matches no encounter; kept unlinked",

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -58,6 +58,14 @@ def retry_delay(attempts: int, retry_after: float | None = None) -> timedelta:
 def _version(resource: Mapping[str, Any]) -> str | None:
     version = (resource.get("meta") or {}).get("versionId")
     return str(version) if version is not None else None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: Literal["done", "retry", "failed"]
+    error: str = ""
+    delay: timedelta = timedelta(0)
+    stored: Mapping[str, Any] = field(default_factory=dict)
 
 
 class NotYet(Exception):
@@ -106,8 +114,33 @@ async def _write(client: FhirClient, row: OutboxRow) -> dict[str, Any] | None:
     return await client.create(payload)
 
 
+async def _attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> _Outcome:
+    """One write; the outcome to record. Runs outside any database transaction."""
+    try:
+        if note_ref is not None:
+            stored = await _write_note_provenance(client, row, note_ref)
+        else:
+            stored = await _write(client, row)
+    except TemporaryFhirError as exc:
+        return _Outcome("retry", str(exc), retry_delay(row.attempts, exc.retry_after))
+    except (AuthError, VersionConflictError) as exc:
+        # Auth: token endpoint trouble or a revoked key; a conflict: re-read next time.
+        return _Outcome("retry", str(exc), retry_delay(row.attempts))
+    except (FatalFhirError, CapabilityError) as exc:
+        log.error("write of %s %s to %s failed: %s",
+                  row.resource_type, row.identifier_value, row.target, exc)  # fmt: skip
+        return _Outcome("failed", str(exc))
+    except FhirError as exc:
+        return _Outcome("retry", str(exc), retry_delay(row.attempts))
+    return _Outcome("done", stored=stored or {})
+
+
 async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]) -> FlushSummary:
-    """Send every due write of `connection`; one transaction per write."""
+    """Send every due write of `connection`.
+
+    Each write reads its row in one short transaction, talks to the server with no transaction
+    open (retries can take minutes), and records the outcome in another.
+    """
     summary = FlushSummary()
     with store.session() as session:
         due_ids = [row.id for row in outbox.due(session, connection, limit=10_000)]
@@ -122,33 +155,28 @@ async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]
                 summary.failed += 1
                 continue
             try:
-                if row.identifier_system == NOTE_PROVENANCE:
-                    stored = await _write_note_provenance(
-                        client, row, _note_reference(session, row)
-                    )
-                else:
-                    stored = await _write(client, row)
+                note_ref = (
+                    _note_reference(session, row)
+                    if row.identifier_system == NOTE_PROVENANCE
+                    else None
+                )
             except NotYet:
                 continue
-            except TemporaryFhirError as exc:
-                outbox.mark_retry(
-                    session, row, str(exc), retry_delay(row.attempts, exc.retry_after)
-                )
-                summary.retrying += 1
-            except (AuthError, VersionConflictError) as exc:
-                # Auth: token endpoint trouble or a revoked key; a conflict: re-read next time.
-                outbox.mark_retry(session, row, str(exc), retry_delay(row.attempts))
-                summary.retrying += 1
-            except (FatalFhirError, CapabilityError) as exc:
-                outbox.mark_failed(session, row, str(exc))
-                summary.failed += 1
-                log.error("write of %s %s to %s failed: %s",
-                          row.resource_type, row.identifier_value, row.target, exc)  # fmt: skip
-            except FhirError as exc:
-                outbox.mark_retry(session, row, str(exc), retry_delay(row.attempts))
+        # `row` stays readable detached (the store's sessions do not expire on commit).
+        outcome = await _attempt(client, row, note_ref)
+        with store.session() as session:
+            current = session.get(OutboxRow, row_id)
+            if current is None:
+                continue
+            if outcome.kind == "done":
+                stored = outcome.stored
+                server_id = str(stored["id"]) if stored.get("id") else None
+                outbox.mark_done(session, current, server_id, _version(stored))
+                summary.done += 1
+            elif outcome.kind == "retry":
+                outbox.mark_retry(session, current, outcome.error, outcome.delay)
                 summary.retrying += 1
             else:
-                server_id = str(stored.get("id")) if stored and stored.get("id") else None
-                outbox.mark_done(session, row, server_id, _version(stored or {}))
-                summary.done += 1
+                outbox.mark_failed(session, current, outcome.error)
+                summary.failed += 1
     return summary
