@@ -1,0 +1,61 @@
+"""Precision modes of the encoder: what each one changes, and what it costs against fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from inference_server.classifier import HomeworkClassifier
+from inference_server.optimize import (
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    check_precision,
+    load_classifier,
+)
+from tests.inference_server.triton_fixtures import TEXTS
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> npt.NDArray[np.float32]:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float()).numpy()
+
+
+def test_default_is_a_known_precision() -> None:
+    assert DEFAULT_PRECISION in PRECISIONS
+
+
+def test_bad_precisions_are_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+        check_precision("fp16")
+    with pytest.raises(ValueError, match="CPU only"):
+        check_precision("int8", "cuda")
+
+
+def test_bf16_is_faithful_to_fp32(test_weights: Path, classifier_fp32: HomeworkClassifier) -> None:
+    bf16 = load_classifier(test_weights, precision="bf16")
+    assert next(bf16.encoder.parameters()).dtype == torch.bfloat16
+    assert next(bf16.heads.parameters()).dtype == torch.float32
+    # The "negligible cost" that makes bf16 the default (bench --accuracy measures the rest).
+    assert _cosines(bf16.embed(TEXTS), classifier_fp32.embed(TEXTS)).min() > 0.999
+    ref, got = classifier_fp32.predict(TEXTS), bf16.predict(TEXTS)
+    assert got.label_probs.dtype == np.float32
+    assert got.labels() == ref.labels()
+
+
+def test_int8_runs_the_encoder_in_ctranslate2(
+    test_weights: Path, classifier_fp32: HomeworkClassifier
+) -> None:
+    int8 = load_classifier(test_weights, precision="int8")
+    assert type(int8.encoder).__name__ == "_CT2Encoder"
+    assert not list(int8.encoder.parameters())  # no PyTorch encoder weights left behind
+    assert isinstance(int8.heads.label[1], torch.nn.Linear)  # heads stay fp32
+    cos = _cosines(int8.embed(TEXTS), classifier_fp32.embed(TEXTS))
+    # Close but visibly approximate: why int8 is an option, not the default.
+    assert 0.95 < cos.min() < 0.99999
+    preds = int8.predict(TEXTS, batch_size=5)  # padding inside batches exercises lengths
+    assert preds.label_probs.shape == (len(TEXTS), 5)
+    one_by_one = [int8.predict([t]).label_probs[0] for t in TEXTS[:3]]
+    np.testing.assert_allclose(preds.label_probs[:3], one_by_one, atol=0.02)
