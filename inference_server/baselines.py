@@ -1,0 +1,145 @@
+"""Baselines on the same split as the model: TF-IDF + logistic regression, and frozen MiniLM
+embeddings + logistic regression (both with balanced class weights).
+
+Development-time only (scikit-learn is in the `dev` extra); nothing at runtime imports this.
+Hyperparameters are fixed in advance (no search), so no decision looks at test; C is the
+scikit-learn default.
+
+    python -m inference_server.baselines [--corpus DIR] [--esconv DIR] [--cache DIR]
+
+prints JSON: for each baseline, the full report on dev and test, and homework-vs-none on the
+ESConv test split when `--esconv` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference_server.data.splits import split_examples
+from inference_server.dataset import Example, read_corpus
+from inference_server.evaluate import Report, binary_scores, full_report
+from inference_server.labels import LABELS, NONE_LABEL
+
+SEED = 13
+
+
+def _logreg() -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=2000, class_weight="balanced", random_state=SEED)
+
+
+class LinearBaseline:
+    """Two logistic regressions (label, review) over a featuriser fitted on train texts."""
+
+    def __init__(self, featurise: Any) -> None:
+        self.featurise = featurise
+        self.label_model = _logreg()
+        self.review_model = _logreg()
+
+    def fit(self, examples: Sequence[Example]) -> LinearBaseline:
+        x = self.featurise.fit_transform([ex.text for ex in examples])
+        self.label_model.fit(x, [ex.label for ex in examples])
+        reviews = [ex.review for ex in examples]
+        # A corpus slice without both review classes cannot fit the review model.
+        self.review_model = self.review_model.fit(x, reviews) if len(set(reviews)) == 2 else None
+        return self
+
+    def predict(self, texts: Sequence[str]) -> tuple[list[str], list[bool]]:
+        x = self.featurise.transform(list(texts))
+        labels = [str(v) for v in self.label_model.predict(x)]
+        if self.review_model is None:
+            return labels, [False] * len(labels)
+        return labels, [bool(v) for v in self.review_model.predict(x)]
+
+
+def tfidf_baseline() -> LinearBaseline:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return LinearBaseline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True))
+
+
+class FrozenEmbeddings:
+    """Mean-pooled frozen MiniLM embeddings (the model's features without its heads)."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        from inference_server.train import load_encoder
+
+        self.encoder, self.tokenizer = load_encoder()
+        self.cache_dir = cache_dir
+
+    def fit_transform(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.transform(texts)
+
+    def transform(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        from inference_server.train import pooled_embeddings
+
+        pooled = pooled_embeddings(self.encoder, self.tokenizer, texts, self.cache_dir)
+        return pooled.numpy()
+
+
+def embedding_baseline(cache_dir: Path | None) -> LinearBaseline:
+    return LinearBaseline(FrozenEmbeddings(cache_dir))
+
+
+def score(model: LinearBaseline, examples: Sequence[Example]) -> Report:
+    labels, reviews = model.predict([ex.text for ex in examples])
+    return full_report(
+        [ex.label for ex in examples], labels, [ex.review for ex in examples], reviews
+    )
+
+
+def score_esconv(model: LinearBaseline, directory: Path, window: str) -> Report:
+    from inference_server.esconv import read_split
+
+    items = read_split(directory, "test", window)  # type: ignore[arg-type]
+    labels, _ = model.predict([item.text for item in items])
+    scores = binary_scores([i.is_suggestion for i in items], [p != NONE_LABEL for p in labels])
+    return {"split": "test", "window": window, "n": len(items), "homework_vs_none": scores}
+
+
+def run(
+    corpus: Path, cache_dir: Path | None, esconv_dir: Path | None, window: str = "reply"
+) -> dict[str, Any]:
+    """Fit each baseline on train; report dev, test and (optionally) ESConv test."""
+    splits = split_examples(read_corpus(corpus))
+    results: dict[str, Any] = {"labels": list(LABELS)}
+    for name, model in (
+        ("tfidf_logreg", tfidf_baseline()),
+        ("minilm_frozen_logreg", embedding_baseline(cache_dir)),
+    ):
+        model.fit(splits["train"])
+        entry: dict[str, Any] = {
+            "dev": score(model, splits["dev"]),
+            "test": score(model, splits["test"]),
+        }
+        if esconv_dir is not None:
+            entry["esconv"] = score_esconv(model, esconv_dir, window)
+        results[name] = entry
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from inference_server.train import DEFAULT_CORPUS, default_cache_dir
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--cache", type=Path, default=default_cache_dir())
+    parser.add_argument("--esconv", type=Path, default=None, help="ESConv folder (optional)")
+    parser.add_argument("--window", default="reply", choices=["reply", "context", "both"])
+    args = parser.parse_args(argv)
+    results = run(args.corpus, args.cache, args.esconv, args.window)
+    json.dump(results, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

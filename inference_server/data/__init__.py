@@ -1,0 +1,1 @@
+"""The labelled corpus (`corpus/*.jsonl`) and how it is split into train, dev and test."""

@@ -1,0 +1,105 @@
+"""Scores for the homework classifier: per-label P/R/F1, their mean, review F1, confusion matrix.
+
+The headline number is the unweighted mean F1 over all five labels (`none` included), the
+"overall score" of Peretz et al. 2023. A label with no gold and no predicted example scores
+F1 = 0 (as scikit-learn's `zero_division=0`), so a tiny split cannot inflate the mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from inference_server.labels import LABELS, NONE_LABEL
+
+Report = dict[str, Any]
+
+
+def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def binary_scores(gold: Sequence[bool], pred: Sequence[bool]) -> Report:
+    """Precision, recall, F1 of the positive class, with the counts behind them."""
+    g = np.asarray(gold, dtype=bool)
+    p = np.asarray(pred, dtype=bool)
+    if g.shape != p.shape:
+        raise ValueError(f"{g.shape[0]} gold values but {p.shape[0]} predictions")
+    tp, fp, fn = int((g & p).sum()), int((~g & p).sum()), int((g & ~p).sum())
+    precision, recall, f1 = _prf(tp, fp, fn)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "support": int(g.sum()),
+    }
+
+
+def confusion(gold: Sequence[str], pred: Sequence[str]) -> list[list[int]]:
+    """Counts [gold][predicted] in LABELS order."""
+    index = {label: i for i, label in enumerate(LABELS)}
+    matrix = np.zeros((len(LABELS), len(LABELS)), dtype=np.int64)
+    for g, p in zip(gold, pred, strict=True):
+        matrix[index[g], index[p]] += 1
+    return [[int(v) for v in row] for row in matrix]
+
+
+def label_scores(gold: Sequence[str], pred: Sequence[str]) -> Report:
+    """Per-label P/R/F1/support, mean F1 over the five labels, accuracy, confusion matrix."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
+    unknown = sorted({*gold, *pred} - set(LABELS))
+    if unknown:
+        raise ValueError(f"unknown labels {unknown}; expected {', '.join(LABELS)}")
+    matrix = np.array(confusion(gold, pred), dtype=np.int64)
+    per_label: Report = {}
+    for i, label in enumerate(LABELS):
+        tp = int(matrix[i, i])
+        fp = int(matrix[:, i].sum()) - tp
+        fn = int(matrix[i, :].sum()) - tp
+        precision, recall, f1 = _prf(tp, fp, fn)
+        per_label[label] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": int(matrix[i, :].sum()),
+        }
+    homework = binary_scores([g != NONE_LABEL for g in gold], [p != NONE_LABEL for p in pred])
+    return {
+        "n": len(gold),
+        "mean_f1": float(np.mean([per_label[label]["f1"] for label in LABELS])),
+        "accuracy": float(np.trace(matrix) / len(gold)) if gold else 0.0,
+        "per_label": per_label,
+        "homework_vs_none": homework,
+        "confusion": {"labels": list(LABELS), "rows_gold_cols_predicted": matrix.tolist()},
+    }
+
+
+def full_report(
+    gold_labels: Sequence[str],
+    pred_labels: Sequence[str],
+    gold_review: Sequence[bool],
+    pred_review: Sequence[bool],
+) -> Report:
+    """`label_scores` plus the review flag's scores under "review"."""
+    report = label_scores(gold_labels, pred_labels)
+    report["review"] = binary_scores(gold_review, pred_review)
+    return report
+
+
+def headline(report: Report) -> dict[str, float]:
+    """The few numbers a results table needs, rounded for reading (not for comparing)."""
+    out = {"mean_f1": round(report["mean_f1"], 4)}
+    out.update({label: round(report["per_label"][label]["f1"], 4) for label in LABELS})
+    out["homework_f1"] = round(report["homework_vs_none"]["f1"], 4)
+    if "review" in report:
+        out["review_f1"] = round(report["review"]["f1"], 4)
+    return out

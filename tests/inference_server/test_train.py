@@ -1,0 +1,138 @@
+"""Training end to end on a tiny hand-written corpus: files, card, reproducibility, LoRA merge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from inference_server.classifier import CARD_FILE, HEADS_FILE, HomeworkClassifier
+from inference_server.data.splits import split_examples
+from inference_server.dataset import corpus_files, corpus_hash, read_corpus
+from inference_server.labels import LABELS
+from inference_server.lora import LORA_FILE
+from inference_server.train import (
+    Features,
+    TopModel,
+    TrainConfig,
+    best_threshold,
+    encode_layer,
+    fit,
+    load_encoder,
+    predict_features,
+    save_weights,
+    score_examples,
+    train,
+)
+
+TINY = Path(__file__).resolve().parents[1] / "data" / "model" / "tiny_corpus"
+FAST = TrainConfig(epochs=4, patience=2, hidden=32, lora_layers=0)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Path]:
+    root = tmp_path_factory.mktemp("train")
+    cache = root / "cache"
+    card = train(TINY, root / "out", FAST, cache_dir=cache, progress=False)
+    return root / "out", card, cache
+
+
+def test_writes_weights_and_a_complete_card(trained: tuple[Path, dict[str, Any], Path]) -> None:
+    out, card, cache = trained
+    assert (out / HEADS_FILE).is_file()
+    assert not (out / LORA_FILE).exists()
+    assert json.loads((out / CARD_FILE).read_text()) == card
+    assert card["labels"] == list(LABELS)
+    assert card["data"]["corpus_sha256"] == corpus_hash(corpus_files(TINY))
+    assert card["data"]["examples"] == {"train": 32, "dev": 6, "test": 4}
+    assert card["training"]["seed"] == FAST.seed
+    assert 1 <= card["training"]["best_epoch"] <= FAST.epochs
+    assert len(card["training"]["history"]) <= FAST.epochs
+    assert card["encoder"]["max_tokens"] == 128
+    assert set(card["metrics"]) == {"dev", "test"}
+    assert card["esconv"] is None
+    assert card["artefacts"][HEADS_FILE] == (out / HEADS_FILE).stat().st_size
+    assert list(cache.glob("*.npy")), "frozen embeddings are cached"
+
+
+def test_card_metrics_are_those_of_the_served_weights(
+    trained: tuple[Path, dict[str, Any], Path],
+) -> None:
+    out, card, _ = trained
+    splits = split_examples(read_corpus(TINY))
+    clf = HomeworkClassifier.load(out)
+    for name in ("dev", "test"):
+        assert score_examples(clf, splits[name]) == card["metrics"][name]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(
+    trained: tuple[Path, dict[str, Any], Path], tmp_path: Path
+) -> None:
+    out, _, cache = trained
+    train(TINY, tmp_path / "again", FAST, cache_dir=cache, progress=False)
+    assert sha256(tmp_path / "again" / HEADS_FILE) == sha256(out / HEADS_FILE)
+    other = TrainConfig(**{**FAST.__dict__, "seed": FAST.seed + 1})
+    train(TINY, tmp_path / "other", other, cache_dir=cache, progress=False)
+    assert sha256(tmp_path / "other" / HEADS_FILE) != sha256(out / HEADS_FILE)
+
+
+def test_top_layers_on_cached_states_equal_the_full_encoder() -> None:
+    encoder, tokenizer = load_encoder()
+    texts = [ex.text for ex in read_corpus(TINY)[:6]]
+    lower = encode_layer(encoder, tokenizer, texts, 4)
+    top = encode_layer(encoder, tokenizer, texts, 6)
+    model = TopModel(encoder, 4, torch.nn.Identity())  # type: ignore[arg-type]
+    with torch.no_grad():
+        pooled = model(*Features(states=lower).batch(range(len(texts))))
+    expected = torch.stack([t.mean(0) for t in top])
+    assert torch.allclose(pooled, expected, atol=1e-5)
+
+
+def test_lora_delta_is_small_and_merges_into_the_served_encoder(tmp_path: Path) -> None:
+    splits = split_examples(read_corpus(TINY))
+    config = TrainConfig(epochs=2, patience=2, hidden=32, lora_layers=1, lora_lr=5e-3)
+    fitted = fit(splits["train"], splits["dev"], config, cache_dir=None, progress=False)
+    written = save_weights(fitted, tmp_path)
+    assert (tmp_path / LORA_FILE) in written
+    # Rank 8 on one layer: 8 x (4 x (384 + 384) + 2 x (384 + 1536)) floats, about 221 kB.
+    assert (tmp_path / LORA_FILE).stat().st_size < 250_000
+    (tmp_path / CARD_FILE).write_text("{}")
+
+    served = HomeworkClassifier.load(tmp_path)
+    plain, tokenizer = load_encoder()
+    name = "encoder.layer.5.attention.self.query.weight"
+    assert not torch.equal(served.encoder.state_dict()[name], plain.state_dict()[name])
+    assert torch.equal(
+        served.encoder.state_dict()["encoder.layer.4.attention.self.query.weight"],
+        plain.state_dict()["encoder.layer.4.attention.self.query.weight"],
+    )
+    # The merged encoder gives what the trained (unmerged) adapters gave.
+    texts = [ex.text for ex in splits["dev"]]
+    states = encode_layer(plain, tokenizer, texts, 5)
+    probs, review_logits = predict_features(fitted.model, Features(states=states))
+    preds = served.predict(texts)
+    assert np.allclose(preds.label_probs, probs, atol=1e-4)
+    folded = 1 / (1 + np.exp(-(review_logits - fitted.review_cut)))
+    assert np.allclose(preds.review_probs, folded, atol=1e-4)
+
+
+def test_review_cut_maximises_f1_and_folds_into_the_bias() -> None:
+    gold = [False, False, True, True, False, True]
+    logits = np.array([-3.0, -1.0, -0.5, 0.5, 0.8, 2.0], np.float32)
+    cut = best_threshold(gold, logits)
+    pred = logits >= cut
+    # Cutting between -1.0 and -0.5 catches all three positives with one false positive.
+    assert pred.tolist() == [False, False, True, True, True, True]
+    assert -1.0 < cut < -0.5
+    probs = 1 / (1 + np.exp(-(logits - cut)))
+    assert ((probs >= 0.5) == pred).all()
+    assert best_threshold([False, False], logits[:2]) == 0.0
