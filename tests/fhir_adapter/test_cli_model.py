@@ -117,7 +117,8 @@ def test_evaluate_esconv_split(tmp_path: Path) -> None:
     dialogs = [
         {"dialog": [
             {"speaker": "usr", "text": "I can't sleep before exams."},
-            {"speaker": "sys", "text": "That sounds stressful.", "strategy": "Reflection of feelings"},
+            {"speaker": "sys", "text": "That sounds stressful.",
+             "strategy": "Reflection of feelings"},
             {"speaker": "sys", "text": "Maybe try writing your worries down before bed.",
              "strategy": "Providing Suggestions"},
             {"speaker": "usr", "text": "I could try that."},

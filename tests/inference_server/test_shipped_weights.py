@@ -64,4 +64,4 @@ def test_test_split_scores_are_the_cards(card: dict[str, Any]) -> None:
 
 
 def test_shipped_weights_live_in_the_package() -> None:
-    assert WEIGHTS_DIR == Path(__file__).resolve().parents[2] / "inference_server" / "weights"
+    assert Path(__file__).resolve().parents[2] / "inference_server" / "weights" == WEIGHTS_DIR
