@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -13,6 +14,7 @@ from mapping.errors import MappingError
 
 if TYPE_CHECKING:
     from fhir_adapter.settings import Settings
+    from mapping.domain import Transcript
 
 EXIT_BAD_INPUT = 2
 
@@ -73,3 +75,50 @@ def progress_bar(description: str) -> Callable[[Iterable[str], int], Iterable[st
         return bar
 
     return wrap
+
+
+def read_transcript_file(
+    path: Path, fmt: str, therapists: Sequence[str], clients: Sequence[str]
+) -> Transcript:
+    """Read a transcript file ('-' = stdin) with --therapist/--client names as explicit roles.
+
+    A name given as both, or matching no speaker (a typo, not a hint to ignore), or a FHIR
+    resource that only links to its transcript, is bad input: exit 2 with one line.
+    """
+    from mapping.domain import Role, RoleHints
+    from mapping.errors import AttachmentNotInlineError
+    from mapping.transcripts import read_transcript
+    from mapping.transcripts.roles import speaker_key
+
+    both = {speaker_key(n) for n in therapists} & {speaker_key(n) for n in clients}
+    if both:
+        fail(f"{sorted(both)[0]!r} is given as both --therapist and --client; give it once")
+    explicit = {name: Role.THERAPIST for name in therapists}
+    explicit.update({name: Role.CLIENT for name in clients})
+    hints = RoleHints(explicit=explicit)
+    with bad_input_exits():
+        content = _read(path)
+        try:
+            result = read_transcript(content, fmt, hints, filename=path.name)  # type: ignore[arg-type]
+        except AttachmentNotInlineError as exc:
+            fail(
+                f"the resource does not hold the transcript but links to {', '.join(exc.urls)}; "
+                "download it and pass that file instead"
+            )
+    known = {speaker_key(d.speaker) for d in result.roles}
+    for name in explicit:
+        if speaker_key(name) not in known:
+            speakers = ", ".join(d.speaker for d in result.roles)
+            fail(f"no speaker {name!r} in the transcript; its speakers are: {speakers}")
+    return result
+
+
+def _read(path: Path) -> bytes:
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise  # bad_input_exits words these
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}; check the path and its permissions")

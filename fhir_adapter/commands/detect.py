@@ -11,19 +11,17 @@ turn's position in the source (line, cue or segment; media times when the source
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fhir_adapter.commands._common import bad_input_exits, fail
+from fhir_adapter.commands._common import fail, read_transcript_file
 from fhir_adapter.commands._predict import TRITON_HELP, predict_texts
 from fhir_adapter.commands.transcript import FormatOption
 
 if TYPE_CHECKING:
-    from inference_server.classifier import Predictions
-    from mapping.domain import Detection, MicroDialogue, Turn
+    from mapping.domain import Detection, Turn
 
 
 def register(app: typer.Typer) -> None:
@@ -61,71 +59,19 @@ def detect(
     ] = False,
 ) -> None:
     """Detect homework and homework review in a transcript; one JSON line per detection."""
+    from fhir_adapter.pipeline.detect import detections_from
     from inference_server.text import format_dialogue
     from mapping.dialogues import build_micro_dialogues, dialogue_turns
-    from mapping.domain import Role, RoleHints
-    from mapping.transcripts import read_transcript
 
-    explicit = {name: Role.THERAPIST for name in therapist or ()}
-    for name in client or ():
-        if name in explicit:
-            fail(f"{name!r} is given as both --therapist and --client; give it once")
-        explicit[name] = Role.CLIENT
-    with bad_input_exits():
-        content = _read(path)
-        transcript = read_transcript(
-            content,
-            fmt.value,
-            RoleHints(explicit=explicit),
-            filename=path.name,
-        )
+    transcript = read_transcript_file(path, fmt.value, therapist or [], client or [])
     dialogues = build_micro_dialogues(transcript)
     if not dialogues:
         fail("no therapist turns found; name the therapist's speaker label with --therapist")
     texts = [format_dialogue(dialogue_turns(d)) for d in dialogues]
     preds = predict_texts(texts, triton, weights)
-    for found in detections(dialogues, preds, keep_none=show_all):
+    found_all = detections_from(dialogues, preds.label_probs, preds.review_probs, show_all)
+    for found in found_all:
         typer.echo(json.dumps(detection_line(found), ensure_ascii=False))
-
-
-def _read(path: Path) -> bytes:
-    if str(path) == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        raise  # bad_input_exits words these
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}; check the path and its permissions")
-
-
-def detections(
-    dialogues: tuple[MicroDialogue, ...], preds: Predictions, keep_none: bool = False
-) -> list[Detection]:
-    """A `Detection` per micro-dialogue with homework or review (all with `keep_none`)."""
-    from inference_server.labels import LABELS
-    from mapping.domain import Detection, HomeworkLabel
-
-    labels, reviews = preds.labels(), preds.reviews()
-    out: list[Detection] = []
-    for i, dialogue in enumerate(dialogues):
-        label = HomeworkLabel(labels[i])
-        if label is HomeworkLabel.NONE and not reviews[i] and not keep_none:
-            continue
-        probs = preds.label_probs[i]
-        out.append(
-            Detection(
-                dialogue=dialogue,
-                label=label,
-                review=reviews[i],
-                confidence=float(probs[LABELS.index(label.value)]),
-                review_confidence=float(preds.review_probs[i]),
-                probabilities={
-                    HomeworkLabel(name): float(p) for name, p in zip(LABELS, probs, strict=True)
-                },
-            )
-        )
-    return out
 
 
 def _position(turn: Turn) -> dict[str, Any]:

@@ -8,15 +8,14 @@ command only reads the file (or stdin for "-") and prints.
 from __future__ import annotations
 
 import json
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from fhir_adapter.commands._common import bad_input_exits, fail
-from mapping.domain import Role, RoleHints, Transcript, TranscriptFormat
+from fhir_adapter.commands._common import read_transcript_file
+from mapping.domain import TranscriptFormat
 
 
 class FormatOption(StrEnum):
@@ -75,52 +74,7 @@ def transcript(
 ) -> None:
     """Print the micro-dialogues of a transcript as JSON lines (help: `_HELP`)."""
     from mapping.dialogues import build_micro_dialogues, dialogue_record
-    from mapping.errors import AttachmentNotInlineError
-    from mapping.transcripts import read_transcript
 
-    hints = _hints(therapist or [], client or [])
-    with bad_input_exits():
-        content = _read(path)
-        try:
-            result = read_transcript(content, _FORMATS[fmt], hints, filename=path.name)
-        except AttachmentNotInlineError as exc:
-            fail(
-                f"the resource does not hold the transcript but links to {', '.join(exc.urls)}; "
-                "download it and pass that file instead"
-            )
-        _check_named_speakers(hints, result)
-        for dialogue in build_micro_dialogues(result, context_turns=context):
-            typer.echo(json.dumps(dialogue_record(dialogue), ensure_ascii=False))
-
-
-def _hints(therapists: list[str], clients: list[str]) -> RoleHints:
-    from mapping.transcripts.roles import speaker_key
-
-    both = {speaker_key(n) for n in therapists} & {speaker_key(n) for n in clients}
-    if both:
-        fail(f"{sorted(both)[0]!r} is given as both --therapist and --client; give it once")
-    explicit = {name: Role.THERAPIST for name in therapists}
-    explicit.update({name: Role.CLIENT for name in clients})
-    return RoleHints(explicit=explicit)
-
-
-def _check_named_speakers(hints: RoleHints, result: Transcript) -> None:
-    """A --therapist/--client name that matches no speaker is a typo, not a hint to ignore."""
-    from mapping.transcripts.roles import speaker_key
-
-    known = {speaker_key(d.speaker) for d in result.roles}
-    for name in hints.explicit:
-        if speaker_key(name) not in known:
-            speakers = ", ".join(d.speaker for d in result.roles)
-            fail(f"no speaker {name!r} in the transcript; its speakers are: {speakers}")
-
-
-def _read(path: Path) -> bytes:
-    if str(path) == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        raise  # bad_input_exits words these
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}; check the path and its permissions")
+    result = read_transcript_file(path, _FORMATS[fmt], therapist or [], client or [])
+    for dialogue in build_micro_dialogues(result, context_turns=context):
+        typer.echo(json.dumps(dialogue_record(dialogue), ensure_ascii=False))

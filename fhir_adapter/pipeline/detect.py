@@ -70,15 +70,18 @@ def is_transcript(doc: dict[str, Any]) -> bool:
 
 
 def detections_from(
-    dialogues: Sequence[MicroDialogue], label_probs: Any, review_probs: Any
+    dialogues: Sequence[MicroDialogue],
+    label_probs: Any,
+    review_probs: Any,
+    keep_none: bool = False,
 ) -> list[Detection]:
-    """Keep what matters downstream: homework, or a review of earlier homework."""
+    """Keep what matters downstream: homework, or a review of earlier homework (or all)."""
     found: list[Detection] = []
     for dialogue, probs, review_p in zip(dialogues, label_probs, review_probs, strict=True):
         best = int(probs.argmax())
         label = HomeworkLabel(LABELS[best])
         review = float(review_p) >= REVIEW_THRESHOLD
-        if label is HomeworkLabel.NONE and not review:
+        if label is HomeworkLabel.NONE and not review and not keep_none:
             continue
         found.append(
             Detection(
