@@ -18,7 +18,7 @@ import typer
 
 from fhir_adapter.commands._common import fail, read_transcript_file
 from fhir_adapter.commands._predict import TRITON_HELP, predict_texts
-from fhir_adapter.commands.transcript import FormatOption
+from fhir_adapter.commands.transcript import ClientOption, FormatOption, TherapistOption
 
 if TYPE_CHECKING:
     from mapping.domain import Detection, Turn
@@ -47,13 +47,8 @@ def detect(
             "--weights", help="Weights folder for the in-process model (default: shipped)."
         ),
     ] = None,
-    therapist: Annotated[
-        list[str] | None,
-        typer.Option("--therapist", help="Speaker label of a therapist (repeatable)."),
-    ] = None,
-    client: Annotated[
-        list[str] | None, typer.Option("--client", help="Speaker label of a client (repeatable).")
-    ] = None,
+    therapist: TherapistOption = None,
+    client: ClientOption = None,
     show_all: Annotated[
         bool, typer.Option("--all", help="Print every micro-dialogue, `none` ones too.")
     ] = False,

@@ -26,6 +26,16 @@ class FormatOption(StrEnum):
     FHIR = "fhir"
 
 
+# --therapist/--client, shared by the commands that read a transcript.
+TherapistOption = Annotated[
+    list[str] | None,
+    typer.Option("--therapist", help="Speaker label of a therapist (repeatable)."),
+]
+ClientOption = Annotated[
+    list[str] | None, typer.Option("--client", help="Speaker label of a client (repeatable).")
+]
+
+
 _FORMATS: dict[FormatOption, TranscriptFormat | Literal["auto"]] = {
     FormatOption.AUTO: "auto",
     FormatOption.TEXT: "text",
@@ -61,13 +71,8 @@ def transcript(
         FormatOption,
         typer.Option("--format", help="Input format; auto detects it from content and name."),
     ] = FormatOption.AUTO,
-    therapist: Annotated[
-        list[str] | None,
-        typer.Option("--therapist", help="Speaker label of a therapist (repeatable)."),
-    ] = None,
-    client: Annotated[
-        list[str] | None, typer.Option("--client", help="Speaker label of a client (repeatable).")
-    ] = None,
+    therapist: TherapistOption = None,
+    client: ClientOption = None,
     context: Annotated[
         int, typer.Option("--context", min=0, help="Earlier turns to include as context.")
     ] = 0,
