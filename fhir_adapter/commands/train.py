@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fhir_adapter.commands._common import bad_input_exits, fail
+
+if TYPE_CHECKING:
+    from inference_server.train import TrainConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +52,15 @@ def train(
         ),
     ] = Path("../shared/data/esconv"),
     no_esconv: Annotated[bool, typer.Option("--no-esconv", help="Skip the ESConv check.")] = False,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="NAME=VALUE",
+            help="Override a training parameter (see TrainConfig in inference_server/train.py), "
+            "e.g. --set encoder_layers=4 --set class_weight_power=1; repeatable.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train the classifier heads (and LoRA delta) and write weights plus model card."""
@@ -62,6 +74,10 @@ def train(
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     config = TrainConfig()
+    try:
+        config = config_with(config, settings or [])
+    except ValueError as exc:
+        fail(str(exc))
     if seed is not None:
         config = replace(config, seed=seed)
     if epochs is not None:
@@ -92,3 +108,30 @@ def train(
     if card["esconv"]:
         summary["esconv_test_homework_f1"] = round(card["esconv"]["homework_vs_none"]["f1"], 4)
     typer.echo(json.dumps(summary, indent=2))
+
+
+def config_with(config: TrainConfig, settings: list[str]) -> TrainConfig:
+    """`config` with NAME=VALUE overrides, each VALUE parsed as its field's type."""
+    from dataclasses import fields, replace
+
+    types = {f.name: f.type for f in fields(config)}
+    changes: dict[str, Any] = {}
+    for item in settings:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in types:
+            raise ValueError(
+                f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(types)}"
+            )
+        kind = str(types[name])
+        try:
+            if kind == "bool":
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                changes[name] = raw.lower() in ("true", "1")
+            else:
+                changes[name] = int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            expected = {"int": "an integer", "float": "a number", "bool": "true or false"}[kind]
+            raise ValueError(f"--set {item!r}: {name} takes {expected}, not {raw!r}") from None
+    return replace(config, **changes)

@@ -187,6 +187,7 @@ def test_train_cli_writes_weights_and_prints_summary(tmp_path: Path) -> None:
     result = invoke(
         "train", "--corpus", TINY_FILE.parent, "--out", out, "--epochs", "2", "--seed", "3",
         "--cache", tmp_path / "cache", "--no-esconv", "--quiet",
+        "--set", "hidden=16", "--set", "encoder_layers=2", "--set", "lora_layers=1",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -194,9 +195,31 @@ def test_train_cli_writes_weights_and_prints_summary(tmp_path: Path) -> None:
     assert (out / HEADS_FILE).is_file()
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["seed"] == 3 and card["training"]["epochs"] == 2
+    assert card["training"]["hidden"] == 16 and card["encoder"]["layers"] == 2
+    assert card["version"] == summary["version"]
     bad = invoke("train", "--corpus", tmp_path / "missing", "--out", out, "--no-esconv")
     assert bad.exit_code == 2
     one_error_line(bad)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("hiden=16", "NAME one of seed, epochs"),
+        ("hidden", "expected NAME=VALUE"),
+        ("hidden=big", "hidden takes an integer, not 'big'"),
+        ("tune_review_threshold=maybe", "takes true or false"),
+        ("lora_layers=7", "lora_layers must be between 0 and encoder_layers"),
+        ("encoder_layers=0", "encoder_layers must be between 1 and 6"),
+    ],
+)
+def test_train_cli_refuses_bad_settings_before_training(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    result = invoke("train", "--out", tmp_path / "w", "--no-esconv", "--set", setting)
+    assert result.exit_code == 2
+    assert message in one_error_line(result)
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.integration

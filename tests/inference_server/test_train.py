@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from inference_server.train import (
     save_weights,
     score_examples,
     train,
+    weights_hash,
 )
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "model" / "tiny_corpus"
@@ -123,6 +125,53 @@ def test_lora_delta_is_small_and_merges_into_the_served_encoder(tmp_path: Path) 
     assert np.allclose(preds.label_probs, probs, atol=1e-4)
     folded = 1 / (1 + np.exp(-(review_logits - fitted.review_cut)))
     assert np.allclose(preds.review_probs, folded, atol=1e-4)
+
+
+def test_fewer_encoder_layers_are_trained_recorded_and_served(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=1, hidden=16, encoder_layers=3, lora_layers=1, lora_lr=5e-3)
+    card = train(TINY, tmp_path, config, cache_dir=None, progress=False)
+    assert card["encoder"]["layers"] == 3
+    served = HomeworkClassifier.load(tmp_path)
+    assert len(served.encoder.encoder.layer) == 3
+    assert served.encoder.config.num_hidden_layers == 3
+    # The served (truncated, LoRA-merged) model is the one the card scored.
+    splits = split_examples(read_corpus(TINY))
+    assert score_examples(served, splits["test"]) == card["metrics"]["test"]
+    # Its pooled output is the full encoder's hidden state after layer 3, not after 6.
+    texts = [ex.text for ex in splits["dev"]][:3]
+    plain, tokenizer = load_encoder()
+    full = HomeworkClassifier(plain, tokenizer, served.heads, {})
+    assert not torch.allclose(full.embed(texts), served.embed(texts), atol=1e-3)
+
+
+def test_version_names_the_data_and_the_exact_weights(
+    trained: tuple[Path, dict[str, Any], Path],
+) -> None:
+    out, card, _ = trained
+    package, _, local = card["version"].partition("+")
+    assert package  # the installed homework-fhir version
+    data, weights = local.split(".weights.")
+    assert data == "data." + corpus_hash(corpus_files(TINY))[:12]
+    assert weights == weights_hash([out / HEADS_FILE])[:12]
+    # Any change to a weight file changes the version.
+    changed = out.parent / "changed"
+    changed.mkdir()
+    (changed / HEADS_FILE).write_bytes((out / HEADS_FILE).read_bytes() + b"\0")
+    assert weights_hash([changed / HEADS_FILE]) != weights_hash([out / HEADS_FILE])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"encoder_layers": 7}, "encoder_layers must be between 1 and 6"),
+        ({"encoder_layers": 2, "lora_layers": 3}, "lora_layers must be between 0"),
+        ({"epochs": 0}, "epochs, batch_size, hidden and patience must be >= 1"),
+        ({"lora_dropout": 1.0}, "dropouts must be in [0, 1)"),
+    ],
+)
+def test_config_is_checked_when_made(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**changes)
 
 
 def test_review_cut_maximises_f1_and_folds_into_the_bias() -> None:
