@@ -310,14 +310,16 @@ def print_table(results: list[dict[str, Any]], n: int) -> None:
 
 
 def main() -> None:
-    from inference_server.optimize import DEFAULT_PRECISION
+    from inference_server.optimize import default_precision
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--batch-sizes", default="1,8,32,64")
     parser.add_argument("--n", type=int, default=512, help="texts in a session (~50 minutes)")
-    parser.add_argument("--session-batch", type=int, default=32)
-    parser.add_argument("--triton-precision", default=DEFAULT_PRECISION)
+    parser.add_argument(
+        "--session-batch", type=int, default=16, help="batch size of the session run"
+    )
+    parser.add_argument("--triton-precision", default=default_precision("cpu"))
     parser.add_argument("--weights", default=None, help="weights dir; default: shipped")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: default")
     parser.add_argument(

@@ -44,5 +44,5 @@ def make_backend(settings: Settings) -> Backend:
             model_name=model.triton_model,
         )
     weights: Path | None = model.model_dir
-    # The precision Triton serves (bf16 by default), so both backends give the same answers.
+    # The precision Triton serves on a CPU (int8), so both backends give the same answers.
     return InProcessBackend.load(weights)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,15 +156,29 @@ class HomeworkClassifier:
 
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> Predictions:
-        """Classify texts in batches of `batch_size`, sorted by length so padding stays small."""
+        """Classify texts in batches of `batch_size`, sorted by length so padding stays small.
+
+        An encoder with a `concurrency` above 1 (the int8 one, see optimize.py) gets that many
+        batches at once from a thread pool, with batches made smaller where needed so that
+        every worker has one; otherwise batches run one after another.
+        """
         if not texts:
             return Predictions(np.zeros((0, len(LABELS)), np.float32), np.zeros(0, np.float32))
+        concurrency = int(getattr(self.encoder, "concurrency", 1))
+        batch_size = max(1, min(batch_size, -(-len(texts) // concurrency)))
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         label_out = np.empty((len(texts), len(LABELS)), np.float32)
         review_out = np.empty(len(texts), np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            logits, review = self.heads(self.embed([texts[i] for i in idx]))
-            label_out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
-            review_out[idx] = torch.sigmoid(review.float()).cpu().numpy()
+
+        def embed(idx: list[int]) -> torch.Tensor:
+            return self.embed([texts[i] for i in idx])
+
+        workers = min(concurrency, len(batches))
+        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            pooled = pool.map(embed, batches) if pool is not None else map(embed, batches)
+            for idx, embedded in zip(batches, pooled, strict=True):
+                logits, review = self.heads(embedded)
+                label_out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+                review_out[idx] = torch.sigmoid(review.float()).cpu().numpy()
         return Predictions(label_out, review_out)

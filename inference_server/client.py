@@ -57,11 +57,12 @@ def _empty() -> Predictions:
 class InProcessBackend:
     """The classifier in this process; `predict` runs in a worker thread.
 
-    One forward pass at a time (a lock): torch already uses every core for one batch, and
-    concurrent passes would only fight over them.
+    One `predict` at a time (a lock): it already uses every core (torch's threads, or one
+    int8 worker per core), and concurrent calls would only fight over them. Batches of 16
+    keep two int8 workers busy on a short transcript; bench/README.md has the figures.
     """
 
-    def __init__(self, classifier: HomeworkClassifier, batch_size: int = 32) -> None:
+    def __init__(self, classifier: HomeworkClassifier, batch_size: int = 16) -> None:
         self.classifier = classifier
         self.batch_size = batch_size
         self._lock = threading.Lock()
@@ -73,12 +74,13 @@ class InProcessBackend:
         *,
         device: str = "cpu",
         precision: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 16,
     ) -> InProcessBackend:
-        """Load the classifier at `precision` (default: the one Triton serves, see optimize.py)."""
-        from inference_server.optimize import DEFAULT_PRECISION, load_classifier
+        """Load the classifier at `precision` (default: the one Triton serves on this device,
+        see optimize.py)."""
+        from inference_server.optimize import load_classifier
 
-        classifier = load_classifier(weights_dir, device, precision or DEFAULT_PRECISION)
+        classifier = load_classifier(weights_dir, device, precision)
         return cls(classifier, batch_size=batch_size)
 
     def _predict(self, texts: list[str]) -> Predictions:

@@ -4,13 +4,13 @@ The heads stay fp32 in every mode (they are tiny); only the MiniLM encoder chang
 
 - ``fp32``: the reference (PyTorch).
 - ``bf16``: encoder weights and activations in bfloat16 (PyTorch), hidden states cast back to
-  fp32 before pooling. Uses AVX-512 BF16 on this CPU and tensor cores on a GPU. Casting the
-  weights once beats `torch.autocast`, which re-casts every weight on every call (measured: no
-  faster than fp32). The default: ~1.8x fp32 here, 1 of 539 dev labels changed.
+  fp32 before pooling. For GPUs (tensor cores) and CPUs with AVX-512 BF16 or AMX; on a CPU
+  without them it is emulated and ~2.8x *slower* than fp32 (measured). Casting the weights
+  once beats `torch.autocast`, which re-casts every weight on every call. The GPU default.
 - ``int8``: the encoder converted at load to CTranslate2 and run with int8 weights and int8
-  GEMMs; CPU only. 3-3.8x fp32 here, but ~1 point of dev mean F1 lost: an option for bulk
-  backfills, not the default. (PyTorch's dynamic int8 quantisation was slower and lost ~8
-  points, so it is not offered.)
+  GEMMs (VNNI where the CPU has it); CPU only. ~2x fp32 on the CI-class Xeon, 3-3.8x on an
+  AVX-512 BF16 EPYC; on dev it changed 3 of 539 labels (mean F1 -0.4 points). The CPU default.
+  (PyTorch's dynamic int8 quantisation was slower and lost ~8 points, so it is not offered.)
 
 `bench/throughput.py --accuracy` measures each mode against fp32 (agreement, probability
 differences, dev F1 and flips); bench/README.md has the figures.
@@ -31,9 +31,14 @@ from inference_server.classifier import HomeworkClassifier
 
 Precision = Literal["fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-DEFAULT_PRECISION: Precision = "bf16"
 
-__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "Precision", "load_classifier", "optimize"]
+__all__ = ["PRECISIONS", "Precision", "default_precision", "load_classifier", "optimize"]
+
+
+def default_precision(device: str = "cpu") -> Precision:
+    """The fastest precision whose accuracy cost we measured as negligible, per device:
+    int8 (CTranslate2) on a CPU, bf16 on a GPU (bench/README.md has the figures)."""
+    return "int8" if device.startswith("cpu") else "bf16"
 
 
 class _Bf16Encoder(nn.Module):
@@ -63,9 +68,11 @@ class _CT2Encoder(nn.Module):
     `HomeworkClassifier.embed`: padded ids in, fp32 hidden states out (padding is masked by
     mean pooling, as for the PyTorch encoder)."""
 
-    def __init__(self, encoder: Any) -> None:
+    def __init__(self, encoder: Any, concurrency: int) -> None:
         super().__init__()
         self.ct2 = encoder
+        # Batches `HomeworkClassifier.predict` may run at once (one per CTranslate2 worker).
+        self.concurrency = concurrency
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor
@@ -86,6 +93,10 @@ def _to_ctranslate2(classifier: HomeworkClassifier, compute_type: str) -> nn.Mod
 
     Converting at load (~1-3 s) rather than shipping a converted copy keeps one source of truth
     for the weights. Nothing is downloaded: the converter reads the model we just saved.
+
+    One single-threaded worker per core, fed whole batches in parallel, beats one batch at a
+    time on all cores: with ~48-token texts the GEMMs are too small to split well (measured
+    on 2 cores: a 512-text session 1.9-2.9 s against 2.9-4.0 s, interleaved runs).
     """
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
@@ -96,13 +107,15 @@ def _to_ctranslate2(classifier: HomeworkClassifier, compute_type: str) -> nn.Mod
         classifier.tokenizer.save_pretrained(hf_dir)  # type: ignore[attr-defined]
         TransformersConverter(str(hf_dir)).convert(str(ct2_dir))
         # The encoder reads its files here; the temp dir can go afterwards.
+        workers = torch.get_num_threads()
         encoder = ctranslate2.Encoder(
             str(ct2_dir),
             device="cpu",
             compute_type=compute_type,
-            intra_threads=torch.get_num_threads(),
+            inter_threads=workers,
+            intra_threads=1,
         )
-    return _CT2Encoder(encoder).eval()
+    return _CT2Encoder(encoder, workers).eval()
 
 
 def optimize(classifier: HomeworkClassifier, precision: str) -> HomeworkClassifier:
@@ -118,10 +131,12 @@ def optimize(classifier: HomeworkClassifier, precision: str) -> HomeworkClassifi
 def load_classifier(
     weights_dir: Path | None = None,
     device: str = "cpu",
-    precision: str = DEFAULT_PRECISION,
+    precision: str | None = None,
     threads: int | None = None,
 ) -> HomeworkClassifier:
-    """`HomeworkClassifier.load` followed by `optimize`; `threads` sets torch's intra-op pool."""
+    """`HomeworkClassifier.load` followed by `optimize` (default: `default_precision(device)`);
+    `threads` sets torch's intra-op pool (and CTranslate2's, for int8)."""
+    precision = precision or default_precision(device)
     check_precision(precision, device)
     if threads:
         torch.set_num_threads(threads)

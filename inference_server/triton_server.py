@@ -41,7 +41,7 @@ from typing import Literal
 
 from inference_server.classifier import HEADS_FILE, WEIGHTS_DIR
 from inference_server.errors import TritonStartError
-from inference_server.optimize import DEFAULT_PRECISION, check_precision
+from inference_server.optimize import check_precision, default_precision
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def render_config(
     config_text: str,
     *,
     device: Device = "cpu",
-    precision: str = DEFAULT_PRECISION,
+    precision: str | None = None,
     instances: int = 1,
     max_queue_delay_us: int | None = None,
     weights_dir: str | None = None,
@@ -112,7 +112,9 @@ def render_config(
     from google.protobuf import text_format  # type: ignore[import-untyped]
     from tritonclient.grpc import model_config_pb2
 
-    check_precision(precision, "cpu" if device == "cpu" else "cuda")
+    torch_device = "cpu" if device == "cpu" else "cuda"
+    precision = precision or default_precision(torch_device)
+    check_precision(precision, torch_device)
     config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
     del config.instance_group[:]
     group = config.instance_group.add()
@@ -139,7 +141,7 @@ def build_repository(
     *,
     weights_dir: Path | None = None,
     device: Device = "cpu",
-    precision: str = DEFAULT_PRECISION,
+    precision: str | None = None,
     instances: int = 1,
     max_queue_delay_us: int | None = None,
 ) -> Path:

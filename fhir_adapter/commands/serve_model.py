@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         ] = "cpu",
         precision: Annotated[
             str | None,
-            typer.Option(help="fp32 | bf16 | int8 (CPU only); default: the fastest safe one."),
+            typer.Option(help="fp32 | bf16 | int8 (CPU only); default: int8 on cpu, bf16 on gpu."),
         ] = None,
         instances: Annotated[int, typer.Option(min=1, help="Model instances.")] = 1,
         write_repository: Annotated[
@@ -74,12 +74,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the homework classifier with Triton (HTTP, gRPC, metrics) until Ctrl-C."""
         from inference_server.errors import TritonStartError
-        from inference_server.optimize import DEFAULT_PRECISION, check_precision
+        from inference_server.optimize import check_precision, default_precision
         from inference_server.triton_server import MODEL_NAME, TritonServer, build_repository
 
-        precision = precision or DEFAULT_PRECISION
+        torch_device = "cpu" if device == "cpu" else "cuda"
+        precision = precision or default_precision(torch_device)
         try:
-            check_precision(precision, "cpu" if device == "cpu" else "cuda")
+            check_precision(precision, torch_device)
         except ValueError as exc:
             fail(str(exc))
 

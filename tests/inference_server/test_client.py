@@ -19,7 +19,7 @@ import pytest
 from inference_server.classifier import HomeworkClassifier
 from inference_server.client import Backend, InProcessBackend, Transport, TritonBackend
 from inference_server.errors import InferenceError, ModelServerUnavailable
-from inference_server.optimize import DEFAULT_PRECISION, load_classifier
+from inference_server.optimize import load_classifier
 from inference_server.triton_server import TritonServer, build_repository, free_port
 from tests.inference_server.triton_fixtures import TEXTS
 
@@ -46,7 +46,8 @@ async def test_in_process_backend_matches_the_classifier(
 async def test_in_process_backend_loads_the_served_precision(test_weights: Path) -> None:
     backend = InProcessBackend.load(test_weights, batch_size=8)
     assert backend.batch_size == 8
-    served = load_classifier(test_weights, precision=DEFAULT_PRECISION).predict(TEXTS, 8)
+    assert type(backend.classifier.encoder).__name__ == "_CT2Encoder"  # int8 on a CPU
+    served = load_classifier(test_weights, precision="int8").predict(TEXTS, 8)
     preds = await backend.predict(TEXTS)
     np.testing.assert_allclose(preds.label_probs, served.label_probs, atol=1e-5)
 

@@ -14,7 +14,6 @@ from tritonclient.grpc import model_config_pb2
 from inference_server.classifier import HEADS_FILE
 from inference_server.errors import TritonStartError
 from inference_server.labels import LABELS
-from inference_server.optimize import DEFAULT_PRECISION
 from inference_server.triton_server import (
     MODEL_NAME,
     SHIPPED_REPOSITORY,
@@ -48,11 +47,13 @@ def test_shipped_config_matches_the_classifier() -> None:
     }
     assert [(g.kind, g.count) for g in config.instance_group] == [(KIND.KIND_CPU, 1)]
     assert config.parameters["weights_dir"].string_value == "weights"
-    assert config.parameters["precision"].string_value == DEFAULT_PRECISION
+    assert config.parameters["precision"].string_value == "int8"  # default_precision("cpu")
 
 
 def test_gpu_variant_replaces_the_instance_group() -> None:
     shipped = (SHIPPED_REPOSITORY / MODEL_NAME / "config.pbtxt").read_text()
+    default = _parse(render_config(shipped, device="gpu"))
+    assert default.parameters["precision"].string_value == "bf16"  # not the CPU's int8
     config = _parse(render_config(shipped, device="gpu", precision="bf16", instances=2))
     assert [(g.kind, g.count) for g in config.instance_group] == [(KIND.KIND_GPU, 2)]
     assert config.parameters["precision"].string_value == "bf16"

@@ -24,7 +24,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from inference_server.labels import LABELS
-from inference_server.optimize import DEFAULT_PRECISION, load_classifier
+from inference_server.optimize import default_precision, load_classifier
 
 OUTPUTS = ("LABEL_PROBS", "REVIEW_PROB", "LABEL")
 
@@ -75,15 +75,13 @@ class TritonPythonModel:
             device = "cpu"
 
         threads = int(params.get("torch_threads", "0") or 0)
+        precision = params.get("precision") or default_precision(device)
         self.classifier = load_classifier(
-            weights_dir,
-            device=device,
-            precision=params.get("precision", DEFAULT_PRECISION),
-            threads=threads or None,
+            weights_dir, device=device, precision=precision, threads=threads or None
         )
         self.logger.log_info(
             f"homework_classifier loaded on {self.classifier.device} "
-            f"(precision={params.get('precision', DEFAULT_PRECISION)}, weights={weights_dir})"
+            f"(precision={precision}, weights={weights_dir})"
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -101,7 +99,8 @@ class TritonPythonModel:
             texts.extend(decoded)
 
         try:
-            # batch_size=len(texts): one forward pass for the whole dynamic batch.
+            # The whole dynamic batch in one call: one forward pass, or one per worker where the
+            # encoder runs several at once (int8 on CPU; see HomeworkClassifier.predict).
             preds = self.classifier.predict(texts, batch_size=max(1, len(texts)))
         except Exception as exc:  # a model failure fails this batch, not the server
             self.logger.log_error(f"forward pass over {len(texts)} texts failed: {exc!r}")
