@@ -8,7 +8,10 @@ scikit-learn default.
     python -m inference_server.baselines [--corpus DIR] [--esconv DIR] [--cache DIR]
 
 prints JSON: for each baseline, the full report on dev and test, and homework-vs-none on the
-ESConv test split when `--esconv` is given.
+ESConv test split when `--esconv` is given. With `--esconv` it also prints
+`esconv_in_domain_tfidf`: a TF-IDF model trained on ESConv's *own* train split ("Providing
+Suggestions" or not) and scored on its test split, a reference for how far that label can be
+learnt at all. It is an experiment only: ESConv is CC BY-NC and nothing shipped trains on it.
 """
 
 from __future__ import annotations
@@ -106,6 +109,24 @@ def score_esconv(model: LinearBaseline, directory: Path, window: str) -> Report:
     return {"split": "test", "window": window, "n": len(items), "homework_vs_none": scores}
 
 
+def esconv_in_domain(directory: Path, window: str) -> Report:
+    """TF-IDF + logistic regression trained on ESConv train, scored on ESConv test."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from inference_server.esconv import read_split
+
+    train = read_split(directory, "train", window)  # type: ignore[arg-type]
+    test = read_split(directory, "test", window)  # type: ignore[arg-type]
+    featurise = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    model = _logreg().fit(
+        featurise.fit_transform([i.text for i in train]), [i.is_suggestion for i in train]
+    )
+    predicted = [bool(v) for v in model.predict(featurise.transform([i.text for i in test]))]
+    scores = binary_scores([i.is_suggestion for i in test], predicted)
+    return {"train": "train", "split": "test", "window": window, "n": len(test),
+            "homework_vs_none": scores}
+
+
 def run(
     corpus: Path, cache_dir: Path | None, esconv_dir: Path | None, window: str = "reply"
 ) -> dict[str, Any]:
@@ -124,6 +145,8 @@ def run(
         if esconv_dir is not None:
             entry["esconv"] = score_esconv(model, esconv_dir, window)
         results[name] = entry
+    if esconv_dir is not None:
+        results["esconv_in_domain_tfidf"] = esconv_in_domain(esconv_dir, window)
     return results
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from inference_server.baselines import run, score, tfidf_baseline
+from inference_server.baselines import esconv_in_domain, run, score, tfidf_baseline
 from inference_server.data.splits import split_examples
 from inference_server.dataset import read_corpus
 from inference_server.labels import LABELS
@@ -34,3 +35,35 @@ def test_run_reports_both_baselines_on_dev_and_test(tmp_path: Path) -> None:
             assert set(report["per_label"]) == set(LABELS)
             assert 0.0 <= report["mean_f1"] <= 1.0
         assert "esconv" not in results[name]
+
+
+def _esconv_dialog(suggestion: str, other: str) -> dict[str, object]:
+    return {
+        "dialog": [
+            {"speaker": "usr", "text": "I have been sleeping badly."},
+            {"speaker": "sys", "text": other, "strategy": "Reflection of feelings"},
+            {"speaker": "usr", "text": "Yes, it is hard."},
+            {"speaker": "sys", "text": suggestion, "strategy": "Providing Suggestions"},
+            {"speaker": "usr", "text": "I will think about it."},
+        ]
+    }
+
+
+def test_esconv_in_domain_reference_learns_esconv_own_label(tmp_path: Path) -> None:
+    suggestions = [
+        "Maybe try a walk before bed.", "You could try writing your worries down.",
+        "Maybe try calling a friend tonight.", "You could try a warm shower before sleep.",
+        "Maybe try putting the phone away early.", "You could try a short breathing routine.",
+    ]
+    others = [
+        "That sounds exhausting.", "It must feel lonely.", "I hear how tired you are.",
+        "That sounds really difficult.", "It seems you feel stuck.", "That must be frustrating.",
+    ]
+    dialogs = [_esconv_dialog(s, o) for s, o in zip(suggestions, others, strict=True)]
+    (tmp_path / "train.json").write_text("\n".join(json.dumps(d) for d in dialogs * 3))
+    (tmp_path / "test.json").write_text("\n".join(json.dumps(d) for d in dialogs[:4]))
+    report = esconv_in_domain(tmp_path, "reply")
+    assert report["n"] == 8  # two supporter turns per test dialogue
+    scores = report["homework_vs_none"]
+    assert scores["support"] == 4
+    assert scores["f1"] >= 0.75  # "try" separates the two classes it was trained on
