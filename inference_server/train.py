@@ -82,6 +82,10 @@ class TrainConfig:
     lora_lr: float = 5e-4
     # Pick the review threshold on dev and fold it into the head's bias (0.5 stays the cut).
     tune_review_threshold: bool = True
+    # Knowledge distillation from the shipped model (0: off): the loss mixes the gold labels
+    # with the shipped model's softened predictions, for training a smaller encoder.
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         # MiniLM-L6 has 6 layers; checked here so a bad setting fails before any encoding.
@@ -99,6 +103,8 @@ class TrainConfig:
             ),
             (min(self.lr, self.lora_lr) > 0, "lr and lora_lr must be > 0"),
             (0 <= self.dropout < 1 and 0 <= self.lora_dropout < 1, "dropouts must be in [0, 1)"),
+            (0 <= self.distill_weight <= 1, "distill_weight must be in [0, 1]"),
+            (self.distill_temperature > 0, "distill_temperature must be > 0"),
         ]
         failed = [message for ok, message in checks if not ok]
         if failed:
@@ -360,6 +366,7 @@ def fit(
     review_loss = nn.BCEWithLogitsLoss(
         pos_weight=torch.tensor(pos_weight**config.class_weight_power)
     )
+    teacher = _teacher_targets(train, config) if config.distill_weight else None
     dev_labels = [ex.label for ex in dev]
     dev_review = [ex.review for ex in dev]
 
@@ -377,6 +384,10 @@ def fit(
             for idx in _batches(tr, config.batch_size, generator):
                 logits, rev = model(*tr.batch(idx))
                 loss = label_loss(logits, y[idx]) + review_loss(rev, r[idx])
+                if teacher is not None:
+                    loss = (1 - config.distill_weight) * loss + config.distill_weight * (
+                        teacher.loss(logits, rev, idx)
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -407,6 +418,33 @@ def fit(
     _, rev_logits = predict_features(model, dv)
     cut = best_threshold(dev_review, rev_logits) if config.tune_review_threshold else 0.0
     return Fitted(model, encoder, cut, history, best_epoch)
+
+
+@dataclass
+class Teacher:
+    """The shipped model's predictions on the training texts, as soft targets."""
+
+    label_soft: torch.Tensor  # [N, 5], softened by the temperature
+    review: torch.Tensor  # [N] probabilities
+    temperature: float
+
+    def loss(self, logits: torch.Tensor, review: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        t = self.temperature
+        # Hinton et al.: KL on softened distributions, scaled by T^2 to keep gradients comparable.
+        kl = nn.functional.kl_div(
+            torch.log_softmax(logits / t, -1), self.label_soft[idx], reduction="batchmean"
+        )
+        soft_review = nn.functional.binary_cross_entropy_with_logits(review, self.review[idx])
+        return kl * t * t + soft_review
+
+
+def _teacher_targets(train: Sequence[Example], config: TrainConfig) -> Teacher:
+    from inference_server.classifier import WEIGHTS_DIR
+
+    preds = HomeworkClassifier.load(WEIGHTS_DIR).predict([ex.text for ex in train])
+    log_probs = torch.log(torch.from_numpy(preds.label_probs).clamp_min(1e-8))
+    soft = torch.softmax(log_probs / config.distill_temperature, -1)
+    return Teacher(soft, torch.from_numpy(preds.review_probs), config.distill_temperature)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from inference_server.labels import LABELS
 from inference_server.lora import LORA_FILE
 from inference_server.train import (
     Features,
+    Teacher,
     TopModel,
     TrainConfig,
     best_threshold,
@@ -167,11 +168,35 @@ def test_version_names_the_data_and_the_exact_weights(
         ({"encoder_layers": 2, "lora_layers": 3}, "lora_layers must be between 0"),
         ({"epochs": 0}, "epochs, batch_size, hidden and patience must be >= 1"),
         ({"lora_dropout": 1.0}, "dropouts must be in [0, 1)"),
+        ({"distill_weight": 1.5}, "distill_weight must be in [0, 1]"),
     ],
 )
 def test_config_is_checked_when_made(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig(**changes)
+
+
+def test_teacher_loss_is_lowest_when_the_student_matches_the_teacher() -> None:
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.05, 0.05], [0.05, 0.05, 0.1, 0.1, 0.7]])
+    t = 2.0
+    teacher = Teacher(torch.softmax(torch.log(probs) / t, -1), torch.tensor([0.9, 0.1]), t)
+    review_logits = torch.logit(torch.tensor([0.9, 0.1]))
+    matching = teacher.loss(torch.log(probs), review_logits, [0, 1])
+    swapped = teacher.loss(torch.log(probs).flip(0), review_logits.flip(0), [0, 1])
+    # KL is 0 for the matching labels; what is left is the soft review targets' entropy.
+    entropy = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    assert float(matching) == pytest.approx(entropy, abs=1e-5)
+    assert float(swapped) > float(matching) + 1.0
+
+
+def test_distillation_changes_training_and_is_recorded(
+    trained: tuple[Path, dict[str, Any], Path], tmp_path: Path
+) -> None:
+    out, _, cache = trained
+    config = TrainConfig(**{**FAST.__dict__, "distill_weight": 0.5})
+    card = train(TINY, tmp_path, config, cache_dir=cache, progress=False)
+    assert card["training"]["distill_weight"] == 0.5
+    assert sha256(tmp_path / HEADS_FILE) != sha256(out / HEADS_FILE)
 
 
 def test_review_cut_maximises_f1_and_folds_into_the_bias() -> None:
