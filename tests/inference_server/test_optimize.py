@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,30 @@ def test_int8_runs_the_encoder_in_ctranslate2(
     assert preds.label_probs.shape == (len(TEXTS), 5)
     one_by_one = [int8.predict([t]).label_probs[0] for t in TEXTS[:3]]
     np.testing.assert_allclose(preds.label_probs[:3], one_by_one, atol=0.02)
+
+
+def test_int8_batches_run_in_parallel_and_land_in_their_own_rows(
+    test_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    int8 = load_classifier(test_weights, precision="int8")
+    int8.encoder.concurrency = 1
+    one_at_a_time = int8.predict(TEXTS, batch_size=2)
+
+    threads: set[int] = set()
+    embed = int8.embed
+
+    def spy(texts: list[str]) -> torch.Tensor:
+        threads.add(threading.get_ident())
+        return embed(texts)
+
+    monkeypatch.setattr(int8, "embed", spy)
+    int8.encoder.concurrency = 3
+    parallel = int8.predict(TEXTS, batch_size=2)  # same 6 batches, now 3 at a time
+    assert len(threads) > 1
+    np.testing.assert_allclose(parallel.label_probs, one_at_a_time.label_probs, atol=1e-6)
+    np.testing.assert_allclose(parallel.review_probs, one_at_a_time.review_probs, atol=1e-6)
+    # One batch is split so every worker gets a share (12 texts, 3 workers: 4 each).
+    sizes: list[int] = []
+    monkeypatch.setattr(int8, "embed", lambda texts: sizes.append(len(texts)) or embed(texts))
+    int8.predict(TEXTS, batch_size=64)
+    assert sorted(sizes) == [4, 4, 4]
