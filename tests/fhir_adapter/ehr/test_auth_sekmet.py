@@ -167,13 +167,16 @@ async def test_concurrent_requests_share_one_token_request(sekmet_server: Sekmet
 
 @pytest.fixture(scope="module")
 def short_token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SekmetServer]:
-    """A server whose tokens live 1 s, for the 401 path (our cache clock is frozen)."""
+    """A server whose tokens live 3 s, for the 401 path (our cache clock is frozen).
+
+    Long enough that the retried request, sent with the fresh token, lands before that token
+    expires too, even on a loaded CI machine (1 s was not: it failed once there)."""
     workdir = tmp_path_factory.mktemp("sekmet-short")
     clients = [
         backend_client(workdir / "keys", "short", "RS384"),
         secret_client("s", "short-secret"),
     ]
-    with start_sekmet(workdir, clients=clients, token_lifetime_s=1) as server:
+    with start_sekmet(workdir, clients=clients, token_lifetime_s=3) as server:
         yield server
 
 
@@ -185,7 +188,7 @@ async def test_expired_token_401_reauthenticates_once_and_retries(
     async with fhir:
         patient = await fhir.create(PATIENT)
         first = fhir.auth.token  # type: ignore[attr-defined]
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3.5)
         read = await fhir.read("Patient", patient["id"])  # 401 expired -> new token -> 200
     assert read["id"] == patient["id"]
     assert counter.token == 2
