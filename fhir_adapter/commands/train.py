@@ -3,7 +3,10 @@
 Writes `heads.safetensors` (plus `encoder_lora.safetensors` when the encoder's top layers are
 adapted) and `model_card.json` into `--out` (default: the shipped weights folder), then prints
 the headline scores on dev and test as JSON. With the defaults it reproduces the shipped
-weights (seeded; deterministic on one machine). Frozen-encoder embeddings are cached under
+weights (seeded; deterministic on one machine). The opt-in fast model in
+`inference_server/weights/fast` is `--out inference_server/weights/fast --set encoder_layers=4
+--set lora_layers=4 --set distill_weight=0.9`: 4 encoder layers distilled from the teacher in
+`--teacher` (default: the shipped default model). Frozen-encoder embeddings are cached under
 `--cache` so that re-running is fast.
 """
 
@@ -61,6 +64,14 @@ def train(
             "e.g. --set encoder_layers=4 --set class_weight_power=1; repeatable.",
         ),
     ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            help="Weights folder of the distillation teacher (default: the shipped model); "
+            "used when distill_weight > 0.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train the classifier heads (and LoRA delta) and write weights plus model card."""
@@ -97,6 +108,7 @@ def train(
                 cache_dir=cache or default_cache_dir(),
                 esconv_dir=esconv_dir,
                 progress=not quiet,
+                teacher_dir=teacher,
             )
         except (DatasetError, ESConvError) as exc:
             fail(str(exc))

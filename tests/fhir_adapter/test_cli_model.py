@@ -188,6 +188,7 @@ def test_train_cli_writes_weights_and_prints_summary(tmp_path: Path) -> None:
         "train", "--corpus", TINY_FILE.parent, "--out", out, "--epochs", "2", "--seed", "3",
         "--cache", tmp_path / "cache", "--no-esconv", "--quiet",
         "--set", "hidden=16", "--set", "encoder_layers=2", "--set", "lora_layers=1",
+        "--set", "distill_weight=0.5",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -196,10 +197,22 @@ def test_train_cli_writes_weights_and_prints_summary(tmp_path: Path) -> None:
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["seed"] == 3 and card["training"]["epochs"] == 2
     assert card["training"]["hidden"] == 16 and card["encoder"]["layers"] == 2
+    assert card["training"]["teacher"]["layers"] == 6  # by default, the shipped model teaches
     assert card["version"] == summary["version"]
     bad = invoke("train", "--corpus", tmp_path / "missing", "--out", out, "--no-esconv")
     assert bad.exit_code == 2
     one_error_line(bad)
+
+
+def test_train_cli_without_a_teacher_says_how_to_make_one(tmp_path: Path) -> None:
+    result = invoke(
+        "train", "--out", tmp_path / "w", "--no-esconv", "--teacher", tmp_path,
+        "--set", "distill_weight=0.5",
+    )
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "no distillation teacher" in line and "--set distill_weight=0" in line
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize(

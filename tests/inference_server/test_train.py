@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference_server.classifier import CARD_FILE, HEADS_FILE, HomeworkClassifier
+from inference_server.classifier import CARD_FILE, HEADS_FILE, WEIGHTS_DIR, HomeworkClassifier
 from inference_server.data.splits import split_examples
-from inference_server.dataset import corpus_files, corpus_hash, read_corpus
+from inference_server.dataset import DatasetError, corpus_files, corpus_hash, read_corpus
 from inference_server.labels import LABELS
 from inference_server.lora import LORA_FILE
 from inference_server.train import (
@@ -34,7 +34,10 @@ from inference_server.train import (
 )
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "model" / "tiny_corpus"
-FAST = TrainConfig(epochs=4, patience=2, hidden=32, lora_layers=0)
+# Unit settings: the full 6-layer encoder, frozen, no teacher.
+FAST = TrainConfig(
+    epochs=4, patience=2, hidden=32, encoder_layers=6, lora_layers=0, distill_weight=0.0
+)
 
 
 def sha256(path: Path) -> str:
@@ -102,7 +105,10 @@ def test_top_layers_on_cached_states_equal_the_full_encoder() -> None:
 
 def test_lora_delta_is_small_and_merges_into_the_served_encoder(tmp_path: Path) -> None:
     splits = split_examples(read_corpus(TINY))
-    config = TrainConfig(epochs=2, patience=2, hidden=32, lora_layers=1, lora_lr=5e-3)
+    config = TrainConfig(
+        epochs=2, patience=2, hidden=32, encoder_layers=6, lora_layers=1, lora_lr=5e-3,
+        distill_weight=0.0,
+    )
     fitted = fit(splits["train"], splits["dev"], config, cache_dir=None, progress=False)
     written = save_weights(fitted, tmp_path)
     assert (tmp_path / LORA_FILE) in written
@@ -129,7 +135,9 @@ def test_lora_delta_is_small_and_merges_into_the_served_encoder(tmp_path: Path) 
 
 
 def test_fewer_encoder_layers_are_trained_recorded_and_served(tmp_path: Path) -> None:
-    config = TrainConfig(epochs=1, hidden=16, encoder_layers=3, lora_layers=1, lora_lr=5e-3)
+    config = TrainConfig(
+        epochs=1, hidden=16, encoder_layers=3, lora_layers=1, lora_lr=5e-3, distill_weight=0.0
+    )
     card = train(TINY, tmp_path, config, cache_dir=None, progress=False)
     assert card["encoder"]["layers"] == 3
     served = HomeworkClassifier.load(tmp_path)
@@ -197,6 +205,30 @@ def test_distillation_changes_training_and_is_recorded(
     card = train(TINY, tmp_path, config, cache_dir=cache, progress=False)
     assert card["training"]["distill_weight"] == 0.5
     assert sha256(tmp_path / HEADS_FILE) != sha256(out / HEADS_FILE)
+    # By default the teacher is the shipped model, and the card names its exact weights.
+    shipped = json.loads((WEIGHTS_DIR / CARD_FILE).read_text())
+    assert card["training"]["teacher"] == {"version": shipped["version"], "layers": 6}
+    assert json.loads((out / CARD_FILE).read_text())["training"]["teacher"] is None
+
+
+def test_distillation_reads_the_teacher_it_is_given(
+    trained: tuple[Path, dict[str, Any], Path], tmp_path: Path
+) -> None:
+    out, first, cache = trained
+    config = TrainConfig(**{**FAST.__dict__, "distill_weight": 1.0})
+    card = train(TINY, tmp_path / "a", config, cache_dir=cache, progress=False, teacher_dir=out)
+    assert card["training"]["teacher"] == {"version": first["version"], "layers": 6}
+    default = train(TINY, tmp_path / "b", config, cache_dir=cache, progress=False)
+    # Pure distillation from two different teachers gives two different students.
+    assert sha256(tmp_path / "a" / HEADS_FILE) != sha256(tmp_path / "b" / HEADS_FILE)
+    assert default["training"]["teacher"]["version"] != first["version"]
+
+
+def test_a_missing_teacher_fails_before_training(tmp_path: Path) -> None:
+    config = TrainConfig(**{**FAST.__dict__, "distill_weight": 0.5})
+    with pytest.raises(DatasetError, match=r"no distillation teacher at .*--set distill_weight=0"):
+        train(TINY, tmp_path / "out", config, progress=False, teacher_dir=tmp_path / "none")
+    assert not (tmp_path / "out").exists()
 
 
 def test_review_cut_maximises_f1_and_folds_into_the_bias() -> None:
