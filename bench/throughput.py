@@ -153,13 +153,18 @@ async def measure(predict: Any, texts: list[str], batch: int, items: int) -> dic
     }
 
 
-async def session_seconds(predict: Any, texts: list[str], repeats: int = 3) -> float:
+async def session_seconds(predict: Any, texts: list[str], repeats: int) -> dict[str, float]:
+    """Median, fastest and slowest of `repeats` whole-session calls."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         await predict(texts)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return {
+        "session_s": statistics.median(times),
+        "session_min_s": min(times),
+        "session_max_s": max(times),
+    }
 
 
 async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,7 +198,7 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
                 one(text)
 
         out["rows"].append(await measure(naive, texts, 1, items_for(1)))
-        out["session_s"] = await session_seconds(naive, texts, repeats=1)
+        out.update(await session_seconds(naive, texts, repeats=1))
         out["rss_mib"] = _rss_mib()
         return out
 
@@ -205,8 +210,12 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         for batch in batches:
             backend = InProcessBackend(clf, batch_size=batch)
             out["rows"].append(await measure(backend.predict, texts, batch, items_for(batch)))
-        out["session_s"] = await session_seconds(
-            InProcessBackend(clf, batch_size=args.session_batch).predict, texts
+        out.update(
+            await session_seconds(
+                InProcessBackend(clf, batch_size=args.session_batch).predict,
+                texts,
+                args.session_repeats,
+            )
         )
         out["rss_mib"] = _rss_mib()
         return out
@@ -227,7 +236,7 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
                         await measure(remote.predict, texts, batch, items_for(batch))
                     )
             async with TritonBackend(url, protocol, batch_size=args.session_batch) as remote:
-                out["session_s"] = await session_seconds(remote.predict, texts)
+                out.update(await session_seconds(remote.predict, texts, args.session_repeats))
             assert server.pid is not None
             pids = [server.pid, *_children(server.pid)]
             out["server_rss_mib"] = sum(_hwm_mib(p) for p in pids)
@@ -302,11 +311,13 @@ def print_table(results: list[dict[str, Any]], n: int) -> None:
                 f"{name:<22}{row['batch']:>6}{row['items_per_s']:>10.1f}{speedup:>9}"
                 f"{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}"
             )
-    print(f"\n{'variant':<22}{'session of ' + str(n):>16}{'client RSS':>12}{'server RSS':>12}")
+    header = f"session of {n}: median (min-max)"
+    print(f"\n{'variant':<22}{header:>32}{'client RSS':>12}{'server RSS':>12}")
     for res in results:
         name = res["variant"] + (f" ({res['precision']})" if "precision" in res else "")
         server = f"{res['server_rss_mib']:.0f} MiB" if "server_rss_mib" in res else "-"
-        print(f"{name:<22}{res['session_s']:>14.2f} s{res['rss_mib']:>8.0f} MiB{server:>12}")
+        spread = f"{res['session_s']:.2f} s ({res['session_min_s']:.2f}-{res['session_max_s']:.2f})"
+        print(f"{name:<22}{spread:>32}{res['rss_mib']:>8.0f} MiB{server:>12}")
 
 
 def main() -> None:
@@ -318,6 +329,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512, help="texts in a session (~50 minutes)")
     parser.add_argument(
         "--session-batch", type=int, default=16, help="batch size of the session run"
+    )
+    parser.add_argument(
+        "--session-repeats", type=int, default=5, help="session runs per variant (naive: 1)"
     )
     parser.add_argument("--triton-precision", default=default_precision("cpu"))
     parser.add_argument("--weights", default=None, help="weights dir; default: shipped")
