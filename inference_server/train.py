@@ -82,7 +82,7 @@ class TrainConfig:
     # Inverse class frequency to this power (0 = unweighted, 1 = fully balanced).
     class_weight_power: float = 0.5
     # Keep only the first `encoder_layers` of the encoder's 6 layers (fewer: faster serving;
-    # 4 run a session ~1.5x faster, and distillation wins back most of the accuracy).
+    # 4 run a session ~1.6x faster, and distillation wins back most of the accuracy).
     encoder_layers: int = 6
     # LoRA on the top `lora_layers` of those layers (0: frozen encoder, heads only).
     lora_layers: int = 6
