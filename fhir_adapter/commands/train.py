@@ -93,6 +93,8 @@ def train(
         config = replace(config, seed=seed)
     if epochs is not None:
         config = replace(config, epochs=epochs)
+    if teacher is not None and not config.distill_weight:
+        fail("--teacher is read only when distilling; add --set distill_weight=0.9 (or drop it)")
     esconv_dir = None
     if not no_esconv:
         if (esconv / "test.json").is_file():

@@ -213,6 +213,11 @@ def test_train_cli_without_a_teacher_says_how_to_make_one(tmp_path: Path) -> Non
     line = one_error_line(result)
     assert "no distillation teacher" in line and "--set distill_weight=0" in line
     assert not (tmp_path / "w").exists()
+    # A teacher without distillation would be ignored: say so instead of training.
+    ignored = invoke("train", "--out", tmp_path / "w", "--no-esconv", "--teacher", tmp_path)
+    assert ignored.exit_code == 2
+    assert "--teacher is read only when distilling" in one_error_line(ignored)
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize(
