@@ -8,8 +8,10 @@ The heads stay fp32 in every mode (they are tiny); only the MiniLM encoder chang
   without them it is emulated and ~2.8x *slower* than fp32 (measured). Casting the weights
   once beats `torch.autocast`, which re-casts every weight on every call. The GPU default.
 - ``int8``: the encoder converted at load to CTranslate2 and run with int8 weights and int8
-  GEMMs (VNNI where the CPU has it); CPU only. ~2x fp32 on the CI-class Xeon, 3-3.8x on an
-  AVX-512 BF16 EPYC; on dev it changed 3 of 539 labels (mean F1 -0.4 points). The CPU default.
+  GEMMs (VNNI where the CPU has it); CPU only. ~2x fp32 on an AVX-512 VNNI Xeon and ~1.8x on
+  an AVX2-only EPYC, 3-3.8x on an AVX-512 BF16 EPYC; its kernels, and so its rounding, depend
+  on the CPU: on dev it changed 3-4 of 539 labels (mean F1 -0.1 to -0.4 points). The CPU
+  default.
   (PyTorch's dynamic int8 quantisation was slower and lost ~8 points, so it is not offered.)
 
 `bench/throughput.py --accuracy` measures each mode against fp32 (agreement, probability
