@@ -8,10 +8,10 @@ The heads stay fp32 in every mode (they are tiny); only the MiniLM encoder chang
   without them it is emulated and ~2.8x *slower* than fp32 (measured). Casting the weights
   once beats `torch.autocast`, which re-casts every weight on every call. The GPU default.
 - ``int8``: the encoder converted at load to CTranslate2 and run with int8 weights and int8
-  GEMMs (VNNI where the CPU has it); CPU only. ~2x fp32 on an AVX-512 VNNI Xeon and ~1.8x on
-  an AVX2-only EPYC, 3-3.8x on an AVX-512 BF16 EPYC; its kernels, and so its rounding, depend
-  on the CPU: on dev it changed 3-4 of 539 labels (mean F1 -0.1 to -0.4 points). The CPU
-  default.
+  GEMMs (VNNI where the CPU has it); CPU only. ~3x fp32 on a Sapphire Rapids Xeon (with the
+  AVX-512 kernels `ct2_cpu_isa` picks), ~2x on an older AVX-512 VNNI Xeon, ~1.8x on an
+  AVX2-only EPYC; its kernels, and so its rounding, depend on the CPU: on dev it changed 3-4
+  of 539 labels (mean F1 -0.1 to -0.5 points). The CPU default.
   (PyTorch's dynamic int8 quantisation was slower and lost ~8 points, so it is not offered.)
 
 `bench/throughput.py --accuracy` measures each mode against fp32 (agreement, probability
@@ -20,6 +20,7 @@ differences, dev F1 and flips); bench/README.md has the figures.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -90,6 +91,41 @@ class _CT2Encoder(nn.Module):
         return SimpleNamespace(last_hidden_state=hidden)
 
 
+# CPU flags CTranslate2's AVX-512 kernels need (it refuses to start without them).
+_AVX512_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
+
+
+def ct2_cpu_isa(cpu_flags: set[str] | frozenset[str]) -> str | None:
+    """The CTranslate2 ISA to force for a CPU with these /proc/cpuinfo flags, or None to
+    leave CTranslate2's own choice.
+
+    CTranslate2's wheels dispatch to AVX2 even where AVX-512 is present; its AVX-512 element-
+    wise kernels (layer norm, GELU, softmax) made a 512-text session ~23% faster on a 2-core
+    Sapphire Rapids Xeon, at the same cost against fp32 as AVX2 (dev mean F1 0.8432 against
+    0.8439; bench/README.md). The int8 GEMMs are MKL's either way.
+    """
+    return "AVX512" if _AVX512_FLAGS.issubset(cpu_flags) else None
+
+
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: keep CTranslate2's default
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def _prefer_fast_ct2_isa() -> None:
+    """Set CT2_FORCE_CPU_ISA for this process unless the operator set it already.
+    CTranslate2 reads it once, when its first model loads, so this must run before that."""
+    isa = ct2_cpu_isa(_cpu_flags())
+    if isa:
+        os.environ.setdefault("CT2_FORCE_CPU_ISA", isa)
+
+
 def _to_ctranslate2(classifier: HomeworkClassifier, compute_type: str) -> nn.Module:
     """Convert the loaded encoder (LoRA delta already merged) to CTranslate2, in memory.
 
@@ -100,6 +136,7 @@ def _to_ctranslate2(classifier: HomeworkClassifier, compute_type: str) -> nn.Mod
     time on all cores: with ~48-token texts the GEMMs are too small to split well (measured
     on 2 cores: a 512-text session 1.9-2.9 s against 2.9-4.0 s, interleaved runs).
     """
+    _prefer_fast_ct2_isa()
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import torch
 
 from inference_server.classifier import HomeworkClassifier
 from inference_server.optimize import (
+    _prefer_fast_ct2_isa,
     check_precision,
+    ct2_cpu_isa,
     default_precision,
     load_classifier,
 )
@@ -27,6 +30,22 @@ def test_defaults_are_int8_on_cpu_and_bf16_on_gpu() -> None:
     # Each default must be one the device accepts (int8 is CPU only).
     assert check_precision(default_precision("cpu"), "cpu") == "int8"
     assert check_precision(default_precision("cuda:0"), "cuda:0") == "bf16"
+
+
+def test_ct2_is_forced_to_avx512_only_where_the_cpu_has_all_of_it() -> None:
+    avx2 = {"sse4_2", "avx", "avx2", "fma"}
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+    assert ct2_cpu_isa(avx512) == "AVX512"
+    assert ct2_cpu_isa(avx2) is None
+    # CTranslate2 refuses to load on a partial set (e.g. Knights Landing: no BW/VL/DQ).
+    assert ct2_cpu_isa(avx2 | {"avx512f", "avx512cd"}) is None
+    assert ct2_cpu_isa(set()) is None
+
+
+def test_an_operators_ct2_isa_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CT2_FORCE_CPU_ISA", "AVX2")
+    _prefer_fast_ct2_isa()
+    assert os.environ["CT2_FORCE_CPU_ISA"] == "AVX2"
 
 
 def test_load_classifier_defaults_to_int8_on_cpu(test_weights: Path) -> None:
