@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal, cast, get_args
@@ -91,18 +92,19 @@ class _CT2Encoder(nn.Module):
         return SimpleNamespace(last_hidden_state=hidden)
 
 
-# CPU flags CTranslate2's AVX-512 kernels need (it refuses to start without them).
-_AVX512_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
+# The flags CTranslate2's `cpu_supports_avx512` checks; forcing AVX512 without all of them
+# makes its first model load fail ("The CPU does not support AVX512").
+_AVX512_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512vl", "avx512dq"})
 
 
-def ct2_cpu_isa(cpu_flags: set[str] | frozenset[str]) -> str | None:
+def ct2_cpu_isa(cpu_flags: AbstractSet[str]) -> str | None:
     """The CTranslate2 ISA to force for a CPU with these /proc/cpuinfo flags, or None to
     leave CTranslate2's own choice.
 
-    CTranslate2's wheels dispatch to AVX2 even where AVX-512 is present; its AVX-512 element-
-    wise kernels (layer norm, GELU, softmax) made a 512-text session ~23% faster on a 2-core
-    Sapphire Rapids Xeon, at the same cost against fp32 as AVX2 (dev mean F1 0.8432 against
-    0.8439; bench/README.md). The int8 GEMMs are MKL's either way.
+    CTranslate2 leaves AVX-512 out of its automatic dispatch and runs AVX2 where both exist.
+    Its AVX-512 kernels (the element-wise ops; the int8 GEMMs are MKL's either way) gave an
+    int8 session 8-28% more items/s on a 2-core Sapphire Rapids Xeon, at the same cost
+    against fp32 as AVX2 (dev mean F1 0.8432 against 0.8439; bench/README.md).
     """
     return "AVX512" if _AVX512_FLAGS.issubset(cpu_flags) else None
 

@@ -32,20 +32,35 @@ def test_defaults_are_int8_on_cpu_and_bf16_on_gpu() -> None:
     assert check_precision(default_precision("cuda:0"), "cuda:0") == "bf16"
 
 
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+
+
 def test_ct2_is_forced_to_avx512_only_where_the_cpu_has_all_of_it() -> None:
-    avx2 = {"sse4_2", "avx", "avx2", "fma"}
-    avx512 = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
-    assert ct2_cpu_isa(avx512) == "AVX512"
-    assert ct2_cpu_isa(avx2) is None
+    assert ct2_cpu_isa(AVX512) == "AVX512"
+    assert ct2_cpu_isa(AVX2) is None
     # CTranslate2 refuses to load on a partial set (e.g. Knights Landing: no BW/VL/DQ).
-    assert ct2_cpu_isa(avx2 | {"avx512f", "avx512cd"}) is None
+    assert ct2_cpu_isa(AVX2 | {"avx512f", "avx512cd"}) is None
+    assert ct2_cpu_isa(AVX512 - {"avx512cd"}) is None
     assert ct2_cpu_isa(set()) is None
 
 
-def test_an_operators_ct2_isa_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_isa_is_set_for_the_process_unless_the_operator_set_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("inference_server.optimize._cpu_flags", lambda: AVX512)
+    monkeypatch.delenv("CT2_FORCE_CPU_ISA", raising=False)
+    _prefer_fast_ct2_isa()
+    assert os.environ["CT2_FORCE_CPU_ISA"] == "AVX512"
+
     monkeypatch.setenv("CT2_FORCE_CPU_ISA", "AVX2")
     _prefer_fast_ct2_isa()
     assert os.environ["CT2_FORCE_CPU_ISA"] == "AVX2"
+
+    monkeypatch.setattr("inference_server.optimize._cpu_flags", lambda: AVX2)
+    monkeypatch.delenv("CT2_FORCE_CPU_ISA")
+    _prefer_fast_ct2_isa()
+    assert "CT2_FORCE_CPU_ISA" not in os.environ
 
 
 def test_load_classifier_defaults_to_int8_on_cpu(test_weights: Path) -> None:
