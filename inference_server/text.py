@@ -24,5 +24,9 @@ def format_dialogue(turns: Sequence[tuple[str, str]]) -> str:
     if last_therapist is None:
         raise ValueError("a micro-dialogue needs a therapist turn")
     start = max(0, last_therapist - MAX_CONTEXT_TURNS)
-    window = turns[start : last_therapist + 2]
-    return " | ".join(f"{speaker}: {' '.join(text.split())}" for speaker, text in window)
+    return render(turns[start : last_therapist + 2])
+
+
+def render(turns: Sequence[tuple[str, str]]) -> str:
+    """ "speaker: text | speaker: text", white space folded."""
+    return " | ".join(f"{speaker}: {' '.join(text.split())}" for speaker, text in turns)
