@@ -1,0 +1,97 @@
+"""Operating points, temperature scaling and calibration error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference_server.calibration import (
+    ece,
+    fit_label_temperature,
+    fit_review_temperature,
+    label_calibration,
+    reliability,
+)
+from inference_server.decision import (
+    OperatingPoint,
+    choose_homework,
+    choose_review,
+    from_card,
+    labels,
+    resolve,
+    reviews,
+)
+
+P = np.array(
+    [
+        [0.30, 0.10, 0.05, 0.05, 0.50],  # none wins the argmax, P(homework) = 0.5
+        [0.10, 0.20, 0.05, 0.05, 0.60],  # P(homework) = 0.4
+        [0.05, 0.05, 0.80, 0.05, 0.05],
+    ],
+    np.float32,
+)
+
+
+def test_homework_is_called_on_the_sum_of_the_homework_labels() -> None:
+    assert labels(P, OperatingPoint(homework=0.5)) == ["practice", "none", "journal"]
+    assert labels(P, OperatingPoint(homework=0.35)) == ["practice", "take_action", "journal"]
+    assert labels(P, OperatingPoint(homework=0.9)) == ["none", "none", "journal"]
+    assert reviews(np.array([0.2, 0.7], np.float32), OperatingPoint(review=0.6)) == [False, True]
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_thresholds_outside_the_unit_interval_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="threshold must be in"):
+        OperatingPoint(homework=bad)
+
+
+def test_points_come_from_the_card_and_settings_override_them() -> None:
+    card = {"operating_points": {"balanced": {"homework": 0.4, "review": 0.3}}}
+    assert from_card(card) == OperatingPoint(0.4, 0.3)
+    assert resolve(card, review=0.8) == OperatingPoint(0.4, 0.8)
+    assert from_card({}) == OperatingPoint(0.5, 0.5)  # weights from before operating points
+    with pytest.raises(ValueError, match="no operating point 'precision'"):
+        from_card(card, "precision")
+
+
+def test_review_threshold_maximises_f1_or_meets_the_precision_target() -> None:
+    gold = [False, False, True, True, False, True, True]
+    probs = np.array([0.1, 0.3, 0.35, 0.6, 0.65, 0.8, 0.9], np.float32)
+    best = choose_review(gold, probs)
+    pred = probs >= best
+    assert pred.tolist() == [False, False, True, True, True, True, True]  # F1 0.89
+    strict = choose_review(gold, probs, precision_target=0.99)
+    assert (probs >= strict).tolist() == [False] * 5 + [True, True]
+
+
+def test_homework_threshold_is_chosen_on_mean_f1() -> None:
+    gold = ["none", "take_action", "journal"]
+    assert choose_homework(gold, P) <= 0.4  # catching the take_action is worth it
+    assert choose_homework(["none", "none", "journal"], P) > 0.5
+
+
+def test_temperature_scaling_cools_an_overconfident_model() -> None:
+    rng = np.random.default_rng(0)
+    n = 2000
+    gold = rng.integers(0, 5, n)
+    logits = rng.normal(0, 1, (n, 5))
+    logits[np.arange(n), gold] += 1.0  # right more often than not
+    logits[rng.random(n) < 0.3] *= 1  # noise stays
+    hot = logits * 6  # far too sure
+    t = fit_label_temperature(hot, gold.tolist())
+    assert 4 < t < 8
+    before = label_calibration(np.exp(hot) / np.exp(hot).sum(1, keepdims=True), gold.tolist())
+    cooled = np.exp(hot / t) / np.exp(hot / t).sum(1, keepdims=True)
+    after = label_calibration(cooled, gold.tolist())
+    assert after["ece"] < before["ece"] / 3
+    review_gold = rng.random(n) < 1 / (1 + np.exp(-logits[:, 0]))
+    assert 4 < fit_review_temperature(logits[:, 0] * 6, review_gold.tolist()) < 8
+
+
+def test_reliability_bins_and_ece() -> None:
+    conf = np.array([0.95, 0.95, 0.55, 0.55])
+    hit = np.array([1, 1, 1, 0])
+    rows = reliability(conf, hit)
+    assert [r["n"] for r in rows] == [2, 2]
+    assert rows[0]["accuracy"] == 0.5 and rows[1]["accuracy"] == 1.0
+    assert ece(conf, hit) == pytest.approx((2 * 0.05 + 2 * 0.05) / 4)
