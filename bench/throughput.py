@@ -65,23 +65,31 @@ FALLBACK_DIALOGUES = [
 ]
 
 
-def load_texts(n: int) -> tuple[list[str], str]:
-    """n formatted micro-dialogues: an even sample of the corpus, or the fallback repeated."""
-    from inference_server.text import format_dialogue
+DEFAULT_CORPUS = ROOT / "inference_server" / "data" / "corpus"
 
-    corpus = ROOT / "inference_server" / "data" / "corpus"
-    texts: list[str] = []
+
+def load_texts(n: int, corpus: Path = DEFAULT_CORPUS) -> tuple[list[str], str]:
+    """The model's inputs for n micro-dialogues (an even sample of the corpus, or the fallback
+    repeated): one per micro-dialogue, more for a long turn read in windows (windows.py), as
+    the pipeline sends them."""
+    from inference_server.windows import expand
+
+    dialogues: list[list[tuple[str, str]]] = []
     for path in sorted(corpus.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 turns = json.loads(line)["turns"]
-                texts.append(format_dialogue([(t["speaker"], t["text"]) for t in turns]))
-    if texts:
-        step = max(1, len(texts) // n)
-        sample = (texts[::step] * (n // len(texts[::step]) + 1))[:n]
-        return sample, f"corpus ({len(texts)} micro-dialogues, every {step}th)"
-    base = [format_dialogue(d) for d in FALLBACK_DIALOGUES]
-    return (base * (n // len(base) + 1))[:n], "built-in texts (no corpus found)"
+                dialogues.append([(t["speaker"], t["text"]) for t in turns])
+    if dialogues:
+        step = max(1, len(dialogues) // n)
+        sample = (dialogues[::step] * (n // len(dialogues[::step]) + 1))[:n]
+        texts = expand(sample).texts
+        return texts, (
+            f"{corpus.name} ({len(dialogues)} micro-dialogues, every {step}th: {len(texts)} "
+            "windows)"
+        )
+    base = (FALLBACK_DIALOGUES * (n // len(FALLBACK_DIALOGUES) + 1))[:n]
+    return expand(base).texts, "built-in texts (no corpus found)"
 
 
 def weights_dir(arg: str | None) -> tuple[Path, str]:
@@ -172,7 +180,7 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    texts, _ = load_texts(args.n)
+    texts, _ = load_texts(args.n, args.corpus)
     wdir, _ = weights_dir(args.weights)
     batches = [int(b) for b in args.batch_sizes.split(",")]
     out: dict[str, Any] = {"variant": args.worker, "threads": torch.get_num_threads(), "rows": []}
@@ -255,7 +263,7 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
 
     wdir = Path(args.weights)
     wdesc = "shipped" if wdir == WEIGHTS_DIR else str(wdir)
-    texts, _ = load_texts(args.n)
+    texts, _ = load_texts(args.n, args.corpus)
     ref = load_classifier(wdir, precision="fp32").predict(texts)
     out: dict[str, Any] = {"weights": wdesc, "texts": len(texts), "precisions": {}}
     dev: list[Any] = []
@@ -271,29 +279,35 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     for precision in PRECISIONS:  # fp32 first: the reference for the dev flips
         clf = load_classifier(wdir, precision=precision)
         pred = clf.predict(texts)
+        point = clf.operating_point()
         row: dict[str, Any] = {
-            "label_agreement": float(np.mean(np.array(pred.labels()) == np.array(ref.labels()))),
-            "review_agreement": float(np.mean(np.array(pred.reviews()) == np.array(ref.reviews()))),
+            "label_agreement": float(
+                np.mean(np.array(pred.labels(point)) == np.array(ref.labels(point)))
+            ),
+            "review_agreement": float(
+                np.mean(np.array(pred.reviews(point)) == np.array(ref.reviews(point)))
+            ),
             "max_label_prob_diff": float(np.abs(pred.label_probs - ref.label_probs).max()),
             "max_review_prob_diff": float(np.abs(pred.review_probs - ref.review_probs).max()),
         }
         if dev:
-            dev_pred = clf.predict([ex.text for ex in dev])
+            dev_pred = clf.predict_dialogues([ex.turns for ex in dev])
             report = full_report(
                 [ex.label for ex in dev],
-                dev_pred.labels(),
+                dev_pred.labels(point),
                 [ex.review for ex in dev],
-                dev_pred.reviews(),
+                dev_pred.reviews(point),
             )
             dev_ref = dev_pred if dev_ref is None else dev_ref
             row["dev_size"] = len(dev)
             row["dev_mean_f1"] = report["mean_f1"]
             row["dev_review_f1"] = report["review"]["f1"]
             row["dev_label_flips"] = sum(
-                a != b for a, b in zip(dev_pred.labels(), dev_ref.labels(), strict=True)
+                a != b for a, b in zip(dev_pred.labels(point), dev_ref.labels(point), strict=True)
             )
             row["dev_review_flips"] = sum(
-                a != b for a, b in zip(dev_pred.reviews(), dev_ref.reviews(), strict=True)
+                a != b
+                for a, b in zip(dev_pred.reviews(point), dev_ref.reviews(point), strict=True)
             )
         out["precisions"][precision] = row
     return out
@@ -326,7 +340,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--batch-sizes", default="1,8,32,64")
-    parser.add_argument("--n", type=int, default=512, help="texts in a session (~50 minutes)")
+    parser.add_argument(
+        "--n", type=int, default=512, help="micro-dialogues in a session (~50 minutes)"
+    )
+    parser.add_argument(
+        "--corpus", type=Path, default=DEFAULT_CORPUS, help="folder of *.jsonl to sample from"
+    )
     parser.add_argument(
         "--session-batch", type=int, default=16, help="batch size of the session run"
     )
@@ -348,7 +367,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(asyncio.run(run_worker(args))))
         return
-    texts_desc = load_texts(args.n)[1]
+    texts_desc = load_texts(args.n, args.corpus)[1]
     wdir, weights_desc = weights_dir(args.weights)
     args.weights = str(wdir)
     if args.accuracy:

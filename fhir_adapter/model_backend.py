@@ -8,6 +8,7 @@ from pathlib import Path
 from fhir_adapter.settings import Settings
 from inference_server.classifier import CARD_FILE, WEIGHTS_DIR
 from inference_server.client import Backend, InProcessBackend, TritonBackend
+from inference_server.decision import OperatingPoint, resolve
 from mapping.fhir.context import ModelInfo
 
 MODEL_NAME = "homework-classifier"
@@ -32,9 +33,25 @@ def model_info(settings: Settings) -> ModelInfo:
     )
 
 
+def operating_point(settings: Settings) -> OperatingPoint:
+    """The deployment's operating point: the model card's named point, with the thresholds
+    settings give overriding it."""
+    model = settings.model
+    try:
+        return resolve(
+            model_card(settings),
+            model.operating_point,
+            model.homework_threshold,
+            model.review_threshold,
+        )
+    except ValueError as exc:
+        raise ValueError(f"model.operating_point: {exc}") from None
+
+
 def make_backend(settings: Settings) -> Backend:
     """A backend for `settings.model`; in-process loads the weights now (seconds)."""
     model = settings.model
+    point = operating_point(settings)
     if model.backend == "triton":
         assert model.triton_url is not None  # checked by ModelSettings
         return TritonBackend(
@@ -42,7 +59,8 @@ def make_backend(settings: Settings) -> Backend:
             model.triton_protocol,
             timeout_s=model.timeout_s,
             model_name=model.triton_model,
+            point=point,
         )
     weights: Path | None = model.model_dir
     # The precision Triton serves on a CPU (int8), so both backends give the same answers.
-    return InProcessBackend.load(weights)
+    return InProcessBackend.load(weights, point=point)

@@ -285,6 +285,12 @@ class ModelSettings(_Model):
     triton_protocol: Literal["http", "grpc"] = "http"
     triton_model: str = "homework_classifier"
     timeout_s: float = Field(30.0, gt=0)
+    # Where probabilities become decisions (inference_server/decision.py): a point from the
+    # model card ("balanced" maximises dev F1; "precision" writes fewer, surer drafts), and
+    # optional thresholds of this deployment's own that override it.
+    operating_point: Literal["balanced", "precision"] = "balanced"
+    homework_threshold: float | None = Field(None, gt=0, le=1)
+    review_threshold: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _triton_needs_url(self) -> Self:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from inference_server.data.splits import split_examples
 from inference_server.dataset import Example, read_corpus
 from inference_server.evaluate import Report, binary_scores, full_report
 from inference_server.labels import LABELS, NONE_LABEL
+from inference_server.realtalk import RealTalk, trainable_sources
 
 SEED = 13
 
@@ -123,25 +125,105 @@ def esconv_in_domain(directory: Path, window: str) -> Report:
     )
     predicted = [bool(v) for v in model.predict(featurise.transform([i.text for i in test]))]
     scores = binary_scores([i.is_suggestion for i in test], predicted)
-    return {"train": "train", "split": "test", "window": window, "n": len(test),
-            "homework_vs_none": scores}
+    return {
+        "train": "train",
+        "split": "test",
+        "window": window,
+        "n": len(test),
+        "homework_vs_none": scores,
+    }
+
+
+_PROPOSAL = re.compile(
+    r"\b(you (could|can|might|should|may want to)|try|why don'?t you|i'?d (like|suggest)|"
+    r"how about|what if|would you be willing|make sure|this week|before (we|next)|"
+    r"recommend|suggest|going to|plan)\b",
+    re.IGNORECASE,
+)
+_KEYWORDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (label, re.compile(pattern, re.IGNORECASE))
+    for label, pattern in (
+        ("journal", r"\b(journal|diary|write (it |them |things )?down|log|keep track|record)"),
+        ("learn", r"\b(read|book|leaflet|pamphlet|handout|website|video|podcast|look (at|into))"),
+        ("practice", r"\b(breath|relax|mindful|meditat|practi[cs]e|grounding|visuali)"),
+        (
+            "take_action",
+            r"\b(call|talk to|go (to|for|back)|join|cut (down|back)|quit|book|"
+            r"appointment|walk|take|start|stop|ask)",
+        ),
+    )
+)
+_REVIEW = re.compile(
+    r"\b(last (time|week|session)|how did .{0,40}go|were you able|did you (manage|get|try)|"
+    r"how('s| has| have) .{0,30}going)",
+    re.IGNORECASE,
+)
+
+
+class KeywordRule:
+    """A hand-written cue rule on the therapist turn: a proposal marker and a label's cue word
+    set homework; a follow-up phrase flags review. The floor a learned model must clear."""
+
+    def fit(self, examples: Sequence[Example]) -> KeywordRule:
+        return self
+
+    def predict_examples(self, examples: Sequence[Example]) -> tuple[list[str], list[bool]]:
+        labels: list[str] = []
+        reviews: list[bool] = []
+        for ex in examples:
+            turn = ex.therapist_text
+            label = NONE_LABEL
+            if _PROPOSAL.search(turn):
+                label = next((name for name, cue in _KEYWORDS if cue.search(turn)), NONE_LABEL)
+            labels.append(label)
+            reviews.append(bool(_REVIEW.search(turn)))
+        return labels, reviews
+
+
+def score_rule(rule: KeywordRule, examples: Sequence[Example]) -> Report:
+    labels, reviews = rule.predict_examples(examples)
+    return full_report(
+        [ex.label for ex in examples], labels, [ex.review for ex in examples], reviews
+    )
 
 
 def run(
-    corpus: Path, cache_dir: Path | None, esconv_dir: Path | None, window: str = "reply"
+    corpus: Path,
+    cache_dir: Path | None,
+    esconv_dir: Path | None,
+    window: str = "reply",
+    realtalk: RealTalk | None = None,
 ) -> dict[str, Any]:
-    """Fit each baseline on train; report dev, test and (optionally) ESConv test."""
+    """Fit each baseline on the model's training data (the corpus' train split, and with
+    `realtalk` its licence-allowed train units); report dev, test, the real-talk dev and test
+    splits, and (optionally) ESConv test."""
     splits = split_examples(read_corpus(corpus))
-    results: dict[str, Any] = {"labels": list(LABELS)}
+    real = realtalk.splits() if realtalk is not None else None
+    train = list(splits["train"])
+    if real is not None:
+        train += [ex for ex in real["train"] if ex.source in trainable_sources()]
+    results: dict[str, Any] = {"labels": list(LABELS), "trained_on": len(train)}
+    rule = KeywordRule()
+    results["keyword_rule"] = {
+        "dev": score_rule(rule, splits["dev"]),
+        "test": score_rule(rule, splits["test"]),
+        **(
+            {f"realtalk_{n}": score_rule(rule, real[n]) for n in ("dev", "test")}
+            if real is not None
+            else {}
+        ),
+    }
     for name, model in (
         ("tfidf_logreg", tfidf_baseline()),
         ("minilm_frozen_logreg", embedding_baseline(cache_dir)),
     ):
-        model.fit(splits["train"])
+        model.fit(train)
         entry: dict[str, Any] = {
             "dev": score(model, splits["dev"]),
             "test": score(model, splits["test"]),
         }
+        if real is not None:
+            entry.update({f"realtalk_{n}": score(model, real[n]) for n in ("dev", "test")})
         if esconv_dir is not None:
             entry["esconv"] = score_esconv(model, esconv_dir, window)
         results[name] = entry
@@ -158,8 +240,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=default_cache_dir())
     parser.add_argument("--esconv", type=Path, default=None, help="ESConv folder (optional)")
     parser.add_argument("--window", default="reply", choices=["reply", "context", "both"])
+    parser.add_argument(
+        "--shared-data",
+        type=Path,
+        default=None,
+        help="shared data folder: also train on the real-talk train units and score its splits",
+    )
     args = parser.parse_args(argv)
-    results = run(args.corpus, args.cache, args.esconv, args.window)
+    realtalk = RealTalk(shared=args.shared_data) if args.shared_data else None
+    results = run(args.corpus, args.cache, args.esconv, args.window, realtalk)
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -23,14 +23,18 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from inference_server import decision
+from inference_server.decision import OperatingPoint
 from inference_server.labels import LABELS
 from inference_server.lora import LORA_FILE, merge_lora
+from inference_server.windows import Expanded, expand, normalise, reduce
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 HEADS_FILE = "heads.safetensors"
 CARD_FILE = "model_card.json"
 # all-MiniLM-L6-v2 was trained on 128-token inputs; a micro-dialogue rarely needs more.
 MAX_TOKENS = 128
+DEFAULT = OperatingPoint()
 
 
 # Metadata key in heads.safetensors: how many encoder layers the heads were trained on top of.
@@ -47,6 +51,12 @@ def truncate_encoder(encoder: nn.Module, layers: int) -> nn.Module:
         bert.encoder.layer = nn.ModuleList(list(bert.encoder.layer)[:layers])
         bert.config.num_hidden_layers = layers
     return encoder
+
+
+def packaged_card(weights_dir: Path | None = None) -> dict[str, Any]:
+    """The model card in `weights_dir` (default: the packaged weights); {} when there is none."""
+    path = (weights_dir or WEIGHTS_DIR) / CARD_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def encoder_path() -> Path:
@@ -92,11 +102,34 @@ class Predictions:
     label_probs: npt.NDArray[np.float32]
     review_probs: npt.NDArray[np.float32]
 
-    def labels(self) -> list[str]:
-        return [LABELS[i] for i in self.label_probs.argmax(axis=1)]
+    def labels(self, point: OperatingPoint = DEFAULT) -> list[str]:
+        return decision.labels(self.label_probs, point)
 
-    def reviews(self, threshold: float = 0.5) -> list[bool]:
-        return [bool(p >= threshold) for p in self.review_probs]
+    def reviews(self, point: OperatingPoint = DEFAULT) -> list[bool]:
+        return decision.reviews(self.review_probs, point)
+
+
+@dataclass(frozen=True)
+class DialoguePredictions(Predictions):
+    """Predictions per micro-dialogue from its strongest windows (windows.py), with the windows
+    themselves and which one gave each label and review probability."""
+
+    windows: Expanded
+    label_window: npt.NDArray[np.int64]
+    review_window: npt.NDArray[np.int64]
+
+    @classmethod
+    def reduced(cls, expanded: Expanded, window_preds: Predictions) -> DialoguePredictions:
+        out = reduce(expanded, window_preds.label_probs, window_preds.review_probs)
+        return cls(
+            out.label_probs, out.review_probs, expanded, out.label_window, out.review_window
+        )
+
+    def evidence(self, i: int, turn: str, review: bool = False) -> str:
+        """The part of micro-dialogue `i`'s therapist turn (`turn`) that its label (or
+        review) came from: the whole turn when it fits one window."""
+        window = self.windows.windows[int((self.review_window if review else self.label_window)[i])]
+        return normalise(turn)[window.start : window.end]
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -129,11 +162,7 @@ class HomeworkClassifier:
             raise FileNotFoundError(
                 f"no classifier weights at {heads_file}; run `homework-fhir train` to make them"
             )
-        card = (
-            json.loads((weights_dir / CARD_FILE).read_text())
-            if (weights_dir / CARD_FILE).is_file()
-            else {}
-        )
+        card = packaged_card(weights_dir)
         state = load_file(str(heads_file), device=device)
         dim = int(state["label.1.weight"].shape[1])
         hidden = int(state["label.1.weight"].shape[0])
@@ -164,6 +193,17 @@ class HomeworkClassifier:
         ).to(self.device)
         hidden = self.encoder(**batch).last_hidden_state
         return mean_pool(hidden, batch["attention_mask"])
+
+    def operating_point(self, name: str = decision.DEFAULT_POINT) -> OperatingPoint:
+        """The card's operating point `name` (see decision.py)."""
+        return decision.from_card(self.card, name)
+
+    def predict_dialogues(
+        self, dialogues: Sequence[Sequence[tuple[str, str]]], batch_size: int = 64
+    ) -> DialoguePredictions:
+        """Classify micro-dialogues ((role, text) turns each) by their strongest windows."""
+        expanded = expand(dialogues)
+        return DialoguePredictions.reduced(expanded, self.predict(expanded.texts, batch_size))
 
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> Predictions:

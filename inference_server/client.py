@@ -26,9 +26,17 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from inference_server.classifier import HomeworkClassifier, Predictions
+from inference_server import decision
+from inference_server.classifier import (
+    DialoguePredictions,
+    HomeworkClassifier,
+    Predictions,
+    packaged_card,
+)
+from inference_server.decision import OperatingPoint
 from inference_server.errors import InferenceRequestRejected, ModelServerUnavailable
 from inference_server.labels import LABELS
+from inference_server.windows import expand
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +51,23 @@ __all__ = ["Backend", "InProcessBackend", "Transport", "TritonBackend"]
 
 @runtime_checkable
 class Backend(Protocol):
-    """Something that classifies formatted micro-dialogue texts."""
+    """Something that classifies formatted micro-dialogue texts, and the operating point
+    (decision.py) its probabilities are read at."""
+
+    point: OperatingPoint
 
     async def predict(self, texts: Sequence[str]) -> Predictions: ...
 
     async def close(self) -> None: ...
+
+
+async def predict_dialogues(
+    backend: Backend, dialogues: Sequence[Sequence[tuple[str, str]]]
+) -> DialoguePredictions:
+    """Classify micro-dialogues ((role, text) turns each) by their strongest windows: one
+    model call for all their windows (windows.py)."""
+    expanded = expand(dialogues)
+    return DialoguePredictions.reduced(expanded, await backend.predict(expanded.texts))
 
 
 def _empty() -> Predictions:
@@ -62,9 +82,16 @@ class InProcessBackend:
     keep two int8 workers busy on a short transcript; bench/README.md has the figures.
     """
 
-    def __init__(self, classifier: HomeworkClassifier, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        classifier: HomeworkClassifier,
+        batch_size: int = 16,
+        point: OperatingPoint | None = None,
+    ) -> None:
         self.classifier = classifier
         self.batch_size = batch_size
+        # Default: the balanced point of the loaded weights' own card.
+        self.point = point or classifier.operating_point()
         self._lock = threading.Lock()
 
     @classmethod
@@ -75,13 +102,14 @@ class InProcessBackend:
         device: str = "cpu",
         precision: str | None = None,
         batch_size: int = 16,
+        point: OperatingPoint | None = None,
     ) -> InProcessBackend:
         """Load the classifier at `precision` (default: the one Triton serves on this device,
         see optimize.py)."""
         from inference_server.optimize import load_classifier
 
         classifier = load_classifier(weights_dir, device, precision)
-        return cls(classifier, batch_size=batch_size)
+        return cls(classifier, batch_size=batch_size, point=point)
 
     def _predict(self, texts: list[str]) -> Predictions:
         with self._lock:
@@ -135,6 +163,7 @@ class TritonBackend:
         batch_size: int = 32,
         max_in_flight: int = 8,
         model_name: str = MODEL_NAME,
+        point: OperatingPoint | None = None,
     ) -> None:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be 'http' or 'grpc', not {protocol!r}")
@@ -155,6 +184,9 @@ class TritonBackend:
         self.max_backoff_s = max_backoff_s
         self.batch_size = batch_size
         self.model_name = model_name
+        # The server sends probabilities; where to cut them is the deployment's choice (by
+        # default the packaged model card's balanced point).
+        self.point = point or decision.from_card(packaged_card())
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._client: Any = None
 

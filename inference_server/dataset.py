@@ -34,8 +34,9 @@ class Example:
     turns: tuple[tuple[str, str], ...]
     label: str
     review: bool
-    source: str
+    source: str  # the file it was read from (or the real-talk source)
     line: int
+    origin: str = ""  # where the dialogue comes from: the line's `source` key, if any
 
     @property
     def text(self) -> str:
@@ -102,6 +103,7 @@ def parse_line(line: str, source: str, number: int) -> Example:
         review=review,
         source=source,
         line=number,
+        origin=str(row.get("source") or ""),
     )
 
 

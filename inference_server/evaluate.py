@@ -103,3 +103,58 @@ def headline(report: Report) -> dict[str, float]:
     if "review" in report:
         out["review_f1"] = round(report["review"]["f1"], 4)
     return out
+
+
+def bootstrap(
+    gold_labels: Sequence[str],
+    pred_labels: Sequence[str],
+    gold_review: Sequence[bool],
+    pred_review: Sequence[bool],
+    conversations: Sequence[str],
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """95% percentile intervals of mean F1, homework-vs-none F1 and review F1, resampling whole
+    conversations with replacement (units of one conversation are not independent)."""
+    by_conv: dict[str, list[int]] = {}
+    for i, conv in enumerate(conversations):
+        by_conv.setdefault(conv, []).append(i)
+    groups = list(by_conv.values())
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {"mean_f1": [], "homework_f1": [], "review_f1": []}
+    gl, pl = np.asarray(gold_labels), np.asarray(pred_labels)
+    gr, pr = np.asarray(gold_review, dtype=bool), np.asarray(pred_review, dtype=bool)
+    for _ in range(rounds):
+        picked = rng.integers(0, len(groups), len(groups))
+        idx = np.concatenate([groups[k] for k in picked])
+        scores = label_scores(gl[idx].tolist(), pl[idx].tolist())
+        draws["mean_f1"].append(scores["mean_f1"])
+        draws["homework_f1"].append(scores["homework_vs_none"]["f1"])
+        draws["review_f1"].append(binary_scores(gr[idx], pr[idx])["f1"])
+    return {
+        name: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]
+        for name, v in draws.items()
+    }
+
+
+def by_group(
+    gold_labels: Sequence[str],
+    pred_labels: Sequence[str],
+    gold_review: Sequence[bool],
+    pred_review: Sequence[bool],
+    conversations: Sequence[str],
+    groups: Sequence[str],
+) -> dict[str, Report]:
+    """`full_report` with `bootstrap` intervals for all items ("all") and for each group (a
+    source, say) that has items."""
+    members: dict[str, list[int]] = {"all": list(range(len(gold_labels)))}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    out: dict[str, Report] = {}
+    for name, idx in members.items():
+        gl, pl = [gold_labels[i] for i in idx], [pred_labels[i] for i in idx]
+        gr, pr = [gold_review[i] for i in idx], [pred_review[i] for i in idx]
+        report = full_report(gl, pl, gr, pr)
+        report["intervals"] = bootstrap(gl, pl, gr, pr, [conversations[i] for i in idx])
+        out[name] = report
+    return out

@@ -37,6 +37,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from inference_server import decision
+from inference_server.calibration import (
+    fit_label_temperature,
+    fit_review_temperature,
+    label_calibration,
+    review_calibration,
+)
 from inference_server.classifier import (
     CARD_FILE,
     HEADS_FILE,
@@ -51,10 +58,20 @@ from inference_server.classifier import (
     truncate_encoder,
 )
 from inference_server.data.splits import SPLITS, split_examples
-from inference_server.dataset import DatasetError, Example, corpus_files, corpus_hash, read_corpus
-from inference_server.evaluate import Report, full_report, label_scores
+from inference_server.dataset import (
+    DatasetError,
+    Example,
+    corpus_files,
+    corpus_hash,
+    read_corpus,
+    read_jsonl,
+)
+from inference_server.decision import OperatingPoint, choose_points
+from inference_server.evaluate import Report, by_group, full_report, label_scores
 from inference_server.labels import LABELS
 from inference_server.lora import LORA_FILE, add_lora, lora_state
+from inference_server.realtalk import SOURCES, RealTalk, trainable_sources
+from inference_server.windows import NONE_INDEX, Expanded, expand, reduce
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +82,16 @@ DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 # The opt-in fast model (set model.model_dir to it): its settings, as `--set` gives them.
 FAST_DIR = WEIGHTS_DIR / "fast"
 FAST_SETTINGS = ("encoder_layers=4", "lora_layers=4", "distill_weight=0.9")
+# Corpus files written in the registers of real talk (transcribed speech, written messages):
+# their dev split joins the real-talk dev for every choice, which alone has too few reviews and
+# rare labels to choose on.
+REAL_REGISTER_FILES = ("spoken.jsonl", "written.jsonl")
+# A shard in another style (text-message chat), never trained on: the out-of-style check.
+HELDOUT_DIR = Path(__file__).resolve().parent / "data" / "heldout"
+PRIMOCK_ATTRIBUTION = (
+    "PriMock57 (Papadopoulos Korfiatis et al., ACL 2022; github.com/babylonhealth/primock57), "
+    "CC BY 4.0: its consultations, labelled by this project, are part of the training data."
+)
 
 
 @dataclass(frozen=True)
@@ -90,8 +117,13 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     lora_lr: float = 5e-4
-    # Pick the review threshold on dev and fold it into the head's bias (0.5 stays the cut).
-    tune_review_threshold: bool = True
+    # Label smoothing of the label loss: keeps the softmax from saturating on our own writing
+    # (the 0.99999 on wrong answers that real talk exposed).
+    label_smoothing: float = 0.1
+    # Temperature-scale both heads on dev and fold the temperatures into the weights.
+    calibrate: bool = True
+    # Train on the licence-allowed sources of the real-talk train split too (realtalk.py).
+    realtalk_train: bool = True
     # Knowledge distillation (0: off): the loss mixes the gold labels with the softened
     # predictions of a teacher model (default: the shipped default model).
     distill_weight: float = 0.0
@@ -115,6 +147,7 @@ class TrainConfig:
             (0 <= self.dropout < 1 and 0 <= self.lora_dropout < 1, "dropouts must be in [0, 1)"),
             (0 <= self.distill_weight <= 1, "distill_weight must be in [0, 1]"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         ]
         failed = [message for ok, message in checks if not ok]
         if failed:
@@ -259,6 +292,12 @@ class Features:
     def __len__(self) -> int:
         return len(self.pooled) if self.pooled is not None else len(self.states or [])
 
+    def subset(self, idx: Sequence[int]) -> Features:
+        if self.pooled is not None:
+            return Features(pooled=self.pooled[list(idx)])
+        assert self.states is not None
+        return Features(states=[self.states[i] for i in idx])
+
     def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.pooled is not None:
             return self.pooled[list(idx)], None
@@ -277,17 +316,17 @@ class Features:
 def predict_features(
     model: TopModel, feats: Features, batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Label probabilities [N, 5] and review logits [N] for features, in eval mode."""
+    """Label logits [N, 5] and review logits [N] for features, in eval mode."""
     model.eval()
     order = sorted(range(len(feats)), key=lambda i: _feature_len(feats, i))
-    probs = np.zeros((len(feats), len(LABELS)), np.float32)
+    label = np.zeros((len(feats), len(LABELS)), np.float32)
     review = np.zeros(len(feats), np.float32)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         logits, rev = model(*feats.batch(idx))
-        probs[idx] = torch.softmax(logits, -1).numpy()
+        label[idx] = logits.numpy()
         review[idx] = rev.numpy()
-    return probs, review
+    return label, review
 
 
 def _feature_len(feats: Features, i: int) -> int:
@@ -301,30 +340,107 @@ def class_weights(labels: Sequence[int], power: float) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def best_threshold(gold: Sequence[bool], logits: npt.NDArray[np.float32]) -> float:
-    """The review logit cut that maximises dev F1; ties go to the cut nearest logit 0."""
-    g = np.asarray(gold, dtype=bool)
-    if not g.any():
-        return 0.0
-    best = (-1.0, 0.0, 0.0)  # (f1, -distance from 0, cut)
-    for cut in np.unique(logits):
-        pred = logits >= cut
-        tp = int((g & pred).sum())
-        f1 = 2 * tp / (int(g.sum()) + int(pred.sum()))
-        candidate = (round(f1, 12), -abs(float(cut)), float(cut))
-        best = max(best, candidate)
-    # Halfway to the next lower logit, so the cut is not exactly on a training point.
-    below = logits[logits < best[2]]
-    return (best[2] + float(below.max())) / 2 if below.size else best[2]
-
-
 @dataclass
 class Fitted:
     model: TopModel
     encoder: nn.Module
-    review_cut: float
+    calibrated: Calibrated
     history: list[dict[str, float]]
     best_epoch: int
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """Examples as encoder windows (windows.py): `expanded.owner[k]` is window k's example."""
+
+    examples: Sequence[Example]
+    expanded: Expanded
+
+    @classmethod
+    def of(cls, examples: Sequence[Example]) -> Windowed:
+        return cls(examples, expand([ex.turns for ex in examples]))
+
+    def bags(self) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in self.examples]
+        for k, i in enumerate(self.expanded.owner.tolist()):
+            out[i].append(k)
+        return out
+
+
+# Windows of a long `none` turn trained on per epoch (a different draw each epoch): a long
+# written message has five to ten, nearly alike, and all of them would swamp an epoch.
+NONE_WINDOWS_PER_EPOCH = 2
+
+
+def _active_windows(
+    train: Windowed,
+    bags: list[list[int]],
+    chosen: dict[int, int] | None,
+    generator: torch.Generator,
+) -> list[int]:
+    """The windows an epoch trains on. A long turn's gold says that some window sets (or
+    reviews) homework, not which: such a bag trains on the window the model currently finds
+    strongest (`chosen`; all its windows before there is a model). A `none` bag is none in
+    every window: a few of them, drawn afresh each epoch, train."""
+    active: list[int] = []
+    for i, windows in enumerate(bags):
+        ex = train.examples[i]
+        if len(windows) == 1:
+            active.extend(windows)
+        elif ex.label == "none" and not ex.review:
+            draw = torch.randperm(len(windows), generator=generator)[:NONE_WINDOWS_PER_EPOCH]
+            active.extend(windows[k] for k in sorted(draw.tolist()))
+        elif chosen is None:
+            active.extend(windows)
+        else:
+            active.append(chosen[i])
+    return active
+
+
+def _choose_windows(
+    model: TopModel, feats: Features, train: Windowed, bags: list[list[int]]
+) -> dict[int, int]:
+    """For each multi-window positive bag, its strongest window under `model`."""
+    multi = [
+        i for i, w in enumerate(bags)
+        if len(w) > 1 and (train.examples[i].label != "none" or train.examples[i].review)
+    ]  # fmt: skip
+    if not multi:
+        return {}
+    flat = [k for i in multi for k in bags[i]]
+    logits, rev = predict_features(model, feats.subset(flat))
+    probs = softmax(logits)
+    score = dict(zip(flat, (1.0 - probs[:, NONE_INDEX]).tolist(), strict=True))
+    review = dict(zip(flat, rev.tolist(), strict=True))
+    chosen: dict[int, int] = {}
+    for i in multi:
+        key = score if train.examples[i].label != "none" else review
+        chosen[i] = max(bags[i], key=lambda k: key[k])
+    return chosen
+
+
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
+def _sigmoid(z: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DevOutput:
+    """Per dev example: label logits and review logit of its strongest windows."""
+
+    label_logits: npt.NDArray[np.float32]
+    review_logits: npt.NDArray[np.float32]
+
+
+def _dev_output(model: TopModel, feats: Features, dev: Windowed) -> DevOutput:
+    logits, rev = predict_features(model, feats)
+    reduced = reduce(dev.expanded, softmax(logits), _sigmoid(rev))
+    return DevOutput(logits[reduced.label_window], rev[reduced.review_window])
 
 
 def fit(
@@ -335,16 +451,18 @@ def fit(
     progress: bool = True,
     teacher_dir: Path = WEIGHTS_DIR,
 ) -> Fitted:
-    """Train on `train`, early-stop and pick the review cut on `dev` (with distillation, from
-    the model in `teacher_dir`)."""
+    """Train on `train`'s windows; early-stop, calibrate and choose the operating points on
+    `dev` (with distillation, from the model in `teacher_dir`)."""
     seed_everything(config.seed)
     encoder, tokenizer = load_encoder(config.encoder_layers)
     n_layers = _num_layers(encoder)  # == config.encoder_layers; TrainConfig checked lora_layers
     first = n_layers - config.lora_layers
-    texts = [ex.text for ex in (*train, *dev)]
+    tr_win, dv_win = Windowed.of(train), Windowed.of(dev)
+    texts = [*tr_win.expanded.texts, *dv_win.expanded.texts]
+    n_train = len(tr_win.expanded.windows)
     if config.lora_layers:
         states = encode_layer(encoder, tokenizer, texts, first, progress=progress)
-        tr, dv = Features(states=states[: len(train)]), Features(states=states[len(train) :])
+        tr, dv = Features(states=states[:n_train]), Features(states=states[n_train:])
         lora_params = add_lora(
             encoder,
             range(first, n_layers),
@@ -354,7 +472,7 @@ def fit(
         )
     else:
         pooled = pooled_embeddings(encoder, tokenizer, texts, cache_dir, progress=progress)
-        tr, dv = Features(pooled=pooled[: len(train)]), Features(pooled=pooled[len(train) :])
+        tr, dv = Features(pooled=pooled[:n_train]), Features(pooled=pooled[n_train:])
         lora_params = []
     for param in encoder.parameters():
         param.requires_grad_(False)
@@ -368,17 +486,26 @@ def fit(
         groups.append({"params": lora_params, "lr": config.lora_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
-    y = torch.tensor([ex.label_index for ex in train])
-    r = torch.tensor([float(ex.review) for ex in train])
-    label_loss = nn.CrossEntropyLoss(weight=class_weights(y.tolist(), config.class_weight_power))
-    positives = float(r.sum())
-    pos_weight = (len(r) - positives) / positives if positives else 1.0
+    owner = tr_win.expanded.owner
+    y = torch.tensor([train[i].label_index for i in owner.tolist()])
+    r = torch.tensor([float(train[i].review) for i in owner.tolist()])
+    label_loss = nn.CrossEntropyLoss(
+        weight=class_weights([ex.label_index for ex in train], config.class_weight_power),
+        label_smoothing=config.label_smoothing,
+    )
+    positives = float(sum(ex.review for ex in train))
+    pos_weight = (len(train) - positives) / positives if positives else 1.0
     review_loss = nn.BCEWithLogitsLoss(
         pos_weight=torch.tensor(pos_weight**config.class_weight_power)
     )
-    teacher = _teacher_targets(train, config, teacher_dir) if config.distill_weight else None
+    teacher = (
+        _teacher_targets(tr_win.expanded.texts, config, teacher_dir)
+        if config.distill_weight
+        else None
+    )
     dev_labels = [ex.label for ex in dev]
     dev_review = [ex.review for ex in dev]
+    bags = tr_win.bags()
 
     # Heads on cached vectors are tiny: one thread beats fighting other processes for two.
     with _threads(torch.get_num_threads() if config.lora_layers else 1):
@@ -387,12 +514,16 @@ def fit(
         best_state: dict[str, torch.Tensor] = {}
         best_epoch, stale = 0, 0
         history: list[dict[str, float]] = []
+        chosen: dict[int, int] | None = None
         epochs = tqdm(range(1, config.epochs + 1), desc="training", disable=not progress)
         for epoch in epochs:
+            active = _active_windows(tr_win, bags, chosen, generator)
+            feats = tr.subset(active)
             model.train()
             total = 0.0
-            for idx in _batches(tr, config.batch_size, generator):
-                logits, rev = model(*tr.batch(idx))
+            for batch in _batches(feats, config.batch_size, generator):
+                idx = [active[b] for b in batch]
+                logits, rev = model(*feats.batch(batch))
                 loss = label_loss(logits, y[idx]) + review_loss(rev, r[idx])
                 if teacher is not None:
                     loss = (1 - config.distill_weight) * loss + config.distill_weight * (
@@ -402,14 +533,15 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
-            probs, rev_logits = predict_features(model, dv)
-            pred = [LABELS[i] for i in probs.argmax(1)]
-            scores = label_scores(dev_labels, pred)
-            review_f1 = _f1(dev_review, (rev_logits >= 0).tolist())
+            chosen = _choose_windows(model, tr, tr_win, bags)
+            out = _dev_output(model, dv, dv_win)
+            probs, review_p = softmax(out.label_logits), _sigmoid(out.review_logits)
+            scores = label_scores(dev_labels, decision.labels(probs, OperatingPoint()))
+            review_f1 = _f1(dev_review, decision.reviews(review_p, OperatingPoint()))
             history.append(
                 {
                     "epoch": epoch,
-                    "loss": total / len(train),
+                    "loss": total / len(active),
                     "dev_mean_f1": scores["mean_f1"],
                     "dev_review_f1": review_f1,
                 }
@@ -425,9 +557,56 @@ def fit(
                 if stale >= config.patience:
                     break
     model.load_state_dict(best_state)
-    _, rev_logits = predict_features(model, dv)
-    cut = best_threshold(dev_review, rev_logits) if config.tune_review_threshold else 0.0
-    return Fitted(model, encoder, cut, history, best_epoch)
+    out = _dev_output(model, dv, dv_win)
+    calibrated = calibrate(out, dev_labels, dev_review, config.calibrate)
+    return Fitted(model, encoder, calibrated, history, best_epoch)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """Temperatures fitted on dev, the calibration they bring, and the operating points
+    chosen on the calibrated dev probabilities."""
+
+    label_temperature: float
+    review_temperature: float
+    points: dict[str, OperatingPoint]
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "label_temperature": self.label_temperature,
+            "review_temperature": self.review_temperature,
+            "dev_before": self.before,
+            "dev_after": self.after,
+        }
+
+
+def calibrate(
+    out: DevOutput, gold: Sequence[str], review: Sequence[bool], enabled: bool = True
+) -> Calibrated:
+    targets = [LABELS.index(label) for label in gold]
+    t_label = fit_label_temperature(out.label_logits, targets) if enabled else 1.0
+    t_review = fit_review_temperature(out.review_logits, review) if enabled else 1.0
+
+    def report(t_l: float, t_r: float) -> dict[str, Any]:
+        probs = softmax(out.label_logits / t_l)
+        review_p = _sigmoid(out.review_logits / t_r)
+        return {
+            "label": label_calibration(probs, targets),
+            "review": review_calibration(review_p, review),
+        }
+
+    after = report(t_label, t_review)
+    probs = softmax(out.label_logits / t_label)
+    review_p = _sigmoid(out.review_logits / t_review)
+    return Calibrated(
+        t_label,
+        t_review,
+        choose_points(gold, review, probs, review_p),
+        report(1.0, 1.0),
+        after,
+    )
 
 
 @dataclass
@@ -448,8 +627,8 @@ class Teacher:
         return kl * t * t + soft_review
 
 
-def _teacher_targets(train: Sequence[Example], config: TrainConfig, teacher_dir: Path) -> Teacher:
-    preds = HomeworkClassifier.load(teacher_dir).predict([ex.text for ex in train])
+def _teacher_targets(texts: Sequence[str], config: TrainConfig, teacher_dir: Path) -> Teacher:
+    preds = HomeworkClassifier.load(teacher_dir).predict(texts)
     log_probs = torch.log(torch.from_numpy(preds.label_probs).clamp_min(1e-8))
     soft = torch.softmax(log_probs / config.distill_temperature, -1)
     return Teacher(soft, torch.from_numpy(preds.review_probs), config.distill_temperature)
@@ -491,14 +670,21 @@ def _f1(gold: Sequence[bool], pred: Sequence[bool]) -> float:
 
 
 def save_weights(fitted: Fitted, out: Path) -> list[Path]:
-    """Write heads (review cut folded into the bias) and the LoRA delta, if any."""
+    """Write heads (dev temperatures folded into their last layers) and the LoRA delta."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     heads = {k: v.detach().clone().contiguous() for k, v in fitted.model.heads.state_dict().items()}
-    # sigmoid(z - cut) >= 0.5 exactly when z >= cut: the tuned cut becomes the default 0.5.
-    last = max(k for k in heads if k.startswith("review.") and k.endswith(".bias"))
-    heads[last] = heads[last] - fitted.review_cut
+    # logits / T is linear: dividing the last layer's weight and bias by T calibrates every
+    # serving path (fp32, int8, Triton) without a line of serving code.
+    for head, t in (
+        ("label", fitted.calibrated.label_temperature),
+        ("review", fitted.calibrated.review_temperature),
+    ):
+        last = max(int(k.split(".")[1]) for k in heads if k.startswith(f"{head}."))
+        for part in ("weight", "bias"):
+            key = f"{head}.{last}.{part}"
+            heads[key] = (heads[key] / t).contiguous()
     layers = str(_num_layers(fitted.encoder))
     save_file(heads, str(out / HEADS_FILE), metadata={LAYERS_KEY: layers})
     written = [out / HEADS_FILE]
@@ -512,14 +698,33 @@ def save_weights(fitted: Fitted, out: Path) -> list[Path]:
     return written
 
 
-def score_examples(clf: HomeworkClassifier, examples: Sequence[Example]) -> Report:
-    """Full report of the served model (`HomeworkClassifier`) on labelled examples."""
-    preds = clf.predict([ex.text for ex in examples], batch_size=EVAL_BATCH_SIZE)
+def score_examples(
+    clf: HomeworkClassifier, examples: Sequence[Example], point: OperatingPoint | None = None
+) -> Report:
+    """Full report of the served model (`HomeworkClassifier`) on labelled examples, at the
+    card's default operating point unless `point` is given."""
+    point = point or clf.operating_point()
+    preds = clf.predict_dialogues([ex.turns for ex in examples], batch_size=EVAL_BATCH_SIZE)
     return full_report(
         [ex.label for ex in examples],
-        preds.labels(),
+        preds.labels(point),
         [ex.review for ex in examples],
-        preds.reviews(),
+        preds.reviews(point),
+    )
+
+
+def score_by_source(clf: HomeworkClassifier, examples: Sequence[Example]) -> Report:
+    """`score_examples` over all examples and per source, each with 95% intervals from
+    resampling conversations (evaluate.by_group)."""
+    point = clf.operating_point()
+    preds = clf.predict_dialogues([ex.turns for ex in examples], batch_size=EVAL_BATCH_SIZE)
+    return by_group(
+        [ex.label for ex in examples],
+        preds.labels(point),
+        [ex.review for ex in examples],
+        preds.reviews(point),
+        conversations=[ex.conversation for ex in examples],
+        groups=[ex.origin for ex in examples],
     )
 
 
@@ -529,9 +734,10 @@ def score_esconv(clf: HomeworkClassifier, directory: Path, split: str, window: s
     from inference_server.evaluate import binary_scores
 
     items = read_split(directory, split, window)  # type: ignore[arg-type]
-    preds = clf.predict([item.text for item in items], batch_size=EVAL_BATCH_SIZE)
-    scores = binary_scores([i.is_suggestion for i in items], [p != "none" for p in preds.labels()])
-    predicted = dict(zip(*np.unique(preds.labels(), return_counts=True), strict=True))
+    preds = clf.predict_dialogues([item.turns for item in items], batch_size=EVAL_BATCH_SIZE)
+    labels = preds.labels(clf.operating_point())
+    scores = binary_scores([i.is_suggestion for i in items], [p != "none" for p in labels])
+    predicted = dict(zip(*np.unique(labels, return_counts=True), strict=True))
     return {
         "split": split,
         "window": window,
@@ -551,8 +757,14 @@ def train(
     progress: bool = True,
     on_status: Callable[[str], None] = log.info,
     teacher_dir: Path | None = None,
+    realtalk: RealTalk | None = None,
 ) -> dict[str, Any]:
-    """Train, write weights and `model_card.json` into `out`; return the card."""
+    """Train, write weights and `model_card.json` into `out`; return the card.
+
+    With `realtalk` (the labelled real dialogue, realtalk.py), its train split's licence-allowed
+    sources join the corpus' train split, and every dev choice (epoch, temperatures, operating
+    points) is made on its dev split's licence-allowed sources; without it, on the corpus' dev.
+    """
     config = config or TrainConfig()
     out = out or WEIGHTS_DIR
     teacher_dir = teacher_dir or WEIGHTS_DIR
@@ -569,17 +781,43 @@ def train(
     on_status(
         "corpus: " + ", ".join(f"{name} {len(splits[name])}" for name in SPLITS) + " examples"
     )
+    real = realtalk.splits() if realtalk is not None else None
+    train_set, select_on = list(splits["train"]), list(splits["dev"])
+    if real is not None:
+        allowed = set(trainable_sources())
+        if config.realtalk_train:
+            train_set += [ex for ex in real["train"] if ex.source in allowed]
+        select_on = [ex for ex in real["dev"] if ex.source in allowed] + [
+            ex for ex in splits["dev"] if Path(ex.source).name in REAL_REGISTER_FILES
+        ]
+        on_status(
+            "real talk: "
+            + ", ".join(f"{name} {len(real[name])}" for name in SPLITS)
+            + f" units; training on {len(train_set)}, choosing on {len(select_on)}"
+        )
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        fitted = fit(splits["train"], splits["dev"], config, cache_dir, progress, teacher_dir)
+        fitted = fit(train_set, select_on, config, cache_dir, progress, teacher_dir)
     finally:
         torch.use_deterministic_algorithms(deterministic)
     written = save_weights(fitted, out)
+    points = {name: point.as_json() for name, point in fitted.calibrated.points.items()}
+    # The card is read back for the operating point: write what scoring needs first.
+    (out / CARD_FILE).write_text(json.dumps({"operating_points": points}), encoding="utf-8")
     on_status(f"best dev epoch {fitted.best_epoch}; scoring the written weights")
 
     clf = HomeworkClassifier.load(out)
     metrics = {name: score_examples(clf, splits[name]) for name in ("dev", "test") if splits[name]}
+    realtalk_metrics = (
+        {name: score_by_source(clf, real[name]) for name in SPLITS if real[name]}
+        if real is not None
+        else None
+    )
+    heldout = {
+        path.name: score_examples(clf, read_jsonl(path))
+        for path in (sorted(HELDOUT_DIR.glob("*.jsonl")) if HELDOUT_DIR.is_dir() else [])
+    }
     esconv: dict[str, Any] | None = None
     if esconv_dir is not None:
         esconv = score_esconv(clf, esconv_dir, "test", esconv_window)
@@ -590,7 +828,10 @@ def train(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "task": "label the last therapist turn of a micro-dialogue; flag review of earlier tasks",
         "labels": list(LABELS),
-        "review": "sigmoid; true at >= 0.5 (dev-tuned cut folded into the bias)",
+        "review": "sigmoid; flagged at the operating point's review threshold",
+        "operating_points": points,
+        "default_operating_point": decision.DEFAULT_POINT,
+        "calibration": fitted.calibrated.card(),
         "encoder": {
             "name": ENCODER_NAME,
             "sha256": encoder_fingerprint(),
@@ -604,17 +845,34 @@ def train(
             "files": {p.name: sum(1 for _ in p.open(encoding="utf-8")) for p in files},
             "split": "sha256(conversation) % 100: <70 train, <85 dev, else test",
             "examples": {name: len(splits[name]) for name in SPLITS},
+            "realtalk": realtalk.card(config.realtalk_train) if realtalk is not None else None,
+            "licences": {
+                "corpus": "written for this project; Apache-2.0 like the code",
+                **(
+                    {
+                        name: source.licence
+                        for name, source in SOURCES.items()
+                        if source.trainable and config.realtalk_train
+                    }
+                    if realtalk is not None
+                    else {}
+                ),
+            },
+            "attribution": PRIMOCK_ATTRIBUTION if realtalk and config.realtalk_train else None,
+            "trained_on": len(train_set),
+            "chosen_on": len(select_on),
         },
         "training": {
             **asdict(config),
             "teacher": teacher,
             "best_epoch": fitted.best_epoch,
-            "review_logit_cut": fitted.review_cut,
             "history": fitted.history,
             "torch": torch.__version__,
         },
         "evaluation": {"batch_size": EVAL_BATCH_SIZE},
         "metrics": metrics,
+        "realtalk_metrics": realtalk_metrics,
+        "out_of_style": heldout,
         "esconv": esconv,
         "artefacts": {p.name: p.stat().st_size for p in written},
     }

@@ -128,3 +128,6 @@ class Detection:
     confidence: float
     review_confidence: float
     probabilities: dict[HomeworkLabel, float] = field(default_factory=dict)
+    # The sentences of a long therapist turn that the decision came from (None: the whole
+    # turn, which fitted the model's input).
+    evidence: str | None = None

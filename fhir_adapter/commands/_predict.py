@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from fhir_adapter.commands._common import fail
 
 if TYPE_CHECKING:
-    from inference_server.classifier import Predictions
+    from inference_server.classifier import DialoguePredictions, Predictions
+    from inference_server.decision import OperatingPoint
 
 EXIT_MODEL_UNAVAILABLE = 1
+
+
+class PointOption(StrEnum):
+    """The model card's operating points (inference_server/decision.py)."""
+
+    BALANCED = "balanced"
+    PRECISION = "precision"
+
 TRITON_HELP = (
     "Classify through a running Triton server: host:port (HTTP), http://host:port or "
     "grpc://host:port. Default: load the model in this process."
@@ -65,6 +75,33 @@ def predict_texts(
     if not (directory / HEADS_FILE).is_file():
         fail(f"no {HEADS_FILE} in {directory}; run `homework-fhir train` or pass --weights DIR")
     return HomeworkClassifier.load(directory).predict(list(texts), batch_size=batch_size)
+
+
+def predict_dialogues(
+    dialogues: Sequence[Sequence[tuple[str, str]]],
+    triton: str | None,
+    weights: Path | None,
+    batch_size: int = 64,
+) -> DialoguePredictions:
+    """Probabilities per micro-dialogue ((role, text) turns) from its strongest windows."""
+    from inference_server.classifier import DialoguePredictions
+    from inference_server.windows import expand
+
+    expanded = expand(dialogues)
+    preds = predict_texts(expanded.texts, triton, weights, batch_size)
+    return DialoguePredictions.reduced(expanded, preds)
+
+
+def operating_point(weights: Path | None, name: str) -> OperatingPoint:
+    """The operating point `name` of the weights' model card (with --triton: the card of
+    --weights or the packaged weights, which should be what the server serves)."""
+    from inference_server.classifier import packaged_card
+    from inference_server.decision import from_card
+
+    try:
+        return from_card(packaged_card(weights), name)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 async def _predict_triton(

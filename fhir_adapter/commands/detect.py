@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fhir_adapter.commands._common import fail, read_transcript_file
-from fhir_adapter.commands._predict import TRITON_HELP, predict_texts
+from fhir_adapter.commands._predict import (
+    TRITON_HELP,
+    PointOption,
+    operating_point,
+    predict_dialogues,
+)
 from fhir_adapter.commands.transcript import ClientOption, FormatOption, TherapistOption
 
 if TYPE_CHECKING:
@@ -52,19 +57,22 @@ def detect(
     show_all: Annotated[
         bool, typer.Option("--all", help="Print every micro-dialogue, `none` ones too.")
     ] = False,
+    point_name: Annotated[
+        PointOption,
+        typer.Option("--operating-point", help="The model card's decision thresholds to use."),
+    ] = PointOption.BALANCED,
 ) -> None:
     """Detect homework and homework review in a transcript; one JSON line per detection."""
     from fhir_adapter.pipeline.detect import detections_from
-    from inference_server.text import format_dialogue
     from mapping.dialogues import build_micro_dialogues, dialogue_turns
 
     transcript = read_transcript_file(path, fmt.value, therapist or [], client or [])
     dialogues = build_micro_dialogues(transcript)
     if not dialogues:
         fail("no therapist turns found; name the therapist's speaker label with --therapist")
-    texts = [format_dialogue(dialogue_turns(d)) for d in dialogues]
-    preds = predict_texts(texts, triton, weights)
-    found_all = detections_from(dialogues, preds.label_probs, preds.review_probs, show_all)
+    point = operating_point(weights, point_name.value)
+    preds = predict_dialogues([dialogue_turns(d) for d in dialogues], triton, weights)
+    found_all = detections_from(dialogues, preds, point, show_all)
     for found in found_all:
         typer.echo(json.dumps(detection_line(found), ensure_ascii=False))
 
@@ -91,5 +99,6 @@ def detection_line(found: Detection) -> dict[str, Any]:
         "review_confidence": round(found.review_confidence, 4),
         "speaker": therapist.speaker,
         "therapist": therapist.text,
+        "evidence": found.evidence,
         "position": _position(therapist),
     }

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fhir_adapter.commands._common import bad_input_exits, fail
-from fhir_adapter.commands._predict import TRITON_HELP, model_info, predict_texts
+from fhir_adapter.commands._predict import (
+    TRITON_HELP,
+    PointOption,
+    model_info,
+    operating_point,
+    predict_dialogues,
+)
 
 if TYPE_CHECKING:
     from inference_server.classifier import Predictions
@@ -29,6 +35,12 @@ if TYPE_CHECKING:
 class ESConvSplitOption(StrEnum):
     TRAIN = "train"
     VALID = "valid"
+    TEST = "test"
+
+
+class RealTalkSplit(StrEnum):
+    TRAIN = "train"
+    DEV = "dev"
     TEST = "test"
 
 
@@ -77,41 +89,71 @@ def evaluate(
         WindowOption,
         typer.Option("--window", help="ESConv: which seeker turns go with a supporter turn."),
     ] = WindowOption.REPLY,
+    realtalk: Annotated[
+        RealTalkSplit | None,
+        typer.Option(
+            "--realtalk",
+            help="Score this split of the project's labelled real dialogue (realtalk.py) "
+            "instead of FILE: per source, with 95% intervals from resampling conversations.",
+        ),
+    ] = None,
+    shared_data: Annotated[
+        Path,
+        typer.Option(
+            "--shared-data",
+            help="The shared data folder the real-talk units are read from (relative to the "
+            "working directory).",
+        ),
+    ] = Path("../shared/data"),
+    point_name: Annotated[
+        PointOption,
+        typer.Option("--operating-point", help="The model card's decision thresholds to use."),
+    ] = PointOption.BALANCED,
 ) -> None:
-    """Score the homework classifier on a labelled file (or ESConv) and print JSON."""
-    if (file is None) == (esconv_split is None):
-        fail("give FILE.jsonl or --esconv-split SPLIT (one of them)")
-    from inference_server.dataset import DatasetError, read_jsonl
+    """Score the homework classifier on a labelled file (or ESConv, or the real-talk set) and
+    print JSON."""
+    if sum(x is not None for x in (file, esconv_split, realtalk)) != 1:
+        fail("give FILE.jsonl, --esconv-split SPLIT or --realtalk SPLIT (one of them)")
+    from inference_server.dataset import DatasetError, Example, read_jsonl
     from inference_server.esconv import ESConvError, read_split
-    from inference_server.evaluate import binary_scores, full_report
+    from inference_server.evaluate import binary_scores, by_group
     from inference_server.labels import LABELS, NONE_LABEL
+    from inference_server.realtalk import RealTalk
 
+    examples: list[Example] = []
     with bad_input_exits():
         try:
             if file is not None:
                 examples = read_jsonl(file)
-                ids = [ex.id for ex in examples]
-                texts = [ex.text for ex in examples]
-            else:
-                assert esconv_split is not None
+            elif realtalk is not None:
+                examples = RealTalk(shared=shared_data).splits()[realtalk.value]
+            if esconv_split is not None:
                 items = read_split(esconv, esconv_split.value, window.value)
                 ids = [f"esconv-{esconv_split.value}-{i.dialog}-{i.utterance}" for i in items]
-                texts = [item.text for item in items]
+                dialogues = [item.turns for item in items]
+            else:
+                ids = [ex.id for ex in examples]
+                dialogues = [ex.turns for ex in examples]
         except (DatasetError, ESConvError) as exc:
             fail(str(exc))
         if predictions is not None and not predictions.parent.is_dir():
             fail(f"no folder {predictions.parent} for --predictions; create it first")
 
-    preds = predict_texts(texts, triton, weights)
-    labels, reviews = preds.labels(), preds.reviews()
+    point = operating_point(weights, point_name.value)
+    preds = predict_dialogues(dialogues, triton, weights)
+    labels, reviews = preds.labels(point), preds.reviews(point)
     report: dict[str, Any]
-    if file is not None:
-        report = {
-            "file": str(file),
-            **full_report(
-                [ex.label for ex in examples], labels, [ex.review for ex in examples], reviews
-            ),
-        }
+    if esconv_split is None:
+        scores = by_group(
+            [ex.label for ex in examples],
+            labels,
+            [ex.review for ex in examples],
+            reviews,
+            conversations=[ex.conversation for ex in examples],
+            groups=[ex.origin or "unspecified" for ex in examples],
+        )
+        where = {"file": str(file)} if file is not None else {"realtalk": realtalk}
+        report = {**where, **scores.pop("all"), "by_source": scores}
     else:
         report = {
             "esconv": {"folder": str(esconv), "split": esconv_split, "window": window.value},
@@ -122,15 +164,17 @@ def evaluate(
             "predicted_labels": {label: labels.count(label) for label in LABELS},
         }
     report["model"] = {"backend": "triton", "url": triton} if triton else model_info(weights)
+    report["operating_point"] = {"name": point_name.value, **point.as_json()}
     if predictions is not None:
-        _write_predictions(predictions, ids, preds)
+        _write_predictions(predictions, ids, preds, labels, reviews)
     typer.echo(json.dumps(report, indent=2, default=str))
 
 
-def _write_predictions(path: Path, ids: list[str], preds: Predictions) -> None:
+def _write_predictions(
+    path: Path, ids: list[str], preds: Predictions, labels: list[str], reviews: list[bool]
+) -> None:
     from inference_server.labels import LABELS
 
-    labels, reviews = preds.labels(), preds.reviews()
     with path.open("w", encoding="utf-8") as handle:
         for i, item_id in enumerate(ids):
             row = {

@@ -55,6 +55,21 @@ def train(
         ),
     ] = Path("../shared/data/esconv"),
     no_esconv: Annotated[bool, typer.Option("--no-esconv", help="Skip the ESConv check.")] = False,
+    shared_data: Annotated[
+        Path,
+        typer.Option(
+            "--shared-data",
+            help="The shared data folder the labelled real-talk units are read from (relative "
+            "to the working directory).",
+        ),
+    ] = Path("../shared/data"),
+    no_realtalk: Annotated[
+        bool,
+        typer.Option(
+            "--no-realtalk",
+            help="Train and choose on the corpus alone (no real-talk units, no real-talk scores).",
+        ),
+    ] = False,
     settings: Annotated[
         list[str] | None,
         typer.Option(
@@ -80,6 +95,7 @@ def train(
     from inference_server.dataset import DatasetError
     from inference_server.esconv import ESConvError
     from inference_server.evaluate import headline
+    from inference_server.realtalk import RealTalk
     from inference_server.train import DEFAULT_CORPUS, TrainConfig, default_cache_dir
     from inference_server.train import train as run_training
 
@@ -101,6 +117,7 @@ def train(
             esconv_dir = esconv
         else:
             typer.echo(f"no ESConv at {esconv}; the card's ESConv check is skipped", err=True)
+    realtalk = None if no_realtalk else RealTalk(shared=shared_data)
     with bad_input_exits():
         try:
             card = run_training(
@@ -111,6 +128,7 @@ def train(
                 esconv_dir=esconv_dir,
                 progress=not quiet,
                 teacher_dir=teacher,
+                realtalk=realtalk,
             )
         except (DatasetError, ESConvError) as exc:
             fail(str(exc))
@@ -119,6 +137,11 @@ def train(
         "best_epoch": card["training"]["best_epoch"],
         **{split: headline(report) for split, report in card["metrics"].items()},
     }
+    for split, by_source in (card["realtalk_metrics"] or {}).items():
+        summary[f"realtalk_{split}"] = {
+            **headline(by_source["all"]),
+            "intervals": by_source["all"]["intervals"],
+        }
     if card["esconv"]:
         summary["esconv_test_homework_f1"] = round(card["esconv"]["homework_vs_none"]["f1"], 4)
     typer.echo(json.dumps(summary, indent=2))

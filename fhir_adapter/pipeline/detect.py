@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 from fhir_adapter.pipeline.records import detection_to_json
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.store import Store, work
-from inference_server.client import Backend
+from inference_server.classifier import DialoguePredictions
+from inference_server.client import Backend, predict_dialogues
+from inference_server.decision import OperatingPoint
 from inference_server.labels import LABELS
-from inference_server.text import format_dialogue
 from mapping.dialogues import build_micro_dialogues, dialogue_turns
 from mapping.domain import Detection, HomeworkLabel, MicroDialogue, RoleHints
 from mapping.errors import TranscriptError
@@ -26,8 +27,6 @@ from mapping.transcripts import read_document
 
 log = logging.getLogger(__name__)
 
-# A review flag is raised at this probability; the model card reports F1 at the same threshold.
-REVIEW_THRESHOLD = 0.5
 TRANSCRIPT_TYPES = ("text/plain", "text/vtt", "application/json")
 
 
@@ -71,26 +70,36 @@ def is_transcript(doc: dict[str, Any]) -> bool:
 
 def detections_from(
     dialogues: Sequence[MicroDialogue],
-    label_probs: Any,
-    review_probs: Any,
+    preds: DialoguePredictions,
+    point: OperatingPoint,
     keep_none: bool = False,
 ) -> list[Detection]:
-    """Keep what matters downstream: homework, or a review of earlier homework (or all)."""
+    """Keep what matters downstream: homework, or a review of earlier homework (or all).
+
+    Decisions are the operating point's (decision.py). The confidence is the calibrated
+    probability of what was decided: of the label, or of `none` for a micro-dialogue that sets
+    no homework. A long therapist turn is read in windows, and `evidence` names the sentences of
+    the one the label came from.
+    """
+    labels, reviews = preds.labels(point), preds.reviews(point)
     found: list[Detection] = []
-    for dialogue, probs, review_p in zip(dialogues, label_probs, review_probs, strict=True):
-        best = int(probs.argmax())
-        label = HomeworkLabel(LABELS[best])
-        review = float(review_p) >= REVIEW_THRESHOLD
-        if label is HomeworkLabel.NONE and not review and not keep_none:
+    for i, dialogue in enumerate(dialogues):
+        label = HomeworkLabel(labels[i])
+        if label is HomeworkLabel.NONE and not reviews[i] and not keep_none:
             continue
+        probs = preds.label_probs[i]
+        several = int((preds.windows.owner == i).sum()) > 1
         found.append(
             Detection(
                 dialogue=dialogue,
                 label=label,
-                review=review,
-                confidence=float(probs[best]),
-                review_confidence=float(review_p),
-                probabilities={HomeworkLabel(LABELS[i]): float(p) for i, p in enumerate(probs)},
+                review=reviews[i],
+                confidence=float(probs[LABELS.index(label.value)]),
+                review_confidence=float(preds.review_probs[i]),
+                probabilities={HomeworkLabel(LABELS[k]): float(p) for k, p in enumerate(probs)},
+                evidence=preds.evidence(i, dialogue.therapist.text, label is HomeworkLabel.NONE)
+                if several
+                else None,
             )
         )
     return found
@@ -141,9 +150,8 @@ async def detect(store: Store, connection: str, encounter: str, backend: Backend
         log.warning("%s: DocumentReference/%s unreadable: %s", encounter, doc["id"], exc)
         return 0
     dialogues = build_micro_dialogues(transcript)
-    texts = [format_dialogue(dialogue_turns(d)) for d in dialogues]
-    predictions = await backend.predict(texts)
-    found = detections_from(dialogues, predictions.label_probs, predictions.review_probs)
+    predictions = await predict_dialogues(backend, [dialogue_turns(d) for d in dialogues])
+    found = detections_from(dialogues, predictions, backend.point)
     with store.session() as session:
         row = work.get_encounter(session, connection, encounter)
         if row is None or row.step != Step.DETECT:

@@ -32,6 +32,7 @@ def detection_to_json(d: Detection) -> dict[str, Any]:
         "confidence": d.confidence,
         "review_confidence": d.review_confidence,
         "probabilities": {k.value: v for k, v in d.probabilities.items()},
+        "evidence": d.evidence,
     }
 
 
@@ -63,4 +64,5 @@ def detection_from_json(data: dict[str, Any]) -> Detection:
         confidence=float(data["confidence"]),
         review_confidence=float(data["review_confidence"]),
         probabilities={HomeworkLabel(k): float(v) for k, v in data["probabilities"].items()},
+        evidence=data.get("evidence"),
     )

@@ -77,7 +77,8 @@ def build_task(
     if detection.label is HomeworkLabel.NONE:
         raise ResourceError("a detection labelled 'none' sets no homework; leave it out")
     therapist = detection.dialogue.therapist
-    quote = clean(therapist.text)
+    # A long turn's quote is the part the homework was found in, so a reader sees the task.
+    quote = clean(detection.evidence or therapist.text)
     if not quote:
         raise ResourceError(
             f"the therapist turn at {describe_position(therapist.first)} is empty; "

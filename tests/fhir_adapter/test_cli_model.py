@@ -54,8 +54,12 @@ def test_evaluate_prints_scores_and_writes_predictions(tmp_path: Path) -> None:
     for row in rows:
         assert set(row) == {"id", "label", "review", "label_probs", "review_prob"}
         assert sum(row["label_probs"].values()) == pytest.approx(1.0, abs=1e-4)
-        assert row["label"] == max(row["label_probs"], key=row["label_probs"].get)
-        assert row["review"] == (row["review_prob"] >= 0.5)
+        # Decisions are the reported operating point's (inference_server/decision.py).
+        point = report["operating_point"]
+        homework = {k: v for k, v in row["label_probs"].items() if k != "none"}
+        called = 1 - row["label_probs"]["none"] >= point["homework"] - 1e-6
+        assert row["label"] == (max(homework, key=homework.get) if called else "none")
+        assert row["review"] == (row["review_prob"] >= point["review"] - 1e-6)
     # The printed report is the report of the written predictions.
     again = full_report(
         [ex.label for ex in examples],
@@ -92,7 +96,7 @@ def test_evaluate_usage_errors_exit_2(tmp_path: Path) -> None:
     assert "nope.jsonl" in one_error_line(missing)
     neither = invoke("evaluate")
     assert neither.exit_code == 2
-    assert "FILE.jsonl or --esconv-split" in one_error_line(neither)
+    assert "FILE.jsonl, --esconv-split SPLIT or --realtalk SPLIT" in one_error_line(neither)
     no_esconv = invoke("evaluate", "--esconv-split", "test", "--esconv", tmp_path)
     assert no_esconv.exit_code == 2
     assert "--esconv DIR" in one_error_line(no_esconv)
@@ -104,6 +108,52 @@ def test_evaluate_usage_errors_exit_2(tmp_path: Path) -> None:
     no_weights = invoke("evaluate", TINY_FILE, "--weights", tmp_path)
     assert no_weights.exit_code == 2
     assert HEADS_FILE in one_error_line(no_weights)
+
+
+def test_evaluate_reads_every_unit_shape_the_guide_allows(tmp_path: Path) -> None:
+    task = "Before we meet again, could you write down each worrying thought in a notebook?"
+    filler = "We talked about how the week went and what felt hard at work. " * 8
+    rows = [
+        {"turns": [{"speaker": "therapist", "text": task}], "label": "journal", "review": False},
+        {
+            "turns": [
+                {"speaker": "client", "text": "I keep worrying at night."},
+                {"speaker": "therapist", "text": task},
+                {"speaker": "client", "text": "OK."},
+            ],
+            "label": "journal",
+            "review": False,
+        },
+        {
+            "turns": [{"speaker": "therapist", "text": f"{filler}\n\n{task}\n\n{filler}"}],
+            "label": "journal",
+            "review": False,
+            "source": "written",
+        },
+    ]
+    path = tmp_path / "shapes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "p.jsonl"
+    result = invoke("evaluate", path, "--predictions", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n"] == 3 and set(report["by_source"]) == {"unspecified", "written"}
+    assert set(report["intervals"]) == {"mean_f1", "homework_f1", "review_f1"}
+    predicted = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    # The task sits mid-way through a 200-word message and is still found.
+    assert predicted[2] != "none"
+
+
+def test_evaluate_realtalk_split_reports_each_source_with_intervals() -> None:
+    result = invoke("evaluate", "--realtalk", "test")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    sources = {"primock57", "activity-counselling", "mibot", "esconv"}
+    assert set(report["by_source"]) == sources
+    assert report["n"] == sum(report["by_source"][s]["n"] for s in sources)
+    for name in sources:
+        low, high = report["by_source"][name]["intervals"]["mean_f1"]
+        assert 0 <= low <= report["by_source"][name]["mean_f1"] <= high <= 1
 
 
 def test_evaluate_unreachable_triton_exits_1_with_one_line() -> None:
@@ -151,8 +201,9 @@ def test_detect_prints_homework_and_review_with_positions() -> None:
     for item in found:
         assert set(item) == {
             "index", "label", "review", "confidence", "review_confidence", "speaker",
-            "therapist", "position",
+            "therapist", "evidence", "position",
         }
+        assert item["evidence"] is None  # short turns: the whole turn is the evidence
         assert item["label"] != "none" or item["review"]
         assert item["position"]["unit"] == "line"
         assert lines[item["position"]["index"] - 1] == f"Therapist: {item['therapist']}"
@@ -226,7 +277,7 @@ def test_train_cli_without_a_teacher_says_how_to_make_one(tmp_path: Path) -> Non
         ("hiden=16", "NAME one of seed, epochs"),
         ("hidden", "expected NAME=VALUE"),
         ("hidden=big", "hidden takes an integer, not 'big'"),
-        ("tune_review_threshold=maybe", "takes true or false"),
+        ("calibrate=maybe", "takes true or false"),
         ("lora_layers=7", "lora_layers must be between 0 and encoder_layers"),
         ("encoder_layers=0", "encoder_layers must be between 1 and 6"),
     ],

@@ -330,3 +330,33 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(environment="development", api={"auth": {"mode": "dev-embedded"}})
     with pytest.raises(ValueError, match="frozen"):
         settings.environment = "production"  # type: ignore[misc]
+
+
+def test_the_operating_point_comes_from_the_card_and_settings_override_it(tmp_path: Path) -> None:
+    import json
+
+    from fhir_adapter.model_backend import operating_point
+    from inference_server.decision import OperatingPoint
+
+    card = {
+        "operating_points": {
+            "balanced": {"homework": 0.4, "review": 0.45},
+            "precision": {"homework": 0.8, "review": 0.7},
+        }
+    }
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    model = {"model_dir": str(tmp_path)}
+    assert operating_point(Settings(**API_OK, model=model)) == OperatingPoint(0.4, 0.45)
+    precise = Settings(**API_OK, model={**model, "operating_point": "precision"})
+    assert operating_point(precise) == OperatingPoint(0.8, 0.7)
+    own = Settings(**API_OK, model={**model, "homework_threshold": 0.9})
+    assert operating_point(own) == OperatingPoint(0.9, 0.45)
+    with pytest.raises(ValueError, match="homework_threshold"):
+        Settings(**API_OK, model={"homework_threshold": 1.5})
+    with pytest.raises(ValueError, match="operating_point"):
+        Settings(**API_OK, model={"operating_point": "recall"})
+    (tmp_path / "model_card.json").write_text(
+        json.dumps({"operating_points": {"x": card["operating_points"]["balanced"]}})
+    )
+    with pytest.raises(ValueError, match=r"model\.operating_point: the model card has no"):
+        operating_point(Settings(**API_OK, model=model))

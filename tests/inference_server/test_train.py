@@ -22,13 +22,13 @@ from inference_server.train import (
     Teacher,
     TopModel,
     TrainConfig,
-    best_threshold,
     encode_layer,
     fit,
     load_encoder,
     predict_features,
     save_weights,
     score_examples,
+    softmax,
     train,
     weights_hash,
 )
@@ -66,6 +66,8 @@ def test_writes_weights_and_a_complete_card(trained: tuple[Path, dict[str, Any],
     assert card["encoder"]["max_tokens"] == 128
     assert set(card["metrics"]) == {"dev", "test"}
     assert card["esconv"] is None
+    assert set(card["operating_points"]) == {"balanced", "precision"}
+    assert card["calibration"]["label_temperature"] > 0
     assert card["artefacts"][HEADS_FILE] == (out / HEADS_FILE).stat().st_size
     assert list(cache.glob("*.npy")), "frozen embeddings are cached"
 
@@ -127,10 +129,13 @@ def test_lora_delta_is_small_and_merges_into_the_served_encoder(tmp_path: Path) 
     # The merged encoder gives what the trained (unmerged) adapters gave.
     texts = [ex.text for ex in splits["dev"]]
     states = encode_layer(plain, tokenizer, texts, 5)
-    probs, review_logits = predict_features(fitted.model, Features(states=states))
+    logits, review_logits = predict_features(fitted.model, Features(states=states))
     preds = served.predict(texts)
-    assert np.allclose(preds.label_probs, probs, atol=1e-4)
-    folded = 1 / (1 + np.exp(-(review_logits - fitted.review_cut)))
+    # The dev temperatures are folded into the served heads' last layers.
+    t_label = fitted.calibrated.label_temperature
+    t_review = fitted.calibrated.review_temperature
+    assert np.allclose(preds.label_probs, softmax(logits / t_label), atol=1e-4)
+    folded = 1 / (1 + np.exp(-(review_logits / t_review)))
     assert np.allclose(preds.review_probs, folded, atol=1e-4)
 
 
@@ -229,16 +234,3 @@ def test_a_missing_teacher_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"no distillation teacher at .*--set distill_weight=0"):
         train(TINY, tmp_path / "out", config, progress=False, teacher_dir=tmp_path / "none")
     assert not (tmp_path / "out").exists()
-
-
-def test_review_cut_maximises_f1_and_folds_into_the_bias() -> None:
-    gold = [False, False, True, True, False, True]
-    logits = np.array([-3.0, -1.0, -0.5, 0.5, 0.8, 2.0], np.float32)
-    cut = best_threshold(gold, logits)
-    pred = logits >= cut
-    # Cutting between -1.0 and -0.5 catches all three positives with one false positive.
-    assert pred.tolist() == [False, False, True, True, True, True]
-    assert -1.0 < cut < -0.5
-    probs = 1 / (1 + np.exp(-(logits - cut)))
-    assert ((probs >= 0.5) == pred).all()
-    assert best_threshold([False, False], logits[:2]) == 0.0
