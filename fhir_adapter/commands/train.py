@@ -1,12 +1,13 @@
 """`homework-fhir train`: train the homework classifier from the labelled corpus.
 
-Writes `heads.safetensors` (plus `encoder_lora.safetensors` when the encoder's top layers are
-adapted) and `model_card.json` into `--out` (default: the shipped weights folder), then prints
-the headline scores on dev and test as JSON. With the defaults it reproduces the shipped
-weights (seeded; deterministic on one machine). The opt-in fast model in
-`inference_server/weights/fast` is `--out inference_server/weights/fast --set encoder_layers=4
---set lora_layers=4 --set distill_weight=0.9`: 4 encoder layers distilled from the teacher in
-`--teacher` (default: the shipped default model). Frozen-encoder embeddings are cached under
+Trains on the bundled corpus and the licence-allowed units of the labelled real-talk set
+(read from `--shared-data`), makes every choice on their dev splits, and writes
+`heads.safetensors` (plus `encoder_lora.safetensors` when the encoder's top layers are adapted)
+and `model_card.json` into `--out` (default: the shipped weights folder), then prints the
+headline scores on the corpus and real-talk splits as JSON. With the defaults it reproduces the
+shipped weights (seeded; deterministic on one machine). A faster 4-layer student is `--out DIR
+--set encoder_layers=4 --set lora_layers=4 --set distill_weight=0.9`, distilled from the teacher
+in `--teacher` (default: the shipped model). Frozen-encoder embeddings are cached under
 `--cache` so that re-running is fast.
 """
 

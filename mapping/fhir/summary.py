@@ -136,7 +136,8 @@ def homework_line(detection: Detection) -> HomeworkLine:
     dialogue = detection.dialogue
     return HomeworkLine(
         category=category_display(detection.label),
-        therapist=dialogue.therapist.text,
+        # A long turn is quoted where the homework was found (the model's evidence window).
+        therapist=detection.evidence or dialogue.therapist.text,
         client=dialogue.client.text if dialogue.client else None,
         position=describe_position(dialogue.therapist.first, dialogue.therapist.last),
         confidence=detection.confidence,
@@ -163,7 +164,7 @@ def earlier_line(item: EarlierTask) -> EarlierLine:
         description=str(task.get("description") or "(no description)"),
         proposed=authored[:10] if isinstance(authored, str) else None,
         outcome=item.outcome,
-        review_quote=evidence.dialogue.therapist.text if evidence else None,
+        review_quote=(evidence.evidence or evidence.dialogue.therapist.text) if evidence else None,
         review_position=(
             describe_position(evidence.dialogue.therapist.first, evidence.dialogue.therapist.last)
             if evidence

@@ -138,7 +138,9 @@ def test_evaluate_reads_every_unit_shape_the_guide_allows(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["n"] == 3 and set(report["by_source"]) == {"unspecified", "written"}
-    assert set(report["intervals"]) == {"mean_f1", "homework_f1", "review_f1"}
+    assert set(report["intervals"]) == {
+        "mean_f1", "mean_f1_present", "homework_f1", "review_f1"
+    }
     predicted = [json.loads(line)["label"] for line in out.read_text().splitlines()]
     # The task sits mid-way through a 200-word message and is still found.
     assert predicted[2] != "none"
