@@ -164,13 +164,16 @@ def choose_points(
     label_probs: npt.NDArray[np.float32],
     review_probs: npt.NDArray[np.float32],
 ) -> dict[str, OperatingPoint]:
-    """The card's operating points, chosen on (calibrated) dev probabilities."""
+    """The card's operating points, chosen on (calibrated) dev probabilities. The precision
+    point never cuts below the balanced one: where the balanced cut already reaches the
+    precision target, it is the precision point too."""
+    balanced = OperatingPoint(
+        choose_homework(gold_labels, label_probs), choose_review(gold_review, review_probs)
+    )
     return {
-        "balanced": OperatingPoint(
-            choose_homework(gold_labels, label_probs), choose_review(gold_review, review_probs)
-        ),
+        "balanced": balanced,
         "precision": OperatingPoint(
-            choose_homework(gold_labels, label_probs, PRECISION_TARGET),
-            choose_review(gold_review, review_probs, PRECISION_TARGET),
+            max(balanced.homework, choose_homework(gold_labels, label_probs, PRECISION_TARGET)),
+            max(balanced.review, choose_review(gold_review, review_probs, PRECISION_TARGET)),
         ),
     }

@@ -700,31 +700,35 @@ def save_weights(fitted: Fitted, out: Path) -> list[Path]:
     return written
 
 
+def decide(
+    clf: HomeworkClassifier, examples: Sequence[Example], point: OperatingPoint | None = None
+) -> tuple[list[str], list[bool]]:
+    """The served model's labels and review flags for labelled examples, at the card's
+    default operating point unless `point` is given."""
+    point = point or clf.operating_point()
+    preds = clf.predict_dialogues([ex.turns for ex in examples], batch_size=EVAL_BATCH_SIZE)
+    return preds.labels(point), preds.reviews(point)
+
+
 def score_examples(
     clf: HomeworkClassifier, examples: Sequence[Example], point: OperatingPoint | None = None
 ) -> Report:
-    """Full report of the served model (`HomeworkClassifier`) on labelled examples, at the
-    card's default operating point unless `point` is given."""
-    point = point or clf.operating_point()
-    preds = clf.predict_dialogues([ex.turns for ex in examples], batch_size=EVAL_BATCH_SIZE)
+    """Full report of the served model (`HomeworkClassifier`) on labelled examples."""
+    labels, reviews = decide(clf, examples, point)
     return full_report(
-        [ex.label for ex in examples],
-        preds.labels(point),
-        [ex.review for ex in examples],
-        preds.reviews(point),
+        [ex.label for ex in examples], labels, [ex.review for ex in examples], reviews
     )
 
 
 def score_by_source(clf: HomeworkClassifier, examples: Sequence[Example]) -> Report:
     """`score_examples` over all examples and per source, each with 95% intervals from
     resampling conversations (evaluate.by_group)."""
-    point = clf.operating_point()
-    preds = clf.predict_dialogues([ex.turns for ex in examples], batch_size=EVAL_BATCH_SIZE)
+    labels, reviews = decide(clf, examples)
     return by_group(
         [ex.label for ex in examples],
-        preds.labels(point),
+        labels,
         [ex.review for ex in examples],
-        preds.reviews(point),
+        reviews,
         conversations=[ex.conversation for ex in examples],
         groups=[ex.origin for ex in examples],
     )

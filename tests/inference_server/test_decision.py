@@ -95,3 +95,17 @@ def test_reliability_bins_and_ece() -> None:
     assert [r["n"] for r in rows] == [2, 2]
     assert rows[0]["accuracy"] == 0.5 and rows[1]["accuracy"] == 1.0
     assert ece(conf, hit) == pytest.approx((2 * 0.05 + 2 * 0.05) / 4)
+
+
+def test_the_precision_point_never_cuts_below_the_balanced_one() -> None:
+    from inference_server.decision import choose_points
+
+    # Mean F1 is best at a high cut here, higher than the lowest cut with 90% precision.
+    gold = ["none"] * 6 + ["journal"] * 4
+    probs = np.array(
+        [[0.0, 0.0, h, 0.0, 1 - h] for h in (0.1, 0.2, 0.3, 0.62, 0.1, 0.1, 0.65, 0.7, 0.8, 0.9)],
+        np.float32,
+    )
+    points = choose_points(gold, [False] * 10, probs, np.zeros(10, np.float32))
+    assert points["precision"].homework >= points["balanced"].homework
+    assert points["precision"].review >= points["balanced"].review
