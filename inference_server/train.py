@@ -720,10 +720,12 @@ def score_examples(
     )
 
 
-def score_by_source(clf: HomeworkClassifier, examples: Sequence[Example]) -> Report:
+def score_by_source(
+    clf: HomeworkClassifier, examples: Sequence[Example], point: OperatingPoint | None = None
+) -> Report:
     """`score_examples` over all examples and per source, each with 95% intervals from
     resampling conversations (evaluate.by_group)."""
-    labels, reviews = decide(clf, examples)
+    labels, reviews = decide(clf, examples, point)
     return by_group(
         [ex.label for ex in examples],
         labels,
@@ -734,14 +736,20 @@ def score_by_source(clf: HomeworkClassifier, examples: Sequence[Example]) -> Rep
     )
 
 
-def score_esconv(clf: HomeworkClassifier, directory: Path, split: str, window: str) -> Report:
+def score_esconv(
+    clf: HomeworkClassifier,
+    directory: Path,
+    split: str,
+    window: str,
+    point: OperatingPoint | None = None,
+) -> Report:
     """Homework-vs-none scores on ESConv ("Providing Suggestions" = homework)."""
     from inference_server.esconv import read_split
     from inference_server.evaluate import binary_scores
 
     items = read_split(directory, split, window)  # type: ignore[arg-type]
     preds = clf.predict_dialogues([item.turns for item in items], batch_size=EVAL_BATCH_SIZE)
-    labels = preds.labels(clf.operating_point())
+    labels = preds.labels(point or clf.operating_point())
     scores = binary_scores([i.is_suggestion for i in items], [p != "none" for p in labels])
     predicted = dict(zip(*np.unique(labels, return_counts=True), strict=True))
     return {
@@ -811,24 +819,27 @@ def train(
         torch.use_deterministic_algorithms(deterministic)
     written = save_weights(fitted, out)
     points = {name: point.as_json() for name, point in fitted.calibrated.points.items()}
-    # The card is read back for the operating point: write what scoring needs first.
-    (out / CARD_FILE).write_text(json.dumps({"operating_points": points}), encoding="utf-8")
     on_status(f"best dev epoch {fitted.best_epoch}; scoring the written weights")
 
+    # Scored at the point the card will name as default, as the card rounds it (a cut can sit
+    # exactly on a dev score); any card already in `out` is an old one.
     clf = HomeworkClassifier.load(out)
-    metrics = {name: score_examples(clf, splits[name]) for name in ("dev", "test") if splits[name]}
+    point = OperatingPoint(**points[decision.DEFAULT_POINT])
+    metrics = {
+        name: score_examples(clf, splits[name], point) for name in ("dev", "test") if splits[name]
+    }
     realtalk_metrics = (
-        {name: score_by_source(clf, real[name]) for name in SPLITS if real[name]}
+        {name: score_by_source(clf, real[name], point) for name in SPLITS if real[name]}
         if real is not None
         else None
     )
     heldout = {
-        path.name: score_examples(clf, read_jsonl(path))
+        path.name: score_examples(clf, read_jsonl(path), point)
         for path in (sorted(HELDOUT_DIR.glob("*.jsonl")) if HELDOUT_DIR.is_dir() else [])
     }
     esconv: dict[str, Any] | None = None
     if esconv_dir is not None:
-        esconv = score_esconv(clf, esconv_dir, "test", esconv_window)
+        esconv = score_esconv(clf, esconv_dir, "test", esconv_window, point)
 
     card: dict[str, Any] = {
         "name": MODEL_NAME,

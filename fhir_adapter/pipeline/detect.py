@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from fhir_adapter.pipeline.records import detection_to_json
@@ -82,13 +83,13 @@ def detections_from(
     the one the label came from.
     """
     labels, reviews = preds.labels(point), preds.reviews(point)
+    windows = np.bincount(preds.windows.owner, minlength=len(dialogues))
     found: list[Detection] = []
     for i, dialogue in enumerate(dialogues):
         label = HomeworkLabel(labels[i])
         if label is HomeworkLabel.NONE and not reviews[i] and not keep_none:
             continue
         probs = preds.label_probs[i]
-        several = int((preds.windows.owner == i).sum()) > 1
         found.append(
             Detection(
                 dialogue=dialogue,
@@ -98,7 +99,7 @@ def detections_from(
                 review_confidence=float(preds.review_probs[i]),
                 probabilities={HomeworkLabel(LABELS[k]): float(p) for k, p in enumerate(probs)},
                 evidence=preds.evidence(i, dialogue.therapist.text, label is HomeworkLabel.NONE)
-                if several
+                if windows[i] > 1
                 else None,
             )
         )
