@@ -1,12 +1,15 @@
 """Build the API service from settings: token verifier, readiness checks, ingest.
 
-The entry points (`serve`, `demo`) call `build_service(settings)` once; everything it opens
-(the store, the model backend) is closed by `Service.close()`.
+The entry points (`serve`, `demo`) call `build_service(settings)` once; the app's lifespan opens
+the process's `Runtime` (store, model backend, EHR clients) at start-up and closes it at
+shutdown.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,10 @@ from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.security import TokenVerifier, issue_token
 from fhir_adapter.ehr.jwks import jwks_router
-from fhir_adapter.model_backend import make_backend, model_card, model_info
 from fhir_adapter.pipeline.jobs import bundle_resources, ingest_resources
+from fhir_adapter.runtime import Runtime, open_runtime
 from fhir_adapter.settings import Settings, SettingsError
-from fhir_adapter.store import Store, open_store
-from inference_server.client import Backend
+from fhir_adapter.store import Store
 
 DEV_KEY_FILE = "api-dev-key.json"
 DEV_ISSUER = "homework-fhir-dev"
@@ -81,46 +83,60 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     return TokenVerifier(KeySet(keys), auth.issuer, auth.audience, tuple(auth.algorithms))
 
 
-@dataclass
-class Service:
-    app: FastAPI
-    store: Store
-    backend: Backend
-
-    async def close(self) -> None:
-        await self.backend.close()
-        self.store.close()
-
-
-def build_service(settings: Settings, store: Store | None = None) -> Service:
-    store = store or open_store(settings.database_url)
-    backend = make_backend(settings)
-    model = model_info(settings)
-    card = model_card(settings)
+def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
+    """What the API's routes need, from the process's runtime."""
 
     async def model_ready() -> None:
-        ready = getattr(backend, "ready", None)
+        ready = getattr(runtime.backend, "ready", None)
         if ready is not None and not await ready():
             raise RuntimeError("model server not ready")
 
     async def ingest(bundle: dict[str, Any], connection: str | None) -> dict[str, Any]:
         try:
-            summary = await ingest_resources(
-                settings, store, backend, model, bundle_resources(bundle), connection
-            )
+            summary = await ingest_resources(runtime, bundle_resources(bundle), connection)
         except SettingsError as exc:
             raise ApiError(400, "invalid", f"{exc} (POST /ingest?connection=NAME)") from exc
-        outcome = operation_outcome(
+        return operation_outcome(
             "informational", json.dumps(summary.as_dict(), sort_keys=True), severity="information"
         )
-        return outcome
 
-    deps = ApiDeps(
-        store=store,
-        verifier=token_verifier(settings),
+    return ApiDeps(
+        store=runtime.store,
+        verifier=verifier,
         readiness=[("model", model_ready)],
         ingest=ingest,
-        model_card=card,
-        public_routers=(jwks_router(settings),),
+        model_card=runtime.card,
     )
-    return Service(create_app(deps), store, backend)
+
+
+@dataclass
+class Service:
+    """The API app; its runtime is opened by the app's lifespan (uvicorn or a TestClient)."""
+
+    app: FastAPI
+    runtime: Runtime | None = None
+
+    @property
+    def store(self) -> Store:
+        if self.runtime is None:
+            raise RuntimeError("the service is not started")
+        return self.runtime.store
+
+
+def build_service(settings: Settings) -> Service:
+    """The API for `settings`. Token settings are checked now (SettingsError); the runtime
+    (store, model, EHR clients) opens when the app starts and closes when it stops."""
+    verifier = token_verifier(settings)
+    service = Service(app=FastAPI())
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[ApiDeps]:
+        async with open_runtime(settings) as runtime:
+            service.runtime = runtime
+            try:
+                yield api_deps(runtime, verifier)
+            finally:
+                service.runtime = None
+
+    service.app = create_app(opened=opened, public_routers=(jwks_router(settings),))
+    return service

@@ -1,16 +1,18 @@
 """`create_app(deps)`: the FastAPI application, built from explicit dependencies.
 
 Everything the routes need (store, token verifier, readiness checks, the ingest function)
-comes in `ApiDeps`, so tests build an app over a real store and a test key, and the CLI builds
-one from settings. Every route but `/healthz`, `/readyz` and the public JWK Set needs a bearer
-token; errors are answered as FHIR OperationOutcome.
+comes in `ApiDeps`: given directly (tests build an app over a real store and a test key), or
+opened by the app's lifespan (`create_app(opened=...)`: the service opens its Runtime at
+start-up and closes it at shutdown, once per process). Every route but `/healthz`, `/readyz`
+and the public JWK Set needs a bearer token; errors are answered as FHIR OperationOutcome.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Annotated, Any
 
@@ -43,17 +45,43 @@ class ApiDeps:
     readiness: Sequence[tuple[str, ReadinessCheck]] = ()
     ingest: IngestFn | None = None
     model_card: dict[str, Any] | None = None
-    # Routers served without a token: only the JWK Set, whose keys must be public.
-    public_routers: Sequence[APIRouter] = field(default_factory=tuple)
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
 
 
-def create_app(deps: ApiDeps) -> FastAPI:
-    app = FastAPI(title="homework-fhir", version=version("homework-fhir"))
-    for router in deps.public_routers:
+def create_app(
+    deps: ApiDeps | None = None,
+    *,
+    opened: Callable[[], AbstractAsyncContextManager[ApiDeps]] | None = None,
+    public_routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The app over `deps`, or over what `opened` yields for the app's lifetime.
+
+    `public_routers` are served without a token: only the JWK Set, whose keys must be public.
+    """
+    if (deps is None) == (opened is None):
+        raise ValueError("create_app: pass deps or opened, not both")
+    current: list[ApiDeps] = [deps] if deps is not None else []
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if opened is None:
+            yield
+            return
+        async with opened() as made:
+            current.append(made)
+            try:
+                yield
+            finally:
+                current.clear()
+
+    def active() -> ApiDeps:
+        return current[0]
+
+    app = FastAPI(title="homework-fhir", version=version("homework-fhir"), lifespan=lifespan)
+    for router in public_routers:
         app.include_router(router)
 
     @app.exception_handler(ApiError)
@@ -88,11 +116,11 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
         try:
-            deps.store.ping()
+            active().store.ping()
             checks["database"] = "ok"
         except Exception as exc:  # readiness reports any failure, it never raises
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        for name, check in deps.readiness:
+        for name, check in active().readiness:
             try:
                 await check()
                 checks[name] = "ok"
@@ -109,15 +137,15 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/fhir/metadata")
     async def metadata(request: Request, authorization: Auth = None) -> JSONResponse:
-        deps.verifier.claims(authorization)
+        active().verifier.claims(authorization)
         return _fhir(capability_statement(base_url(request), app.version))
 
     @app.get("/fhir/{resource_type}")
     def search(request: Request, resource_type: str, authorization: Auth = None) -> JSONResponse:
-        deps.verifier.require(authorization, resource_type, "read")
+        active().verifier.require(authorization, resource_type, "read")
         params = list(request.query_params.multi_items())
         query = parse_query(resource_type, params)
-        with deps.store.session() as session:
+        with active().store.session() as session:
             found, total = resources.search(session, query)
         return _fhir(searchset(base_url(request), resource_type, params, query, found, total))
 
@@ -127,9 +155,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/fhir/{resource_type}/{rid}")
     def read(resource_type: str, rid: str, authorization: Auth = None) -> JSONResponse:
-        deps.verifier.require(authorization, resource_type, "read")
+        active().verifier.require(authorization, resource_type, "read")
         _known(resource_type)
-        with deps.store.session() as session:
+        with active().store.session() as session:
             body = resources.get(session, resource_type, rid)
         if body is None:
             raise ApiError(404, "not-found", f"{resource_type}/{rid} is not known")
@@ -141,9 +169,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
     def history(
         request: Request, resource_type: str, rid: str, authorization: Auth = None
     ) -> JSONResponse:
-        deps.verifier.require(authorization, resource_type, "read")
+        active().verifier.require(authorization, resource_type, "read")
         _known(resource_type)
-        with deps.store.session() as session:
+        with active().store.session() as session:
             versions = resources.history(session, resource_type, rid)
         if not versions:
             raise ApiError(404, "not-found", f"{resource_type}/{rid} is not known")
@@ -161,6 +189,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/model-card")
     async def model_card(authorization: Auth = None) -> JSONResponse:
+        deps = active()
         deps.verifier.claims(authorization)
         if deps.model_card is None:
             raise ApiError(404, "not-found", "no model card is configured")
@@ -172,6 +201,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         authorization: Auth = None,
         connection: str | None = None,
     ) -> JSONResponse:
+        deps = active()
         deps.verifier.require(authorization, "Bundle", "write")
         if deps.ingest is None:
             raise ApiError(501, "not-supported", "ingest is not enabled on this server")

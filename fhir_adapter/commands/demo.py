@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from fhir_adapter.commands._common import configure_logging, fail, load_settings_or_exit
-from fhir_adapter.commands.run import print_summary
+from fhir_adapter.commands.run import open_runtime_or_exit, print_summary
 
 
 def _drafts(store: Any) -> list[str]:
@@ -61,12 +61,10 @@ def register(app: typer.Typer) -> None:
         import asyncio
 
         from fhir_adapter.bulk import BulkExportError, read_export
-        from fhir_adapter.model_backend import make_backend, model_info
         from fhir_adapter.pipeline.jobs import ingest_resources
-        from fhir_adapter.pipeline.runner import ModelUnavailableError
+        from fhir_adapter.pipeline.runner import ModelUnavailableError, RunSummary
         from fhir_adapter.samples import sample_export_dir
         from fhir_adapter.service import build_service, dev_token
-        from fhir_adapter.store import open_store
 
         configure_logging(verbose)
         # A fresh store each time, so the printout shows exactly what this run drafted.
@@ -89,22 +87,21 @@ def register(app: typer.Typer) -> None:
             resources = list(read_export(source))
         except BulkExportError as exc:
             fail(str(exc))
-        store = open_store(settings.database_url)
-        backend = make_backend(settings)
         typer.echo(f"backfilling {len(resources)} resources from {source} ...")
+
+        async def backfill() -> tuple[RunSummary, list[str]]:
+            async with open_runtime_or_exit(settings) as runtime:
+                summary = await ingest_resources(runtime, resources)
+                return summary, _drafts(runtime.store)
+
         try:
-            summary = asyncio.run(
-                ingest_resources(settings, store, backend, model_info(settings), resources)
-            )
+            summary, drafts = asyncio.run(backfill())
         except ModelUnavailableError as exc:
             fail(f"model server unavailable: {exc}", 1)
-        finally:
-            asyncio.run(backend.close())
         print_summary(summary.as_dict())
         typer.echo("")
-        for line in _drafts(store):
+        for line in drafts:
             typer.echo(line)
-        store.close()
         token = dev_token(settings, "system/*.read", lifetime_s=8 * 3600)
         base = f"http://127.0.0.1:{port}"
         typer.echo(
@@ -122,7 +119,4 @@ def register(app: typer.Typer) -> None:
 
         service = build_service(settings)
         typer.echo(f"serving the API on {base} (Ctrl-C to stop)")
-        try:
-            uvicorn.run(service.app, host="127.0.0.1", port=port, log_config=None)
-        finally:
-            asyncio.run(service.close())
+        uvicorn.run(service.app, host="127.0.0.1", port=port, log_config=None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +17,11 @@ from fhir_adapter.commands._common import (
     load_settings_or_exit,
     progress_bar,
 )
+
+if TYPE_CHECKING:
+    from fhir_adapter.pipeline.runner import RunSummary
+    from fhir_adapter.runtime import Runtime
+    from fhir_adapter.settings import Settings
 
 ConfigOption = Annotated[
     Path | None,
@@ -32,6 +39,18 @@ def print_summary(summary: dict[str, object]) -> None:
         typer.echo(f"error: {error}", err=True)
 
 
+@asynccontextmanager
+async def open_runtime_or_exit(settings: Settings) -> AsyncIterator[Runtime]:
+    """The command's runtime; missing weights or model card are exit 2 with one line."""
+    from fhir_adapter.runtime import open_runtime
+
+    try:
+        async with open_runtime(settings) as runtime:
+            yield runtime
+    except FileNotFoundError as exc:  # no trained weights or model card where configured
+        fail(str(exc))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
@@ -42,42 +61,31 @@ def register(app: typer.Typer) -> None:
         ] = 300.0,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
-        """The main job: poll each EHR for finished encounters, detect homework, write back."""
+        """The main job: poll each EHR for finished encounters, detect homework, write back.
+
+        Exit status: 0 all done; 1 something needs an operator (an EHR connection, an
+        encounter or a write failed: see the errors); 2 bad configuration.
+        """
         from fhir_adapter.ehr.errors import FhirError
-        from fhir_adapter.model_backend import make_backend, model_info
         from fhir_adapter.pipeline.jobs import run_once
         from fhir_adapter.pipeline.runner import ModelUnavailableError
-        from fhir_adapter.store import open_store
 
         configure_logging(verbose)
         settings = load_settings_or_exit(config)
         if not settings.ehr:
             fail("no EHR connection configured: add an [ehr.NAME] table to the config file "
                  "(see README), or try `homework-fhir demo`")  # fmt: skip
-        try:
-            model = model_info(settings)
-            backend = make_backend(settings)
-        except FileNotFoundError as exc:  # no trained weights or model card where configured
-            fail(str(exc))
-        store = open_store(settings.database_url)
 
-        failed = False
-
-        async def passes() -> None:
-            # One event loop for every pass: the model client (aiohttp, gRPC) and its
-            # semaphore belong to the loop they were first used on.
-            nonlocal failed
-            try:
+        async def passes() -> bool:
+            # One event loop for the whole command: the runtime's clients (httpx, aiohttp,
+            # gRPC) belong to the loop they were opened on.
+            failed = False
+            async with open_runtime_or_exit(settings) as runtime:
                 while True:
                     try:
-                        result = await run_once(
-                            settings, store, backend, model, progress_bar("encounters")
-                        )
-                        summary = result.as_dict()
-                        print_summary(summary)
-                        failed = bool(summary.get("encounters_failed")) or bool(
-                            summary.get("writes_failed")
-                        )
+                        summary = await run_once(runtime, progress_bar("patients"))
+                        print_summary(summary.as_dict())
+                        failed = summary.failed
                     except ModelUnavailableError as exc:
                         typer.echo(f"error: model server unavailable, run stopped: {exc}", err=True)
                         failed = True
@@ -87,15 +95,13 @@ def register(app: typer.Typer) -> None:
                     if once:
                         break
                     await asyncio.sleep(interval)
-            finally:
-                await backend.close()
+            return failed
 
         try:
-            asyncio.run(passes())
+            failed = asyncio.run(passes())
         except KeyboardInterrupt:
             typer.echo("stopped")
-        finally:
-            store.close()
+            failed = False
         if failed:
             raise typer.Exit(1)
 
@@ -111,11 +117,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Process a Bulk Data export ($export NDJSON files) from a directory."""
         from fhir_adapter.bulk import BulkExportError, read_export
-        from fhir_adapter.model_backend import make_backend, model_info
+        from fhir_adapter.ehr.errors import FhirError
         from fhir_adapter.pipeline.jobs import ingest_resources
         from fhir_adapter.pipeline.runner import ModelUnavailableError
         from fhir_adapter.settings import SettingsError
-        from fhir_adapter.store import open_store
+        from fhir_adapter.store.leases import LeaseBusyError
 
         configure_logging(verbose)
         settings = load_settings_or_exit(config)
@@ -123,32 +129,22 @@ def register(app: typer.Typer) -> None:
             resources = list(read_export(directory))
         except BulkExportError as exc:
             fail(str(exc))
-        try:
-            model = model_info(settings)
-            backend = make_backend(settings)
-        except FileNotFoundError as exc:  # no trained weights or model card where configured
-            fail(str(exc))
-        store = open_store(settings.database_url)
-        try:
-            summary = asyncio.run(
-                ingest_resources(
-                    settings,
-                    store,
-                    backend,
-                    model,
-                    resources,
-                    connection,
-                    progress_bar("encounters"),
+
+        async def ingest() -> RunSummary:
+            async with open_runtime_or_exit(settings) as runtime:
+                return await ingest_resources(
+                    runtime, resources, connection, progress_bar("patients")
                 )
-            )
+
+        try:
+            summary = asyncio.run(ingest())
         except SettingsError as exc:
             fail(str(exc))
         except ModelUnavailableError as exc:
             fail(f"model server unavailable, backfill stopped (rerun to resume): {exc}", 1)
-        finally:
-            asyncio.run(backend.close())
-            store.close()
+        except (FhirError, LeaseBusyError) as exc:
+            fail(f"{exc} (rerun to resume)", 1)
         typer.echo(json.dumps({"resources_read": len(resources)}))
         print_summary(summary.as_dict())
-        if summary.encounters_failed or summary.writes_failed:
+        if summary.failed:
             raise typer.Exit(1)

@@ -16,8 +16,6 @@ ConfigOption = Annotated[
 
 
 def serve_app(settings_config: Path | None, host: str | None, port: int | None) -> None:
-    import asyncio
-
     import uvicorn
 
     from fhir_adapter.service import build_service
@@ -28,15 +26,13 @@ def serve_app(settings_config: Path | None, host: str | None, port: int | None) 
         service = build_service(settings)
     except SettingsError as exc:
         fail(str(exc))
-    try:
-        uvicorn.run(
-            service.app,
-            host=host or settings.api.host,
-            port=port or settings.api.port,
-            log_config=None,  # keep our logging set-up; uvicorn's access log lines carry no PHI
-        )
-    finally:
-        asyncio.run(service.close())
+    # The app's lifespan opens the runtime (store, model, EHR clients) and closes it on exit.
+    uvicorn.run(
+        service.app,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        log_config=None,  # keep our logging set-up; uvicorn's access log lines carry no PHI
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -14,10 +14,11 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from fhir_adapter.pipeline.records import detection_to_json
-from fhir_adapter.pipeline.steps import Step
-from fhir_adapter.store import Store, work
+from fhir_adapter.pipeline.steps import Step, WorkItem
+from fhir_adapter.runtime import Runtime
+from fhir_adapter.store import work
 from inference_server.classifier import DialoguePredictions
-from inference_server.client import Backend, predict_dialogues
+from inference_server.client import predict_dialogues
 from inference_server.decision import OperatingPoint
 from inference_server.labels import LABELS
 from mapping.dialogues import build_micro_dialogues, dialogue_turns
@@ -123,8 +124,10 @@ def with_staged_binaries(session: Session, connection: str, doc: dict[str, Any])
     return {**doc, "content": content} if changed else doc
 
 
-async def detect(store: Store, connection: str, encounter: str, backend: Backend) -> int:
+async def detect(runtime: Runtime, item: WorkItem) -> int:
     """Run the model on the encounter's transcript; returns the number of detections."""
+    store, backend = runtime.store, runtime.backend
+    connection, encounter = item.connection, item.encounter
     with store.session() as session:
         row = work.get_encounter(session, connection, encounter)
         if row is None or row.step != Step.DETECT:

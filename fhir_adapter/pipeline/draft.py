@@ -27,16 +27,17 @@ from sqlalchemy.orm import Session
 from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.pipeline.records import detection_from_json
 from fhir_adapter.pipeline.staging import encounter_period
-from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.pipeline.steps import Step, WorkItem
+from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import EhrConnection, FhirStore
-from fhir_adapter.store import Store, outbox, resources, work
+from fhir_adapter.store import outbox, resources, work
+from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, NOTE_PROVENANCE, outbox_key
 from fhir_adapter.store.resources import Query
 from mapping.domain import Detection
 from mapping.errors import MappingError
 from mapping.fhir.context import (
     EarlierTask,
     EncounterContext,
-    ModelInfo,
     NoteOptions,
     Ref,
     ReviewStatus,
@@ -48,14 +49,8 @@ from mapping.scores import build_observation, score_resource
 
 log = logging.getLogger(__name__)
 
-CHART = "chart"
-CARE_PLAN_STORE = "care-plan-store"
-# Outbox key system of the chart note's Provenance; the value is the note's "system|value".
-NOTE_PROVENANCE = "urn:homework-fhir:note-provenance"
 # Stands for the note's EHR id until the note is written (see writeback).
 UNASSIGNED_NOTE = "DocumentReference/unassigned"
-# Resources without an identifier element (Provenance in R4) are keyed by their logical id.
-ID_SYSTEM = "urn:homework-fhir:logical-id"
 
 
 @dataclass(frozen=True)
@@ -64,13 +59,6 @@ class DraftResult:
     reviewed: int
     not_reviewed: int
     observations: int
-
-
-def outbox_key(resource: dict[str, Any]) -> tuple[str, str]:
-    for ident in resource.get("identifier") or []:
-        if ident.get("system") and ident.get("value"):
-            return str(ident["system"]), str(ident["value"])
-    return ID_SYSTEM, f"{resource['resourceType']}/{resource['id']}"
 
 
 def _context(
@@ -162,19 +150,15 @@ def _queue_writes(
             outbox.enqueue(session, conn.name, CARE_PLAN_STORE, outbox_key(body), body)
 
 
-def draft(
-    store: Store,
-    connection: str,
-    conn: EhrConnection | None,
-    encounter: str,
-    model: ModelInfo,
-    now: datetime | None = None,
-) -> DraftResult | None:
+def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> DraftResult | None:
     """Build, store and queue everything for one encounter at step DRAFT.
 
-    `conn` None (a local backfill with no EHR configured) keeps everything in our store.
+    Work under no configured EHR (a local backfill) keeps everything in our store.
     """
     now = now or datetime.now(UTC)
+    store, model = runtime.store, runtime.model
+    connection, encounter = item.connection, item.encounter
+    conn = runtime.connection(connection)
     with store.session() as session:
         row = work.get_encounter(session, connection, encounter)
         if row is None or row.step != Step.DRAFT:

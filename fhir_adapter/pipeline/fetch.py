@@ -17,10 +17,12 @@ from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import FatalFhirError
 from fhir_adapter.pipeline.detect import is_transcript
 from fhir_adapter.pipeline.staging import LINK_WINDOW, StageSummary, resource_time, stage
-from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.pipeline.steps import Step, WorkItem
+from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import EhrConnection
 from fhir_adapter.store import Store, work
 from fhir_adapter.store.models import EncounterRow
+from mapping.errors import MappingError
 from mapping.transcripts import attachment_urls
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,17 @@ async def _inline_attachments(client: FhirClient, doc: dict[str, Any]) -> dict[s
     return {**doc, "content": content}
 
 
-async def fetch_inputs(
-    client: FhirClient, store: Store, conn: EhrConnection, row: EncounterRow
-) -> None:
+async def fetch_inputs(runtime: Runtime, item: WorkItem) -> None:
     """Read the encounter's transcript(s), its patient and PHQ-9/GAD-7 results; stage them."""
+    conn = runtime.connection(item.connection)
+    if conn is None:
+        raise MappingError(f"{item.encounter} needs fetching but no EHR connection is configured")
+    with runtime.store.session() as session:
+        row = work.get_encounter(session, item.connection, item.encounter)
+    if row is None or row.step != Step.FETCH:
+        return
+    client = (await runtime.clients(conn)).ehr
+    store = runtime.store
     encounter_id = row.encounter.split("/")[-1]
     start = row.period_start or datetime.now(UTC)
     end = row.period_end or start

@@ -1,4 +1,10 @@
-"""The three ways work comes in — poll, push, backfill — each followed by the same steps."""
+"""The three ways work comes in — poll, push, backfill — each followed by the same steps.
+
+Safe beside other processes on the same store: staging into a connection is serialised by a
+lease (a poll skips while another process stages and goes on processing; a push or backfill
+waits for it, so its resources are never dropped), patients leased one process at a
+time (`runner`), outbox rows claimed one writer at a time (`writeback`).
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,30 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from fhir_adapter.connections import ConnectionClients, open_clients
 from fhir_adapter.ehr.errors import CapabilityError, FhirError
 from fhir_adapter.pipeline import fetch
 from fhir_adapter.pipeline.runner import Progress, RunSummary, process_waiting, write_back
 from fhir_adapter.pipeline.staging import stage
 from fhir_adapter.pipeline.steps import Step
-from fhir_adapter.settings import EhrConnection, Settings, SettingsError
-from fhir_adapter.store import Store
-from inference_server.client import Backend
-from mapping.fhir.context import ModelInfo
+from fhir_adapter.runtime import Runtime
+from fhir_adapter.settings import SettingsError
+from fhir_adapter.store import leases
 
 log = logging.getLogger(__name__)
 
 # The connection name work is filed under when no EHR is configured (local backfill, demo).
 LOCAL = "local"
+# How long staging waits for another process staging into the same connection.
+STAGE_WAIT_S = 120.0
+
+
+def stage_lease(connection: str) -> str:
+    """Held while resources are staged into `connection` (by a poll, a push or a backfill)."""
+    return f"stage:{connection}"
 
 
 async def run_once(
-    settings: Settings,
-    store: Store,
-    backend: Backend,
-    model: ModelInfo,
-    progress: Progress | None = None,
-    poll: bool = True,
+    runtime: Runtime, progress: Progress | None = None, poll: bool = True
 ) -> RunSummary:
     """Poll every configured EHR, process what waits, write back; one pass.
 
@@ -38,13 +44,16 @@ async def run_once(
     own connection; the others carry on and the error is in the summary.
     """
     summary = RunSummary()
-    for conn in settings.ehr.values():
+    for conn in runtime.settings.ehr.values():
         try:
-            async with open_clients(conn) as clients:
-                if poll:
-                    staged = await fetch.poll(clients.ehr, store, conn)
-                    summary.encounters_new += staged.encounters_new
-                await _process(store, conn.name, conn, clients, backend, model, summary, progress)
+            clients = await runtime.clients(conn)
+            if poll:
+                lease = stage_lease(conn.name)
+                async with leases.held(runtime.store, lease, runtime.owner) as polling:
+                    if polling:
+                        staged = await fetch.poll(clients.ehr, runtime.store, conn)
+                        summary.encounters_new += staged.encounters_new
+            await _process(runtime, conn.name, summary, progress)
         except CapabilityError:
             raise
         except FhirError as exc:
@@ -55,29 +64,18 @@ async def run_once(
 
 
 async def _process(
-    store: Store,
-    name: str,
-    conn: EhrConnection | None,
-    clients: ConnectionClients | None,
-    backend: Backend,
-    model: ModelInfo,
-    summary: RunSummary,
-    progress: Progress | None,
+    runtime: Runtime, name: str, summary: RunSummary, progress: Progress | None
 ) -> None:
     try:
         kwargs = {"progress": progress} if progress else {}
-        await process_waiting(store, name, conn, clients, backend, model, summary, **kwargs)
+        await process_waiting(runtime, name, summary, **kwargs)
     finally:
         # Whatever was drafted before a failure is still written back.
-        if clients is not None:
-            await write_back(store, name, clients, summary)
+        await write_back(runtime, name, summary)
 
 
 async def ingest_resources(
-    settings: Settings,
-    store: Store,
-    backend: Backend,
-    model: ModelInfo,
+    runtime: Runtime,
     resources: Iterable[dict[str, Any]],
     connection: str | None = None,
     progress: Progress | None = None,
@@ -87,6 +85,7 @@ async def ingest_resources(
     `connection` names the EHR they came from (for write-back); None with no EHR configured
     files them under "local" and keeps the results in our store.
     """
+    settings = runtime.settings
     conn = settings.connection(connection) if connection else None
     if conn is None and len(settings.ehr) == 1:
         conn = next(iter(settings.ehr.values()))
@@ -97,14 +96,14 @@ async def ingest_resources(
         )
     name = conn.name if conn else LOCAL
     summary = RunSummary()
-    with store.session() as session:
-        staged = stage(session, name, resources, Step.DETECT)
+    if conn is not None:
+        await runtime.clients(conn)  # a connection that cannot work fails before staging
+    store = runtime.store
+    async with leases.held(store, stage_lease(name), runtime.owner, wait_s=STAGE_WAIT_S):
+        with store.session() as session:
+            staged = stage(session, name, resources, Step.DETECT)
     summary.encounters_new = staged.encounters_new
-    if conn is None:
-        await _process(store, name, None, None, backend, model, summary, progress)
-        return summary
-    async with open_clients(conn) as clients:
-        await _process(store, name, conn, clients, backend, model, summary, progress)
+    await _process(runtime, name, summary, progress)
     return summary
 
 

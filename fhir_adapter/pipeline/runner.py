@@ -1,8 +1,15 @@
-"""Run the steps for every waiting encounter of a connection, in session order.
+"""Run the steps for every waiting encounter of a connection, patient by patient, in session
+order, safely beside other processes doing the same.
 
-Encounters are processed oldest session first, and a patient's later session waits while an
-earlier one has not finished (it failed this run): a later session settles the review status
-of the earlier sessions' homework, so it must see their Tasks.
+A patient's sessions are processed by one process at a time (a lease in the store), oldest
+first, and a later session waits while an earlier one has not finished: a later session
+settles the review status of the earlier sessions' homework, so it must see their Tasks.
+Different patients can be taken by different processes; a patient another process holds is
+left to it (`encounters_busy`).
+
+A failed encounter is retried on the next pass, then with a growing delay; after
+`MAX_ATTEMPTS` failures it is dead-lettered (step `failed`, kept with its error for
+`homework-fhir work retry`), and the patient's later sessions go on without it.
 """
 
 from __future__ import annotations
@@ -10,25 +17,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fhir_adapter.connections import ConnectionClients
 from fhir_adapter.ehr.errors import FhirError
 from fhir_adapter.pipeline import fetch
 from fhir_adapter.pipeline.detect import detect
 from fhir_adapter.pipeline.draft import draft
-from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.pipeline.steps import Step, WorkItem
 from fhir_adapter.pipeline.writeback import flush
-from fhir_adapter.settings import EhrConnection
-from fhir_adapter.store import Store, outbox, work
-from inference_server.client import Backend
+from fhir_adapter.runtime import Runtime
+from fhir_adapter.store import leases, work
 from inference_server.errors import InferenceError
 from mapping.errors import MappingError
-from mapping.fhir.context import ModelInfo
 
 log = logging.getLogger(__name__)
 
 WAITING = (Step.FETCH, Step.DETECT, Step.DRAFT)
+# Failures before an encounter is dead-lettered. The first retry is on the next pass; later
+# ones wait RETRY_BASE * 4**(n-2): 5 min, 20 min, 80 min.
+MAX_ATTEMPTS = 5
+RETRY_BASE = timedelta(minutes=5)
+
+
+def retry_at(attempts: int, now: datetime) -> datetime | None:
+    """When an encounter that has failed `attempts` times is due again (None: next pass)."""
+    if attempts <= 1:
+        return None
+    return now + RETRY_BASE * (1 << (2 * (attempts - 2)))
 
 
 @dataclass
@@ -40,6 +56,8 @@ class RunSummary:
     encounters_processed: int = 0
     encounters_skipped: int = 0
     encounters_failed: int = 0
+    encounters_dead: int = 0  # failed MAX_ATTEMPTS times: set aside for an operator
+    encounters_busy: int = 0  # their patient is being processed by another process
     homework_found: int = 0
     tasks_reviewed: int = 0
     tasks_not_reviewed: int = 0
@@ -51,6 +69,11 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def failed(self) -> bool:
+        """Anything an operator must look at (the CLI's exit status 1)."""
+        return bool(self.connections_failed or self.encounters_failed or self.writes_failed)
 
 
 Progress = Callable[[Iterable[str], int], Iterable[str]]
@@ -64,75 +87,97 @@ class ModelUnavailableError(RuntimeError):
     """The model server stopped answering; the run stops, the rerun picks up where it was."""
 
 
+def patient_lease(connection: str, patient: str) -> str:
+    return f"patient:{connection}:{patient}"
+
+
 async def process_waiting(
-    store: Store,
-    connection: str,
-    conn: EhrConnection | None,
-    clients: ConnectionClients | None,
-    backend: Backend,
-    model: ModelInfo,
-    summary: RunSummary,
-    progress: Progress = _no_progress,
+    runtime: Runtime, connection: str, summary: RunSummary, progress: Progress = _no_progress
 ) -> None:
     """Take every waiting encounter of `connection` as far as it goes."""
+    store = runtime.store
     with store.session() as session:
         rows = work.encounters_at(session, connection, WAITING, limit=100_000)
-        patients = {row.encounter: row.patient for row in rows}
-    blocked: set[str] = set()
-    for encounter in progress(list(patients), len(patients)):
-        patient = patients[encounter]
-        if patient in blocked:
-            continue
+        # Patients in the order of their earliest waiting session.
+        patients = list(dict.fromkeys(row.patient for row in rows))
+    for patient in progress(patients, len(patients)):
+        name = patient_lease(connection, patient)
+        async with leases.held(store, name, runtime.owner) as mine:
+            if not mine:
+                with store.session() as session:
+                    waiting = work.patient_encounters(session, connection, patient, WAITING)
+                summary.encounters_busy += len(waiting)
+                continue
+            await _process_patient(runtime, connection, patient, summary, name)
+
+
+async def _process_patient(
+    runtime: Runtime, connection: str, patient: str, summary: RunSummary, lease: str
+) -> None:
+    store = runtime.store
+    with store.session() as session:
+        # Read again under the lease: another process may have finished some meanwhile.
+        waiting = work.patient_encounters(session, connection, patient, WAITING)
+        pending = [(row.encounter, row.retry_at) for row in waiting]
+    now = datetime.now(UTC)
+    for encounter, due in pending:
+        if due is not None and due > now:
+            return  # an earlier session is backing off; the later ones wait for it
+        leases.acquire(store, lease, runtime.owner)  # renew for this encounter
+        item = WorkItem(connection, encounter)
         try:
-            await _advance(store, connection, conn, clients, backend, model, encounter, summary)
+            await _advance(runtime, item, summary)
         except InferenceError as exc:
-            _failed(store, connection, encounter, f"model: {exc}", summary)
+            # Not the encounter's fault: recorded, not counted towards dead-lettering.
+            _failed(runtime, item, f"model: {exc}", summary, counts=False)
             raise ModelUnavailableError(str(exc)) from exc
         except (FhirError, MappingError) as exc:
-            _failed(store, connection, encounter, f"{type(exc).__name__}: {exc}", summary)
-            blocked.add(patient)
+            if not _failed(runtime, item, f"{type(exc).__name__}: {exc}", summary):
+                return
         except Exception as exc:
             # A bug, not bad data: keep going with other patients, keep the type (no PHI).
             log.exception("%s failed", encounter)
-            _failed(store, connection, encounter, f"unexpected {type(exc).__name__}", summary)
-            blocked.add(patient)
+            if not _failed(runtime, item, f"unexpected {type(exc).__name__}", summary):
+                return
 
 
-def _failed(store: Store, connection: str, encounter: str, error: str, summary: RunSummary) -> None:
+def _failed(
+    runtime: Runtime, item: WorkItem, error: str, summary: RunSummary, counts: bool = True
+) -> bool:
+    """Record a failure; True when the encounter was dead-lettered (later sessions may go on)."""
     summary.encounters_failed += 1
-    summary.errors.append(f"{encounter}: {error}")
-    with store.session() as session:
-        row = work.get_encounter(session, connection, encounter)
-        if row is not None:
-            work.record_failure(session, row, error)
+    summary.errors.append(f"{item.encounter}: {error}")
+    now = datetime.now(UTC)
+    with runtime.store.session() as session:
+        row = work.get_encounter(session, item.connection, item.encounter)
+        if row is None:
+            return False
+        if not counts:
+            work.record_failure(session, row, error, count=False)
+            return False
+        work.record_failure(session, row, error)
+        if row.attempts >= MAX_ATTEMPTS:
+            work.dead_letter(session, row, Step.FAILED)
+            summary.encounters_dead += 1
+            log.error("%s dead-lettered after %d attempts at step %s",
+                      item.encounter, row.attempts, row.state.get("failed_at"))  # fmt: skip
+            return True
+        row.retry_at = retry_at(row.attempts, now)
+        return False
 
 
-async def _advance(
-    store: Store,
-    connection: str,
-    conn: EhrConnection | None,
-    clients: ConnectionClients | None,
-    backend: Backend,
-    model: ModelInfo,
-    encounter: str,
-    summary: RunSummary,
-) -> None:
-    with store.session() as session:
-        row = work.get_encounter(session, connection, encounter)
+async def _advance(runtime: Runtime, item: WorkItem, summary: RunSummary) -> None:
+    with runtime.store.session() as session:
+        row = work.get_encounter(session, item.connection, item.encounter)
         if row is None:
             return
         step = Step(row.step)
     if step is Step.FETCH:
-        if conn is None or clients is None:
-            raise MappingError(f"{encounter} needs fetching but no EHR connection is configured")
-        with store.session() as session:
-            row = work.get_encounter(session, connection, encounter)
-        assert row is not None
-        await fetch.fetch_inputs(clients.ehr, store, conn, row)
-    await detect(store, connection, encounter, backend)
-    result = draft(store, connection, conn, encounter, model)
-    with store.session() as session:
-        row = work.get_encounter(session, connection, encounter)
+        await fetch.fetch_inputs(runtime, item)
+    await detect(runtime, item)
+    result = draft(runtime, item)
+    with runtime.store.session() as session:
+        row = work.get_encounter(session, item.connection, item.encounter)
         final = Step(row.step) if row is not None else Step.SKIPPED
     if final is Step.SKIPPED:
         summary.encounters_skipped += 1
@@ -144,15 +189,12 @@ async def _advance(
         summary.observations += result.observations
 
 
-async def write_back(
-    store: Store, connection: str, clients: ConnectionClients, summary: RunSummary
-) -> None:
-    result = await flush(store, connection, clients.targets())
+async def write_back(runtime: Runtime, connection: str, summary: RunSummary) -> None:
+    conn = runtime.connection(connection)
+    if conn is None:
+        return
+    clients = await runtime.clients(conn)
+    result = await flush(runtime.store, connection, clients.targets())
     summary.writes_done += result.done
     summary.writes_retrying += result.retrying
     summary.writes_failed += result.failed
-
-
-def outbox_counts(store: Store, connection: str) -> dict[str, int]:
-    with store.session() as session:
-        return outbox.counts(session, connection)

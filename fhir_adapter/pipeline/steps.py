@@ -1,7 +1,8 @@
-"""Step names, as stored in `encounter_work.step`."""
+"""Step names, as stored in `encounter_work.step`, and the work item a step takes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -11,7 +12,12 @@ class Step(StrEnum):
     DRAFT = "draft"  # detections stored; resources not built yet
     DONE = "done"  # resources built, stored and queued for write-back
     SKIPPED = "skipped"  # nothing to do (no transcript); the reason is in state["skipped"]
+    FAILED = "failed"  # dead-lettered after repeated failures; state["failed_at"] is the step
 
 
-# Steps an encounter must reach before a later session of the same patient may review it.
-DRAFTED = (Step.DONE,)
+@dataclass(frozen=True)
+class WorkItem:
+    """One encounter of one connection: what every step takes, with the runtime."""
+
+    connection: str
+    encounter: str  # "Encounter/<id>"

@@ -31,9 +31,9 @@ from fhir_adapter.ehr.errors import (
     TemporaryFhirError,
     VersionConflictError,
 )
-from fhir_adapter.pipeline.draft import CARE_PLAN_STORE, CHART, ID_SYSTEM, NOTE_PROVENANCE
 from fhir_adapter.store import Store, outbox
 from fhir_adapter.store.models import OutboxRow
+from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, ID_SYSTEM, NOTE_PROVENANCE
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +136,19 @@ async def _attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> 
 
 
 async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]) -> FlushSummary:
-    """Send every due write of `connection`.
+    """Send every due write of `connection` that no other process has claimed.
 
-    Each write reads its row in one short transaction, talks to the server with no transaction
-    open (retries can take minutes), and records the outcome in another.
+    Each write is claimed in one short transaction (`outbox.claim`: the row is leased to this
+    process), sent with no transaction open (retries can take minutes), and its outcome
+    recorded in another. Rows another process holds are left to it.
     """
     summary = FlushSummary()
     with store.session() as session:
         due_ids = [row.id for row in outbox.due(session, connection, limit=10_000)]
     for row_id in due_ids:
         with store.session() as session:
-            row = session.get(OutboxRow, row_id)
-            if row is None or row.status != outbox.OutboxStatus.PENDING:
+            row = outbox.claim(session, row_id)
+            if row is None:
                 continue
             client = clients.get(row.target)
             if client is None:
@@ -161,6 +162,7 @@ async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]
                     else None
                 )
             except NotYet:
+                outbox.release(session, row)
                 continue
         # `row` stays readable detached (the store's sessions do not expire on commit).
         outcome = await _attempt(client, row, note_ref)
@@ -171,8 +173,8 @@ async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]
             if outcome.kind == "done":
                 stored = outcome.stored
                 server_id = str(stored["id"]) if stored.get("id") else None
-                outbox.mark_done(session, current, server_id, _version(stored))
-                summary.done += 1
+                if outbox.mark_sent(session, current, row.payload, server_id, _version(stored)):
+                    summary.done += 1
             elif outcome.kind == "retry":
                 outbox.mark_retry(session, current, outcome.error, outcome.delay)
                 summary.retrying += 1

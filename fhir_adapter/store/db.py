@@ -68,10 +68,19 @@ class Store:
         self.engine.dispose()
 
 
+# PostgreSQL advisory lock key under which migrations run: processes starting together
+# (replicas, a cron run beside a worker) queue on it and the later ones find head applied.
+MIGRATION_LOCK_KEY = 0x686F6D65776F726B  # "homework"
+
+
 def open_store(url: str) -> Store:
-    """Connect, migrate to head, and return the store."""
+    """Connect, migrate to head (one process at a time), and return the store."""
     engine = make_engine(url)
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Held to the end of this transaction, which is the migration's (DDL is
+            # transactional on PostgreSQL).
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         config = alembic_config(url)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -118,6 +118,19 @@ class EncounterRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
+    # After a failure, not tried again before this time (backoff); None = due now.
+    retry_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LeaseRow(Base):
+    """A named lease one process holds until it expires (or releases it): a patient's sessions
+    are processed by one process at a time, a connection is polled by one at a time."""
+
+    __tablename__ = "lease"
+
+    name: Mapped[str] = mapped_column(String(400), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]
 
 
 class CursorRow(Base):

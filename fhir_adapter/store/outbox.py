@@ -3,18 +3,40 @@
 Rows are keyed by (connection, target, resource type, business identifier). Enqueuing the same
 resource again is a no-op; enqueuing a changed one (a Task whose review status moved) puts the
 row back to `pending` with the new payload, remembering the server id so it becomes an update.
+
+Targets and keys live here, with the rows they name: the drafting step enqueues to them and the
+runtime maps each target to the FHIR client that writes it.
+
+Many processes may drain one outbox. A writer first *claims* a due row (`claim`): an atomic
+compare-and-set that moves its `next_attempt_at` a lease ahead, so no other process takes it
+while the write is in flight; a writer that dies leaves the lease to expire and the row is
+taken again (the write is idempotent: search by identifier before create, PUT by id).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from fhir_adapter.store.models import OutboxRow
+
+# Targets: the EHR's chart (note, Communication, the note's Provenance) and the store that holds
+# CarePlan/Task (the EHR itself where it accepts them, another FHIR store, or none).
+CHART = "chart"
+CARE_PLAN_STORE = "care-plan-store"
+TARGETS = (CHART, CARE_PLAN_STORE)
+# Key system of the chart note's Provenance; the value is the note's "system|value".
+NOTE_PROVENANCE = "urn:homework-fhir:note-provenance"
+# Resources without an identifier element (Provenance in R4) are keyed by their logical id.
+ID_SYSTEM = "urn:homework-fhir:logical-id"
+# How long a claimed write is held before another process may take it: longer than the FHIR
+# client's bounded retries of one request, short enough that a crashed writer's rows resume soon.
+CLAIM_LEASE = timedelta(minutes=10)
 
 
 class OutboxStatus(StrEnum):
@@ -25,6 +47,14 @@ class OutboxStatus(StrEnum):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def outbox_key(resource: dict[str, Any]) -> tuple[str, str]:
+    """The row key of a resource: its first identifier, else its logical id."""
+    for ident in resource.get("identifier") or []:
+        if ident.get("system") and ident.get("value"):
+            return str(ident["system"]), str(ident["value"])
+    return ID_SYSTEM, f"{resource['resourceType']}/{resource['id']}"
 
 
 def enqueue(
@@ -62,11 +92,14 @@ def enqueue(
         )
         session.add(row)
     elif row.payload != payload:
+        # A pending row keeps its time: it may be claimed and in flight in another process
+        # (that writer sees the payload changed and leaves the row pending; see `mark_sent`).
+        waiting = row.status == OutboxStatus.PENDING and row.next_attempt_at > now
         row.payload = payload
         row.status = OutboxStatus.PENDING
         row.attempts = 0
         row.last_error = None
-        row.next_attempt_at = now
+        row.next_attempt_at = row.next_attempt_at if waiting else now
         row.updated_at = now
     session.flush()
     return row
@@ -87,6 +120,60 @@ def due(
         .limit(limit)
     )
     return list(session.scalars(stmt))
+
+
+def claim(session: Session, row_id: int, now: datetime | None = None) -> OutboxRow | None:
+    """Take a due row for this process, or None when it is not due or another process has it.
+
+    One UPDATE with the due condition in its WHERE clause: on PostgreSQL the row lock makes a
+    concurrent claimer wait and then see the moved `next_attempt_at` (no match); SQLite
+    serialises writers. Either way exactly one claimer gets rowcount 1.
+    """
+    now = now or _now()
+    result = session.execute(
+        update(OutboxRow)
+        .where(
+            OutboxRow.id == row_id,
+            OutboxRow.status == OutboxStatus.PENDING,
+            OutboxRow.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=now + CLAIM_LEASE, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return None
+    row = session.get(OutboxRow, row_id, populate_existing=True)
+    return row
+
+
+def release(session: Session, row: OutboxRow) -> None:
+    """Give a claimed row back untried: due again now (it waits on another write)."""
+    row.next_attempt_at = _now()
+    session.flush()
+
+
+def mark_sent(
+    session: Session,
+    row: OutboxRow,
+    sent: dict[str, Any],
+    server_id: str | None,
+    server_version: str | None,
+) -> bool:
+    """Record a write that succeeded with payload `sent`; True when the row is done.
+
+    If the payload changed while the write was in flight (a later session updated the Task),
+    the server id is kept and the row stays pending, due now, so the newer payload is sent as
+    an update: no change is lost between a claim and its outcome.
+    """
+    if row.payload == sent:
+        mark_done(session, row, server_id, server_version)
+        return True
+    row.server_id = server_id or row.server_id
+    row.server_version = server_version
+    row.next_attempt_at = _now()
+    row.updated_at = _now()
+    session.flush()
+    return False
 
 
 def mark_done(
@@ -119,20 +206,41 @@ def mark_failed(session: Session, row: OutboxRow, error: str) -> None:
     session.flush()
 
 
-def requeue_failed(session: Session, connection: str) -> int:
-    """Put every failed row back to pending (after an operator fixed the cause)."""
-    rows = list(
-        session.scalars(
-            select(OutboxRow).where(
-                OutboxRow.connection == connection, OutboxRow.status == OutboxStatus.FAILED
-            )
-        )
-    )
+def requeue(
+    session: Session, connection: str | None = None, ids: Sequence[int] = (),
+    status: OutboxStatus = OutboxStatus.FAILED,
+) -> int:  # fmt: skip
+    """Put rows back to pending, due now (after an operator fixed the cause).
+
+    Failed rows by default; `status=PENDING` also pulls waiting retries forward. `ids` limits it
+    to those rows; `connection` to one connection.
+    """
+    stmt = select(OutboxRow).where(OutboxRow.status == status)
+    if connection is not None:
+        stmt = stmt.where(OutboxRow.connection == connection)
+    if ids:
+        stmt = stmt.where(OutboxRow.id.in_(list(ids)))
+    rows = list(session.scalars(stmt))
     for row in rows:
         row.status = OutboxStatus.PENDING
+        row.attempts = 0
         row.next_attempt_at = _now()
+        row.updated_at = _now()
     session.flush()
     return len(rows)
+
+
+def listing(
+    session: Session, connection: str | None = None, status: OutboxStatus | None = None,
+    limit: int = 100,
+) -> list[OutboxRow]:  # fmt: skip
+    """Rows for operators, newest change first."""
+    stmt = select(OutboxRow).order_by(OutboxRow.updated_at.desc(), OutboxRow.id.desc())
+    if connection is not None:
+        stmt = stmt.where(OutboxRow.connection == connection)
+    if status is not None:
+        stmt = stmt.where(OutboxRow.status == status)
+    return list(session.scalars(stmt.limit(limit)))
 
 
 def counts(session: Session, connection: str | None = None) -> dict[str, int]:

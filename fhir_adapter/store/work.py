@@ -62,16 +62,61 @@ def advance(
         row.state = {**row.state, **state}
     row.last_error = None
     row.attempts = 0
+    row.retry_at = None
     row.updated_at = _now()
     session.flush()
 
 
-def record_failure(session: Session, row: EncounterRow, error: str) -> None:
-    """Keep the encounter at its step, counting the attempt; `error` must carry no PHI."""
-    row.attempts += 1
+def record_failure(session: Session, row: EncounterRow, error: str, count: bool = True) -> None:
+    """Keep the encounter at its step with the error (it must carry no PHI); `count` adds an
+    attempt (a failure of the encounter itself, not of the model server)."""
+    if count:
+        row.attempts += 1
     row.last_error = error[:2000]
     row.updated_at = _now()
     session.flush()
+
+
+def dead_letter(session: Session, row: EncounterRow, step: str) -> None:
+    """Set the encounter aside at `step` (the dead-letter step), remembering where it was."""
+    row.state = {**row.state, "failed_at": row.step}
+    row.step = step
+    row.retry_at = None
+    row.updated_at = _now()
+    session.flush()
+
+
+def retry(
+    session: Session, dead_step: str, connection: str | None = None, encounters: Sequence[str] = ()
+) -> list[EncounterRow]:
+    """Put dead-lettered encounters back at the step they failed at, due now."""
+    stmt = select(EncounterRow).where(EncounterRow.step == dead_step)
+    if connection is not None:
+        stmt = stmt.where(EncounterRow.connection == connection)
+    if encounters:
+        stmt = stmt.where(EncounterRow.encounter.in_(list(encounters)))
+    rows = list(session.scalars(stmt))
+    for row in rows:
+        state = dict(row.state)
+        row.step = str(state.pop("failed_at", "fetch"))
+        row.state = state
+        row.attempts = 0
+        row.retry_at = None
+        row.updated_at = _now()
+    session.flush()
+    return rows
+
+
+def listing(
+    session: Session, steps: Sequence[str] = (), connection: str | None = None, limit: int = 100
+) -> list[EncounterRow]:
+    """Encounters for operators, most recently changed first."""
+    stmt = select(EncounterRow).order_by(EncounterRow.updated_at.desc())
+    if steps:
+        stmt = stmt.where(EncounterRow.step.in_(list(steps)))
+    if connection is not None:
+        stmt = stmt.where(EncounterRow.connection == connection)
+    return list(session.scalars(stmt.limit(limit)))
 
 
 def encounters_at(
@@ -87,13 +132,17 @@ def encounters_at(
     return list(session.scalars(stmt))
 
 
-def patient_encounters(session: Session, connection: str, patient: str) -> list[EncounterRow]:
-    """All known encounters of a patient, in session order."""
+def patient_encounters(
+    session: Session, connection: str, patient: str, steps: Sequence[str] = ()
+) -> list[EncounterRow]:
+    """The known encounters of a patient (at one of `steps`, if given), in session order."""
     stmt = (
         select(EncounterRow)
         .where(EncounterRow.connection == connection, EncounterRow.patient == patient)
         .order_by(EncounterRow.period_start, EncounterRow.encounter)
     )
+    if steps:
+        stmt = stmt.where(EncounterRow.step.in_(list(steps)))
     return list(session.scalars(stmt))
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fhir_adapter.pipeline.jobs import ingest_resources, run_once
+from fhir_adapter.pipeline.runner import Progress, RunSummary
+from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import (
     ApiAuthSettings,
     ApiSettings,
@@ -26,6 +29,7 @@ from fhir_adapter.settings import (
 from fhir_adapter.store import Store, resources
 from fhir_adapter.store.resources import Query
 from inference_server.classifier import CARD_FILE, HEADS_FILE, WEIGHTS_DIR
+from inference_server.client import Backend
 from inference_server.triton_server import TritonServer, free_port
 from tests.fhir_adapter.pipeline.seed import Clinic
 from tests.fhir_adapter.sekmet_server import SekmetServer
@@ -211,3 +215,24 @@ def config_toml(path: Path, settings: Settings, conn: EhrConnection) -> Path:
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+async def run_pass(
+    settings: Settings, store: Store, backend: Backend, progress: Progress | None = None
+) -> RunSummary:
+    """One `run --once` pass, as a process would run it: its own Runtime over the test's store
+    and model backend (which the test owns), FHIR clients opened and closed with it."""
+    async with Runtime(settings, store, backend) as runtime:
+        return await run_once(runtime, progress)
+
+
+async def ingest_pass(
+    settings: Settings,
+    store: Store,
+    backend: Backend,
+    resources: Iterable[dict[str, Any]],
+    connection: str | None = None,
+) -> RunSummary:
+    """A push or backfill of `resources`, in a Runtime of its own (see `run_pass`)."""
+    async with Runtime(settings, store, backend) as runtime:
+        return await ingest_resources(runtime, resources, connection)

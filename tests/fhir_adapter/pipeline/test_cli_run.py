@@ -140,7 +140,8 @@ def test_run_reports_a_model_server_that_does_not_answer(
     try:
         with store.session() as session:
             waiting = work.encounters_at(session, CONNECTION, [Step.DETECT])
-        assert len(waiting) == 1 and waiting[0].attempts == 1  # stopped at the first one
+        assert len(waiting) == 1  # stopped at the first one, the error kept, not counted
+        assert waiting[0].attempts == 0 and str(waiting[0].last_error).startswith("model: ")
     finally:
         store.close()
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from fhir_adapter.model_backend import make_backend, model_info
-from fhir_adapter.pipeline.draft import CARE_PLAN_STORE, CHART
-from fhir_adapter.pipeline.jobs import run_once
+from fhir_adapter.model_backend import make_backend
 from fhir_adapter.store import open_store
 from fhir_adapter.store.models import OutboxRow
+from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART
 from mapping.fhir.codes import (
     SID_CAREPLAN,
     SID_COMMUNICATION,
@@ -28,7 +27,13 @@ from mapping.fhir.codes import (
 )
 from tests.fhir_adapter.pipeline.checks import ehr_side, note_provenance, store_side
 from tests.fhir_adapter.pipeline.seed import ehr_resources, seed_clinic
-from tests.fhir_adapter.pipeline.support import connection, identifier_of, settings_for, stored
+from tests.fhir_adapter.pipeline.support import (
+    connection,
+    identifier_of,
+    run_pass,
+    settings_for,
+    stored,
+)
 from tests.fhir_adapter.sekmet_server import SekmetServer
 
 pytestmark = pytest.mark.integration
@@ -46,7 +51,7 @@ async def test_chart_only_writes_note_and_communication_to_the_ehr(
     backend = make_backend(settings)
     store = open_store(settings.database_url)
     try:
-        summary = await run_once(settings, store, backend, model_info(settings))
+        summary = await run_pass(settings, store, backend)
         assert summary.errors == []
         assert (summary.encounters_processed, summary.writes_failed) == (4, 0)
         # Per session: the note, its Provenance, the Communication.

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from fhir_adapter.model_backend import model_info
-from fhir_adapter.pipeline.jobs import run_once
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.store import open_store, work
 from inference_server.client import TritonBackend
@@ -43,6 +41,7 @@ from tests.fhir_adapter.pipeline.support import (
     TritonHandle,
     connection,
     review_status,
+    run_pass,
     settings_for,
     stored,
 )
@@ -66,7 +65,7 @@ async def test_run_once_writes_care_plans_and_chart_to_the_ehr_and_our_store(
     settings = settings_for(tmp_path, [conn], database_url=database_url, triton=pipeline_triton)
     store = open_store(settings.database_url)
     try:
-        summary = await run_once(settings, store, triton_backend, model_info(settings))
+        summary = await run_pass(settings, store, triton_backend)
 
         assert summary.errors == []
         assert summary.encounters_new == 4  # the session still in progress is not polled
@@ -123,7 +122,7 @@ async def test_run_once_writes_care_plans_and_chart_to_the_ehr_and_our_store(
             }
 
         # Idempotency: a second run finds nothing new and writes nothing.
-        again = await run_once(settings, store, triton_backend, model_info(settings))
+        again = await run_pass(settings, store, triton_backend)
         assert (again.encounters_new, again.encounters_processed, again.writes_done) == (0, 0, 0)
         assert store_side(store) == ours
         assert ehr_side(sekmet_server, clinic, store) == ehr
@@ -144,10 +143,9 @@ async def test_a_later_session_settles_the_review_status_of_earlier_homework(
     clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
     conn = connection(sekmet_server, clinic, client="es384", care_plan_store="ehr")
     settings = settings_for(tmp_path, [conn], triton=pipeline_triton)
-    model = model_info(settings)
     store = open_store(settings.database_url)
     try:
-        first = await run_once(settings, store, triton_backend, model)
+        first = await run_pass(settings, store, triton_backend)
         assert (first.encounters_processed, first.writes_failed) == (2, 0), first.errors
         set_earlier = {
             key: {str(t["id"]) for t in stored(store, "Task", patient=p.patient)}
@@ -159,7 +157,7 @@ async def test_a_later_session_settles_the_review_status_of_earlier_homework(
         assert set(ehr_before.values()) == {"awaiting-review"}
 
         seed_session(sekmet_server, clinic, 2)
-        second = await run_once(settings, store, triton_backend, model)
+        second = await run_pass(settings, store, triton_backend)
         assert (second.encounters_new, second.encounters_processed) == (2, 2), second.errors
         assert second.writes_failed == 0 and second.writes_retrying == 0
         assert second.tasks_reviewed == len(set_earlier["sam"])

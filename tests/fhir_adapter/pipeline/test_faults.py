@@ -22,17 +22,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from fhir_adapter.connections import open_clients
-from fhir_adapter.model_backend import model_info
 from fhir_adapter.pipeline import fetch
 from fhir_adapter.pipeline.detect import detect
-from fhir_adapter.pipeline.draft import NOTE_PROVENANCE, draft
-from fhir_adapter.pipeline.jobs import run_once
+from fhir_adapter.pipeline.draft import draft
 from fhir_adapter.pipeline.runner import ModelUnavailableError
-from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.pipeline.steps import Step, WorkItem
+from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import EhrConnection, load_settings
 from fhir_adapter.store import Store, open_store, outbox, work
 from fhir_adapter.store.models import OutboxRow
+from fhir_adapter.store.outbox import NOTE_PROVENANCE
 from inference_server.client import TritonBackend
 from mapping.fhir.codes import SID_COMMUNICATION, SID_NOTE
 from tests.fhir_adapter.pipeline import fault_proxy as faults
@@ -49,6 +48,7 @@ from tests.fhir_adapter.pipeline.support import (
     TritonHandle,
     config_toml,
     connection,
+    run_pass,
     settings_for,
     stored,
 )
@@ -119,9 +119,8 @@ async def test_throttling_and_server_errors_are_retried_and_no_write_is_lost(
     proxy.add("POST", "/DocumentReference", faults.status(500, b'{"resourceType": "Oper'))
     settings = settings_for(tmp_path, [_proxied(sekmet_server, clinic, proxy)],
                             triton=pipeline_triton)  # fmt: skip
-    model = model_info(settings)
 
-    first = await run_once(settings, store, triton_backend, model)
+    first = await run_pass(settings, store, triton_backend)
 
     assert proxy.remaining() == 0
     assert first.errors == [] and first.encounters_processed == 2
@@ -142,10 +141,10 @@ async def test_throttling_and_server_errors_are_retried_and_no_write_is_lost(
     assert "not an OperationOutcome" in waiting.last_error
     assert waiting.next_attempt_at > datetime.now(UTC)  # backed off, not hammering
 
-    again = await run_once(settings, store, triton_backend, model)
+    again = await run_pass(settings, store, triton_backend)
     assert again.writes_done == 0  # nothing due yet
     _time_passes(store)
-    last = await run_once(settings, store, triton_backend, model)
+    last = await run_pass(settings, store, triton_backend)
     assert last.writes_done == 2  # the note, then its Provenance
     assert (last.writes_retrying, last.writes_failed) == (0, 0)
     _assert_complete(sekmet_server, clinic, store)
@@ -169,9 +168,8 @@ async def test_timeouts_and_dropped_connections(
     proxy.add("POST", "/Provenance", faults.forward_then_drop())
     conn = _proxied(sekmet_server, clinic, proxy, read_timeout_s=1.0)
     settings = settings_for(tmp_path, [conn], triton=pipeline_triton)
-    model = model_info(settings)
 
-    first = await run_once(settings, store, triton_backend, model)
+    first = await run_pass(settings, store, triton_backend)
 
     assert proxy.remaining() == 0
     assert first.errors == [] and first.encounters_processed == 2
@@ -191,7 +189,7 @@ async def test_timeouts_and_dropped_connections(
     assert list(note_provenance_counts(sekmet_server, clinic).values()) == [1]  # unconfirmed
 
     _time_passes(store)
-    await run_once(settings, store, triton_backend, model)
+    await run_pass(settings, store, triton_backend)
     _, ehr = _assert_complete(sekmet_server, clinic, store)
     assert ehr.count(SID_COMMUNICATION) == 2 and ehr.count(SID_NOTE) == 2
 
@@ -212,9 +210,8 @@ async def test_invalid_bodies_fail_the_write_and_keep_it_for_a_requeue(
     proxy.add("PUT", "/Provenance/", faults.status(503, b"<html>busy</html>", None, "text/html"))
     settings = settings_for(tmp_path, [_proxied(sekmet_server, clinic, proxy)],
                             triton=pipeline_triton)  # fmt: skip
-    model = model_info(settings)
 
-    first = await run_once(settings, store, triton_backend, model)
+    first = await run_pass(settings, store, triton_backend)
 
     assert proxy.remaining() == 0
     assert first.encounters_processed == 2 and first.writes_failed == 2
@@ -225,10 +222,10 @@ async def test_invalid_bodies_fail_the_write_and_keep_it_for_a_requeue(
     )
     assert "not JSON" in str(failed["Communication"].last_error)
     # Failed writes stay failed (a retry would not fix them) until an operator requeues.
-    assert (await run_once(settings, store, triton_backend, model)).writes_done == 0
+    assert (await run_pass(settings, store, triton_backend)).writes_done == 0
     with store.session() as session:
-        assert outbox.requeue_failed(session, CONNECTION) == 2
-    await run_once(settings, store, triton_backend, model)
+        assert outbox.requeue(session, CONNECTION) == 2
+    await run_pass(settings, store, triton_backend)
     _, ehr = _assert_complete(sekmet_server, clinic, store)
     assert ehr.count(SID_COMMUNICATION) == 2  # the one created despite the error page: once
 
@@ -251,10 +248,9 @@ async def test_a_failed_earlier_session_holds_back_the_later_one(
     proxy.add("GET", "/DocumentReference", faults.status(400, outcome))
     settings = settings_for(tmp_path, [_proxied(sekmet_server, clinic, proxy)],
                             triton=pipeline_triton)  # fmt: skip
-    model = model_info(settings)
     sam, jordan = clinic.patients["sam"], clinic.patients["jordan"]
 
-    first = await run_once(settings, store, triton_backend, model)
+    first = await run_pass(settings, store, triton_backend)
 
     assert (first.encounters_failed, first.encounters_processed) == (1, 2)
     assert len(first.errors) == 1 and first.errors[0].startswith(sam.encounters[0])
@@ -265,7 +261,7 @@ async def test_a_failed_earlier_session_holds_back_the_later_one(
         done = work.encounters_at(session, CONNECTION, [Step.DONE])
         assert {r.encounter for r in done} == set(jordan.encounters)
 
-    second = await run_once(settings, store, triton_backend, model)
+    second = await run_pass(settings, store, triton_backend)
     assert second.errors == [] and second.encounters_processed == 2
     assert second.tasks_reviewed == len(stored(store, "Task", encounter=sam.encounters[0])) > 0
     _assert_complete(sekmet_server, clinic, store)
@@ -284,7 +280,6 @@ async def test_model_server_down_mid_run_then_back(
     clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
     conn = connection(sekmet_server, clinic, care_plan_store="ehr")
     settings = settings_for(tmp_path, [conn], triton=pipeline_triton)
-    model = model_info(settings)
 
     def stop_triton_after_first(items: Iterable[str], total: int) -> Iterator[str]:
         for number, item in enumerate(items):
@@ -294,7 +289,7 @@ async def test_model_server_down_mid_run_then_back(
 
     try:
         with pytest.raises(ModelUnavailableError, match="unavailable after 4 attempt"):
-            await run_once(settings, store, triton_backend, model, stop_triton_after_first)
+            await run_pass(settings, store, triton_backend, stop_triton_after_first)
     finally:
         if not pipeline_triton.running():
             pipeline_triton.start()
@@ -302,12 +297,13 @@ async def test_model_server_down_mid_run_then_back(
     with store.session() as session:
         first, second = (work.get_encounter(session, CONNECTION, e) for e in (sam, jordan))
         assert first is not None and first.step == Step.DONE
-        assert second is not None and (second.step, second.attempts) == (Step.DETECT, 1)
+        # Recorded, but not counted towards dead-lettering: the model was down, not the data.
+        assert second is not None and (second.step, second.attempts) == (Step.DETECT, 0)
         assert str(second.last_error).startswith("model: model server at http://")
     ehr = ehr_side(sekmet_server, clinic, store)
     assert ehr.count(SID_NOTE) == 1  # the first encounter was written back all the same
 
-    rerun = await run_once(settings, store, triton_backend, model)
+    rerun = await run_pass(settings, store, triton_backend)
     assert (rerun.encounters_new, rerun.encounters_processed) == (0, 1)
     assert rerun.errors == []
     _, ehr = _assert_complete(sekmet_server, clinic, store)
@@ -326,31 +322,31 @@ async def test_a_crash_between_steps_resumes_without_duplicates(
     clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
     conn = connection(sekmet_server, clinic, care_plan_store="ehr")
     settings = settings_for(tmp_path, [conn], triton=pipeline_triton)
-    model = model_info(settings)
     sam, jordan = (clinic.patients[k].encounters[0] for k in ("sam", "jordan"))
-    async with open_clients(conn) as clients:
-        await fetch.poll(clients.ehr, store, conn)
+    async with Runtime(settings, store, triton_backend) as runtime:
+        await fetch.poll((await runtime.clients(conn)).ehr, store, conn)
         for encounter in (sam, jordan):
             with store.session() as session:
                 row = work.get_encounter(session, CONNECTION, encounter)
             assert row is not None and row.step == Step.FETCH
-            await fetch.fetch_inputs(clients.ehr, store, conn, row)
-            assert await detect(store, CONNECTION, encounter, triton_backend) > 0
-    assert draft(store, CONNECTION, conn, jordan, model) is not None
+            await fetch.fetch_inputs(runtime, WorkItem(CONNECTION, encounter))
+            assert await detect(runtime, WorkItem(CONNECTION, encounter)) > 0
+        assert draft(runtime, WorkItem(CONNECTION, jordan)) is not None
     with store.session() as session:
         steps = {e: work.get_encounter(session, CONNECTION, e).step for e in (sam, jordan)}  # type: ignore[union-attr]
     assert steps == {sam: Step.DRAFT, jordan: Step.DONE}
     assert {r.status for r in _outbox(store)} == {"pending"}
     assert ehr_side(sekmet_server, clinic, store).count(SID_NOTE) == 0
 
-    resumed = await run_once(settings, store, triton_backend, model)
+    resumed = await run_pass(settings, store, triton_backend)
     assert (resumed.encounters_new, resumed.encounters_processed) == (0, 1)
     assert resumed.errors == [] and resumed.writes_failed == 0
     ours, _ = _assert_complete(sekmet_server, clinic, store)
     assert ours.count(SID_NOTE) == 2
     # A further run, and a repeated step, change nothing.
-    assert draft(store, CONNECTION, conn, jordan, model) is None
-    assert (await run_once(settings, store, triton_backend, model)).writes_done == 0
+    async with Runtime(settings, store, triton_backend) as runtime:
+        assert draft(runtime, WorkItem(CONNECTION, jordan)) is None
+    assert (await run_pass(settings, store, triton_backend)).writes_done == 0
     assert store_side(store) == ours
 
 
@@ -401,8 +397,21 @@ async def test_killed_while_the_ehr_answers_a_create_then_rerun(
         with store.session() as session:
             done = work.encounters_at(session, CONNECTION, [Step.DONE])
         assert len(done) == 2
+        # The killed writer's claims hold its rows for the claim lease (another process might
+        # still be writing them); a rerun before it expires leaves them alone.
+        claimed = [r.id for r in rows if r.next_attempt_at > datetime.now(UTC)]
+        assert len(claimed) == 1  # the note whose create was in flight
+        early = await run_pass(reloaded, store, triton_backend)
+        assert early.errors == [] and early.writes_done > 0  # the other writes went out
+        with store.session() as session:
+            held = session.get(OutboxRow, claimed[0])
+            assert held is not None and (held.status, held.attempts) == ("pending", 0)
+        assert ehr_side(sekmet_server, clinic, store).duplicates() == {}
+        with store.session() as session:  # as if the lease had run out
+            for row in session.scalars(select(OutboxRow)):
+                row.next_attempt_at = datetime.now(UTC)
 
-        rerun = await run_once(reloaded, store, triton_backend, model_info(reloaded))
+        rerun = await run_pass(reloaded, store, triton_backend)
         assert rerun.errors == [] and rerun.encounters_new == 0
         assert (rerun.writes_failed, rerun.writes_retrying) == (0, 0)
         _, ehr = _assert_complete(sekmet_server, clinic, store)

@@ -44,44 +44,41 @@ def test_push_ingests_drafts_writes_back_and_is_idempotent(
     bundle = transaction(clinic_resources(sekmet_server, clinic))
     assert {e["resource"]["resourceType"] for e in bundle["entry"]} >= {"Binary", "Encounter"}
     service = build_service(settings)
-    try:
-        with TestClient(service.app) as client:
-            anonymous = client.post("/ingest", json=bundle)
-            assert anonymous.status_code == 401
-            assert anonymous.json()["resourceType"] == "OperationOutcome"
-            reader = {"Authorization": f"Bearer {dev_token(settings, 'system/*.rs')}"}
-            assert client.post("/ingest", json=bundle, headers=reader).status_code == 403
-            assert stored(service.store, "Task") == []  # neither made anything
+    # The app's lifespan opens the runtime (store, model, EHR clients) and closes it.
+    with TestClient(service.app) as client:
+        anonymous = client.post("/ingest", json=bundle)
+        assert anonymous.status_code == 401
+        assert anonymous.json()["resourceType"] == "OperationOutcome"
+        reader = {"Authorization": f"Bearer {dev_token(settings, 'system/*.rs')}"}
+        assert client.post("/ingest", json=bundle, headers=reader).status_code == 403
+        assert stored(service.store, "Task") == []  # neither made anything
 
-            auth = {"Authorization": f"Bearer {dev_token(settings, 'system/Bundle.c')}"}
-            pushed = client.post("/ingest", json=bundle, headers=auth)
-            assert pushed.status_code == 202, pushed.text
-            summary = _summary(pushed.json())
-            assert (summary["encounters_new"], summary["encounters_processed"]) == (4, 4)
-            assert summary["encounters_skipped"] == 0  # the Binary-held transcript too
-            assert (summary["writes_failed"], summary["writes_retrying"]) == (0, 0)
-            assert summary["errors"] == []
+        auth = {"Authorization": f"Bearer {dev_token(settings, 'system/Bundle.c')}"}
+        pushed = client.post("/ingest", json=bundle, headers=auth)
+        assert pushed.status_code == 202, pushed.text
+        summary = _summary(pushed.json())
+        assert (summary["encounters_new"], summary["encounters_processed"]) == (4, 4)
+        assert summary["encounters_skipped"] == 0  # the Binary-held transcript too
+        assert (summary["writes_failed"], summary["writes_retrying"]) == (0, 0)
+        assert summary["errors"] == []
 
-            ours = store_side(service.store)
-            ehr = ehr_side(sekmet_server, clinic, service.store)
-            assert ours.duplicates() == {} and ehr.duplicates() == {}
-            for system in (SID_CAREPLAN, SID_TASK, SID_NOTE):
-                assert ehr.by_system[system] == ours.by_system[system]
-            assert ours.count(SID_CAREPLAN) == 3 and ours.count(SID_NOTE) == 4
-            # The pushed PHQ-9s were scored; the one without an encounter linked by date.
-            assert ours.count(SID_OBSERVATION) == 4
-            assert summary["observations"] == 4
-            chart_provenance = note_provenance_counts(sekmet_server, clinic)
+        ours = store_side(service.store)
+        ehr = ehr_side(sekmet_server, clinic, service.store)
+        assert ours.duplicates() == {} and ehr.duplicates() == {}
+        for system in (SID_CAREPLAN, SID_TASK, SID_NOTE):
+            assert ehr.by_system[system] == ours.by_system[system]
+        assert ours.count(SID_CAREPLAN) == 3 and ours.count(SID_NOTE) == 4
+        # The pushed PHQ-9s were scored; the one without an encounter linked by date.
+        assert ours.count(SID_OBSERVATION) == 4
+        assert summary["observations"] == 4
+        chart_provenance = note_provenance_counts(sekmet_server, clinic)
 
-            again = client.post("/ingest", json=bundle, headers=auth)
-            assert again.status_code == 202
-            repeat = _summary(again.json())
-            assert (repeat["encounters_new"], repeat["encounters_processed"]) == (0, 0)
-            assert repeat["writes_done"] == 0
-            assert store_side(service.store) == ours
-            assert ehr_side(sekmet_server, clinic, service.store) == ehr
-            assert note_provenance_counts(sekmet_server, clinic) == chart_provenance
-            assert client.portal is not None  # its HTTP session lives on the portal's loop
-            client.portal.call(service.backend.close)
-    finally:
-        service.store.close()
+        again = client.post("/ingest", json=bundle, headers=auth)
+        assert again.status_code == 202
+        repeat = _summary(again.json())
+        assert (repeat["encounters_new"], repeat["encounters_processed"]) == (0, 0)
+        assert repeat["writes_done"] == 0
+        assert store_side(service.store) == ours
+        assert ehr_side(sekmet_server, clinic, service.store) == ehr
+        assert note_provenance_counts(sekmet_server, clinic) == chart_provenance
+    assert service.runtime is None  # closed with the app

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from fhir_adapter.bulk import read_export
-from fhir_adapter.model_backend import model_info
-from fhir_adapter.pipeline.jobs import LOCAL, ingest_resources
+from fhir_adapter.pipeline.jobs import LOCAL
 from fhir_adapter.pipeline.staging import stage
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.samples import sample_export_dir
@@ -18,7 +17,12 @@ from fhir_adapter.samples.build import load_sources
 from fhir_adapter.store import Store, open_store, work
 from inference_server.client import TritonBackend
 from tests.fhir_adapter.pipeline.checks import statuses, store_side
-from tests.fhir_adapter.pipeline.support import TritonHandle, settings_for, stored
+from tests.fhir_adapter.pipeline.support import (
+    TritonHandle,
+    ingest_pass,
+    settings_for,
+    stored,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -108,10 +112,9 @@ async def test_local_backfill_of_the_sample_export(
     """Nine sessions in every transcript format, no EHR configured: everything is read,
     drafted into our store, and every Task of an earlier session is settled by the next."""
     settings = settings_for(tmp_path, [], triton=pipeline_triton)
-    model = model_info(settings)
     resources = list(read_export(sample_export_dir()))
 
-    summary = await ingest_resources(settings, store, triton_backend, model, resources)
+    summary = await ingest_pass(settings, store, triton_backend, resources)
 
     assert summary.errors == []
     assert (summary.encounters_new, summary.encounters_processed) == (9, 9)
@@ -141,6 +144,6 @@ async def test_local_backfill_of_the_sample_export(
     assert summary.observations > 0
 
     before = store_side(store)
-    again = await ingest_resources(settings, store, triton_backend, model, resources)
+    again = await ingest_pass(settings, store, triton_backend, resources)
     assert (again.encounters_new, again.encounters_processed) == (0, 0)
     assert store_side(store) == before

@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 from fhir_adapter.ehr.errors import CapabilityError
-from fhir_adapter.model_backend import model_info
 from fhir_adapter.pipeline.fetch import CURSOR_FEED
-from fhir_adapter.pipeline.jobs import run_once
 from fhir_adapter.store import open_store, work
 from inference_server.client import TritonBackend
 from mapping.fhir.codes import SID_NOTE
@@ -22,6 +20,7 @@ from tests.fhir_adapter.pipeline.support import (
     TritonHandle,
     connection,
     identifier_of,
+    run_pass,
     settings_for,
     stored,
 )
@@ -52,7 +51,7 @@ async def test_care_plans_in_epic_or_oracle_health_stop_the_run_at_start_up(
     store = open_store(settings.database_url)
     try:
         with pytest.raises(CapabilityError) as info:
-            await run_once(settings, store, triton_backend, model_info(settings))
+            await run_pass(settings, store, triton_backend)
         refused = [p for p in info.value.problems if f"refused by vendor {vendor}" in p]
         assert [p.split(" needs ")[1].split(",")[0] for p in refused] == [
             "CarePlan create",
@@ -87,7 +86,7 @@ async def test_oracle_health_gets_final_notes_with_a_period_end(
     settings = settings_for(tmp_path, [conn], triton=pipeline_triton)
     store = open_store(settings.database_url)
     try:
-        summary = await run_once(settings, store, triton_backend, model_info(settings))
+        summary = await run_pass(settings, store, triton_backend)
         assert summary.errors == [] and summary.encounters_processed == 2
         assert (summary.writes_done, summary.writes_failed) == (4, 0)  # 2 notes, 2 Provenance
         for seeded in clinic.patients.values():

@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import select
 
 from fhir_adapter.connections import open_clients
-from fhir_adapter.pipeline.draft import CARE_PLAN_STORE, CHART, NOTE_PROVENANCE, outbox_key
 from fhir_adapter.pipeline.writeback import flush
 from fhir_adapter.settings import EhrConnection
 from fhir_adapter.store import Store, outbox
 from fhir_adapter.store.models import OutboxRow
+from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, NOTE_PROVENANCE, outbox_key
 from mapping.fhir.codes import SID_NOTE, SID_TASK
 from tests.fhir_adapter.pipeline.seed import Clinic, ehr_resources, seed_clinic
 from tests.fhir_adapter.pipeline.support import CONNECTION, connection

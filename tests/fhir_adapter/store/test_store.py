@@ -131,7 +131,7 @@ def test_outbox_enqueue_is_idempotent_and_requeues_changes(store: Store) -> None
         ] == [row.id]
         outbox.mark_failed(s, changed, "HTTP 403")
         assert outbox.counts(s, "ehr") == {"failed": 1}
-        assert outbox.requeue_failed(s, "ehr") == 1
+        assert outbox.requeue(s, "ehr") == 1
 
 
 def test_work_state_and_cursor(store: Store) -> None:

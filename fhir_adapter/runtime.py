@@ -1,0 +1,98 @@
+"""The composition root: settings -> store, model backend, model info, FHIR clients.
+
+Every entry point opens one `Runtime` and passes it down: the API in its lifespan, a CLI
+command at its start, a worker process once. Nothing below it reads settings to open a
+connection or loads a model::
+
+    async with open_runtime(settings) as runtime:
+        summary = await run_once(runtime)
+
+The FHIR clients are opened the first time a connection is used (its CapabilityStatement is
+checked then) and kept, with their token caches, until the runtime closes; a connection whose
+EHR was down is tried again on its next use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fhir_adapter.connections import ConnectionClients
+from fhir_adapter.model_backend import make_backend, model_card, model_info
+from fhir_adapter.settings import EhrConnection, Settings
+from fhir_adapter.store import Store, open_store
+from fhir_adapter.store.leases import process_owner
+from inference_server.client import Backend
+from mapping.fhir.context import ModelInfo
+
+
+class Runtime:
+    """What one process holds open. Built by `open_runtime`, or by tests from parts they own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: Backend,
+        model: ModelInfo | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.card = card if card is not None else model_card(settings)
+        self.model = model or model_info(settings)
+        # Names this process in leases, so that replicas never process one patient at once.
+        self.owner = process_owner()
+        self._clients: dict[str, ConnectionClients] = {}
+        self._opening = asyncio.Lock()
+
+    def connection(self, name: str) -> EhrConnection | None:
+        """The configured EHR connection `name`; None for work filed under no EHR."""
+        return self.settings.ehr.get(name)
+
+    async def clients(self, conn: EhrConnection) -> ConnectionClients:
+        """The connection's clients, opened (and its write targets verified) on first use."""
+        async with self._opening:
+            clients = self._clients.get(conn.name)
+            if clients is None:
+                clients = await ConnectionClients.open(conn, verify=True)
+                self._clients[conn.name] = clients
+            return clients
+
+    async def close_clients(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for opened in clients:
+            await opened.aclose()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # The store and backend belong to whoever made them; the clients are the runtime's.
+        await self.close_clients()
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Open everything `settings` name, once, and close it all at the end.
+
+    Raises FileNotFoundError when the model card or weights are missing, SettingsError for a
+    configuration that cannot work; nothing is left open when it raises.
+    """
+    card = model_card(settings)
+    model = model_info(settings)
+    backend = make_backend(settings)
+    try:
+        store = open_store(settings.database_url)
+    except BaseException:
+        await backend.close()
+        raise
+    try:
+        async with Runtime(settings, store, backend, model, card) as runtime:
+            yield runtime
+    finally:
+        await backend.close()
+        store.close()
