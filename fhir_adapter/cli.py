@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fhir_adapter.commands.run",
     "fhir_adapter.commands.serve",
     "fhir_adapter.commands.demo",
+    "fhir_adapter.commands.ops",
 )
 
 for _name in COMMAND_MODULES:

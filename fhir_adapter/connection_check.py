@@ -1,0 +1,86 @@
+"""`homework-fhir check`: can each EHR connection work, before any model loads?
+
+Per connection, in order, stopping at the first failure (a later step needs the earlier ones):
+the CapabilityStatement (reachable, FHIR R4), a token (auth: the key, client id and token
+endpoint), the scopes the token endpoint granted against those asked for, the write targets
+(vendor rules, the CapabilityStatement and the scopes), and one Encounter search with the
+poll's own parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fhir_adapter.ehr.capabilities import target_problems
+from fhir_adapter.ehr.client import FhirClient
+from fhir_adapter.ehr.errors import AuthError, FhirError
+from fhir_adapter.settings import EhrConnection, FhirStore
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    connection: str
+    step: str
+    ok: bool
+    detail: str
+
+
+async def check_connection(conn: EhrConnection) -> list[CheckLine]:
+    """The checks of one connection; never raises for what the servers answer."""
+    lines: list[CheckLine] = []
+
+    def add(step: str, ok: bool, detail: str) -> bool:
+        lines.append(CheckLine(conn.name, step, ok, detail))
+        return ok
+
+    async with FhirClient(conn) as ehr:
+        try:
+            caps = await ehr.capabilities()
+        except AuthError as exc:  # the server asked for a token even for its metadata
+            add("token", False, f"{type(exc).__name__}: {exc}")
+            return lines
+        except FhirError as exc:
+            add("capability", False, f"{type(exc).__name__}: {exc}")
+            return lines
+        add("capability", True, f"{len(caps.interactions)} resource types at {ehr.base_url}")
+        token = getattr(ehr.auth, "token", None)
+        asked = sorted(getattr(conn.auth, "scopes", None) or [])
+        if token is None:
+            # metadata is public on most servers: ask for the token with the test search.
+            try:
+                async for _ in ehr.search("Encounter", [("_count", "1")]):
+                    break
+            except FhirError as exc:
+                add("token", False, f"{type(exc).__name__}: {exc}")
+                return lines
+            token = getattr(ehr.auth, "token", None)
+        if token is not None:
+            add("token", True, f"expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+            missing = sorted(set(asked) - set(token.scope.split()))
+            granted = token.scope or "(none named)"
+            if not add("scopes", not missing,
+                       f"not granted: {' '.join(missing)}" if missing else granted):  # fmt: skip
+                return lines
+        store_caps = None
+        if isinstance(conn.write.care_plan_store, FhirStore):
+            try:
+                async with FhirClient(conn.write.care_plan_store,
+                                      name=f"{conn.name}.care_plan_store") as store:  # fmt: skip
+                    store_caps = await store.capabilities()
+            except FhirError as exc:
+                add("write targets", False, f"care-plan store: {type(exc).__name__}: {exc}")
+                return lines
+        problems = target_problems(conn, caps, store_caps)
+        if not add("write targets", not problems, "; ".join(problems) or "all can be written"):
+            return lines
+        params = [*conn.encounter_poll.search_params(), ("_count", "1")]
+        found = 0
+        try:
+            async for _ in ehr.search("Encounter", params):
+                found += 1
+                break  # the first page answers the question; the poll pages through the rest
+        except FhirError as exc:
+            add("search", False, f"Encounter search: {type(exc).__name__}: {exc}")
+            return lines
+        add("search", True, "Encounter search answered" + ("" if found else " (no encounters)"))
+    return lines

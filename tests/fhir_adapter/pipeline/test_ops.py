@@ -1,0 +1,177 @@
+"""Operators' commands against a real EHR (sekmet) and a real store: `check`, `outbox`, `work`,
+and the dead-lettering they look at."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fhir_adapter.cli import app
+from fhir_adapter.pipeline.runner import MAX_ATTEMPTS
+from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.store import Store, open_store, outbox, work
+from fhir_adapter.store.models import EncounterRow
+from inference_server.client import TritonBackend
+from tests.fhir_adapter.pipeline import fault_proxy as faults
+from tests.fhir_adapter.pipeline.fault_proxy import FaultProxy
+from tests.fhir_adapter.pipeline.seed import seed_clinic
+from tests.fhir_adapter.pipeline.support import (
+    CONNECTION,
+    TritonHandle,
+    config_toml,
+    connection,
+    run_pass,
+    settings_for,
+    stored,
+)
+from tests.fhir_adapter.sekmet_server import SekmetServer
+
+runner = CliRunner()
+DEV_AUTH = '[api.auth]\nmode = "dev-embedded"\n'
+
+
+@pytest.fixture
+def proxy(sekmet_server: SekmetServer) -> Iterator[FaultProxy]:
+    with faults.fault_proxy(sekmet_server.root_url, sekmet_server.base_url) as running:
+        yield running
+
+
+def test_check_reports_each_step_and_fails_on_missing_scopes_or_a_dead_server(
+    sekmet_server: SekmetServer, pipeline_triton: TritonHandle, tmp_path: Path
+) -> None:
+    clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
+    good = connection(sekmet_server, clinic, care_plan_store="ehr")
+    settings = settings_for(tmp_path, [good], triton=pipeline_triton)
+    config = config_toml(tmp_path / "good.toml", settings, good)
+
+    ok = runner.invoke(app, ["check", "-c", str(config)])
+    assert ok.exit_code == 0, ok.output
+    steps = [line.split()[1] for line in ok.stdout.splitlines()]
+    assert steps == ["capability", "token", "scopes", "write", "search"]
+    assert all(" ok " in line for line in ok.stdout.splitlines())
+
+    # Registered for system/*.rs only: the token endpoint grants less than the config asks.
+    narrow = connection(sekmet_server, clinic, client="readonly", care_plan_store="ehr",
+                        scopes="system/*.rs system/DocumentReference.c")  # fmt: skip
+    config = config_toml(tmp_path / "narrow.toml", settings, narrow)
+    refused = runner.invoke(app, ["check", "-c", str(config)])
+    assert refused.exit_code == 1, refused.output
+    assert "FAIL" in refused.stdout and "Traceback" not in refused.output
+
+    dead = connection(sekmet_server, clinic, care_plan_store="ehr",
+                      base_url="http://127.0.0.1:9/fhir")  # fmt: skip
+    config = config_toml(tmp_path / "dead.toml", settings, dead)
+    down = runner.invoke(app, ["check", "-c", str(config)])
+    assert down.exit_code == 1
+    assert down.stdout.splitlines()[0].split()[1:3] == ["capability", "FAIL"]
+
+    missing = runner.invoke(app, ["check", "-c", str(config), "--connection", "nope"])
+    assert missing.exit_code == 2 and "no EHR connection 'nope'" in missing.stderr
+
+
+async def test_an_encounter_that_keeps_failing_is_dead_lettered_then_retried_by_an_operator(
+    sekmet_server: SekmetServer,
+    pipeline_triton: TritonHandle,
+    triton_backend: TritonBackend,
+    proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    """Sam's first session cannot be fetched, run after run: it backs off, then is set aside
+    after MAX_ATTEMPTS, and his later session goes on without it. `work retry` puts it back
+    and, with the EHR fixed, it is processed."""
+    clinic = seed_clinic(sekmet_server, in_progress=False)
+    outcome = (b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", '
+               b'"code": "processing", "diagnostics": "search refused"}]}')  # fmt: skip
+    conn = connection(sekmet_server, clinic, care_plan_store="ehr", base_url=proxy.base_url)
+    settings = settings_for(tmp_path, [conn], triton=pipeline_triton)
+    store = open_store(settings.database_url)
+    sam = clinic.patients["sam"].encounters
+    try:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            # Sam's first session is the earliest waiting one: each run's first transcript
+            # search is its fetch.
+            proxy.add("GET", "/DocumentReference", faults.status(400, outcome))
+            summary = await run_pass(settings, store, triton_backend)
+            row = _row(store, sam[0])
+            if attempt < MAX_ATTEMPTS:
+                assert (row.step, row.attempts) == (Step.FETCH, attempt)
+                assert (attempt == 1) == (row.retry_at is None)  # backoff from the second
+                assert _row(store, sam[1]).step == Step.FETCH  # held back meanwhile
+                _time_passes(store, sam[0])
+        assert summary.encounters_dead >= 1
+        assert (row.step, row.state["failed_at"]) == (Step.FAILED, Step.FETCH)
+        assert "FatalFhirError" in str(row.last_error)
+
+        config = _config(tmp_path, settings.database_url)
+        listed = runner.invoke(app, ["work", "list", "--step", "failed", "-c", config])
+        assert listed.exit_code == 0 and sam[0] in listed.stdout and "(at fetch)" in listed.stdout
+
+        # Sam's later session was processed around the failed one; Jordan's too.
+        assert _row(store, sam[1]).step == Step.DONE
+        retried = runner.invoke(app, ["work", "retry", sam[0], "-c", config])
+        assert retried.exit_code == 0 and "requeued 1 encounters" in retried.stdout
+        assert (_row(store, sam[0]).step, _row(store, sam[0]).attempts) == (Step.FETCH, 0)
+        again = await run_pass(settings, store, triton_backend)
+        assert again.errors == [] and _row(store, sam[0]).step == Step.DONE
+        assert stored(store, "Task", encounter=sam[0])
+    finally:
+        store.close()
+
+
+def test_outbox_list_and_retry(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url)
+    try:
+        with store.session() as session:
+            ok = outbox.enqueue(session, "clinic", outbox.CHART, ("urn:x", "1"),
+                                {"resourceType": "DocumentReference"})  # fmt: skip
+            bad = outbox.enqueue(session, "clinic", outbox.CHART, ("urn:x", "2"),
+                                 {"resourceType": "Communication"})  # fmt: skip
+            outbox.mark_done(session, ok, "n1", "1")
+            outbox.mark_failed(session, bad, "Communication refused: 403 forbidden")
+            bad_id = bad.id
+    finally:
+        store.close()
+    config = tmp_path / "c.toml"
+    config.write_text(f'environment = "development"\ndatabase_url = "{url}"\n{DEV_AUTH}')
+
+    listed = runner.invoke(app, ["outbox", "list", "--status", "failed", "-c", str(config)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines()[0] == "done 1  failed 1"
+    assert len(listed.stdout.splitlines()) == 2 and "403 forbidden" in listed.stdout
+    wrong = runner.invoke(app, ["outbox", "list", "--status", "lost", "-c", str(config)])
+    assert wrong.exit_code == 2 and "use one of pending, done, failed" in wrong.stderr
+
+    retried = runner.invoke(app, ["outbox", "retry", str(bad_id), "-c", str(config)])
+    assert retried.exit_code == 0 and retried.stdout.strip() == "requeued 1 writes"
+    store = open_store(url)
+    try:
+        with store.session() as session:
+            assert outbox.counts(session) == {"done": 1, "pending": 1}
+    finally:
+        store.close()
+
+
+def _row(store: Store, encounter: str) -> EncounterRow:
+    with store.session() as session:
+        row = work.get_encounter(session, CONNECTION, encounter)
+    assert row is not None
+    return row
+
+
+def _time_passes(store: Store, encounter: str) -> None:
+    """As if the encounter's backoff had run out."""
+    with store.session() as session:
+        row = work.get_encounter(session, CONNECTION, encounter)
+        assert row is not None
+        row.retry_at = None
+
+
+def _config(tmp_path: Path, url: str) -> str:
+    """A config naming only the store (these commands need no EHR and no model)."""
+    path = tmp_path / "store-only.toml"
+    path.write_text(f'environment = "development"\ndatabase_url = "{url}"\n{DEV_AUTH}')
+    return str(path)
