@@ -62,5 +62,10 @@ def make_backend(settings: Settings) -> Backend:
             point=point,
         )
     weights: Path | None = model.model_dir
-    # The precision Triton serves on a CPU (int8), so both backends give the same answers.
-    return InProcessBackend.load(weights, point=point)
+    # The precision Triton serves on a CPU (int8), so both backends give the same answers;
+    # converted once per weights into data_dir and shared by every process that uses it.
+    return InProcessBackend.load(weights, point=point, cache_dir=model_cache_dir(settings))
+
+
+def model_cache_dir(settings: Settings) -> Path:
+    return settings.data_dir / "model-cache"

@@ -103,12 +103,13 @@ class InProcessBackend:
         precision: str | None = None,
         batch_size: int = 16,
         point: OperatingPoint | None = None,
+        cache_dir: Path | None = None,
     ) -> InProcessBackend:
         """Load the classifier at `precision` (default: the one Triton serves on this device,
-        see optimize.py)."""
+        see optimize.py); `cache_dir` keeps the int8 conversion for the next process."""
         from inference_server.optimize import load_classifier
 
-        classifier = load_classifier(weights_dir, device, precision)
+        classifier = load_classifier(weights_dir, device, precision, cache_dir=cache_dir)
         return cls(classifier, batch_size=batch_size, point=point)
 
     def _predict(self, texts: list[str]) -> Predictions:

@@ -20,7 +20,9 @@ differences, dev F1 and flips); bench/README.md has the figures.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -128,11 +130,69 @@ def _prefer_fast_ct2_isa() -> None:
         os.environ.setdefault("CT2_FORCE_CPU_ISA", isa)
 
 
-def _to_ctranslate2(classifier: HomeworkClassifier, compute_type: str) -> nn.Module:
-    """Convert the loaded encoder (LoRA delta already merged) to CTranslate2, in memory.
+def encoder_digest(classifier: HomeworkClassifier) -> str:
+    """A key for the converted encoder: its merged weights and the converter's version.
 
-    Converting at load (~1-3 s) rather than shipping a converted copy keeps one source of truth
-    for the weights. Nothing is downloaded: the converter reads the model we just saved.
+    Hashing the tensors themselves (~90 MB, ~0.2 s) rather than file names or dates means a
+    changed adapter, base model or merge can never reuse a stale conversion.
+    """
+    import ctranslate2
+
+    digest = hashlib.sha256(f"ctranslate2 {ctranslate2.__version__}".encode())
+    state = classifier.encoder.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:24]
+
+
+def _convert(classifier: HomeworkClassifier, target: Path) -> None:
+    """Save the merged encoder and tokenizer and convert them to CTranslate2 at `target`."""
+    from ctranslate2.converters import TransformersConverter
+
+    with tempfile.TemporaryDirectory(prefix="homework-hf-") as tmp:
+        hf_dir = Path(tmp) / "hf"
+        classifier.encoder.save_pretrained(hf_dir)  # type: ignore[operator]
+        classifier.tokenizer.save_pretrained(hf_dir)  # type: ignore[attr-defined]
+        TransformersConverter(str(hf_dir)).convert(str(target))
+
+
+def converted_encoder(classifier: HomeworkClassifier, cache_dir: Path) -> Path:
+    """The CTranslate2 conversion of the encoder under `cache_dir`, converted on first use.
+
+    Keyed by `encoder_digest`, so workers and restarts share one conversion per weights.
+    Written to a temporary directory beside it and renamed into place, so a process that reads
+    it never sees half a conversion, and two processes converting at once both end with a
+    complete one (the second rename loses and its copy is dropped).
+    """
+    final = cache_dir / f"ct2-{encoder_digest(classifier)}"
+    if (final / "model.bin").is_file():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".ct2-", dir=cache_dir))
+    try:
+        _convert(classifier, partial / "model")
+        try:
+            os.rename(partial / "model", final)
+        except OSError:
+            if not (final / "model.bin").is_file():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
+def _to_ctranslate2(
+    classifier: HomeworkClassifier, compute_type: str, cache_dir: Path | None = None
+) -> nn.Module:
+    """Convert the loaded encoder (LoRA delta already merged) to CTranslate2.
+
+    Converting from the weights rather than shipping a converted copy keeps one source of
+    truth. With `cache_dir` the conversion (~2-3 s and ~180 MB of temporary files) is done
+    once per weights and reused by every later process; without it, in a temporary
+    directory each time. Nothing is downloaded: the converter reads the model we just saved.
 
     One single-threaded worker per core, fed whole batches in parallel, beats one batch at a
     time on all cores: with ~48-token texts the GEMMs are too small to split well (measured
@@ -140,32 +200,37 @@ def _to_ctranslate2(classifier: HomeworkClassifier, compute_type: str) -> nn.Mod
     """
     _prefer_fast_ct2_isa()
     import ctranslate2
-    from ctranslate2.converters import TransformersConverter
 
-    with tempfile.TemporaryDirectory(prefix="homework-ct2-") as tmp:
-        hf_dir, ct2_dir = Path(tmp) / "hf", Path(tmp) / "ct2"
-        classifier.encoder.save_pretrained(hf_dir)  # type: ignore[operator]
-        classifier.tokenizer.save_pretrained(hf_dir)  # type: ignore[attr-defined]
-        TransformersConverter(str(hf_dir)).convert(str(ct2_dir))
-        # The encoder reads its files here; the temp dir can go afterwards.
-        workers = torch.get_num_threads()
-        encoder = ctranslate2.Encoder(
-            str(ct2_dir),
+    workers = torch.get_num_threads()
+
+    def load(path: Path) -> ctranslate2.Encoder:
+        return ctranslate2.Encoder(
+            str(path),
             device="cpu",
             compute_type=compute_type,
             inter_threads=workers,
             intra_threads=1,
         )
+
+    if cache_dir is not None:
+        return _CT2Encoder(load(converted_encoder(classifier, cache_dir)), workers).eval()
+    with tempfile.TemporaryDirectory(prefix="homework-ct2-") as tmp:
+        _convert(classifier, Path(tmp) / "ct2")
+        # The encoder reads its files here; the temp dir can go afterwards.
+        encoder = load(Path(tmp) / "ct2")
     return _CT2Encoder(encoder, workers).eval()
 
 
-def optimize(classifier: HomeworkClassifier, precision: str) -> HomeworkClassifier:
-    """Switch `classifier`'s encoder to `precision` in place and return it."""
+def optimize(
+    classifier: HomeworkClassifier, precision: str, cache_dir: Path | None = None
+) -> HomeworkClassifier:
+    """Switch `classifier`'s encoder to `precision` in place and return it (`cache_dir`: where
+    an int8 conversion is kept for the next process)."""
     mode = check_precision(precision, classifier.device.type)
     if mode == "bf16":
         classifier.encoder = _Bf16Encoder(classifier.encoder).eval()
     elif mode == "int8":
-        classifier.encoder = _to_ctranslate2(classifier, "int8")
+        classifier.encoder = _to_ctranslate2(classifier, "int8", cache_dir)
     return classifier
 
 
@@ -174,11 +239,14 @@ def load_classifier(
     device: str = "cpu",
     precision: str | None = None,
     threads: int | None = None,
+    cache_dir: Path | None = None,
 ) -> HomeworkClassifier:
     """`HomeworkClassifier.load` followed by `optimize` (default: `default_precision(device)`);
-    `threads` sets torch's intra-op pool (and CTranslate2's, for int8)."""
+    `threads` sets torch's intra-op pool (and CTranslate2's, for int8); `cache_dir` keeps the
+    int8 conversion for later processes."""
     precision = precision or default_precision(device)
     check_precision(precision, device)
     if threads:
         torch.set_num_threads(threads)
-    return optimize(HomeworkClassifier.load(weights_dir, device=device), precision)
+    classifier = HomeworkClassifier.load(weights_dir, device=device)
+    return optimize(classifier, precision, cache_dir)

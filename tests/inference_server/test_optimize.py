@@ -126,3 +126,30 @@ def test_int8_batches_run_in_parallel_and_land_in_their_own_rows(
     monkeypatch.setattr(int8, "embed", lambda texts: sizes.append(len(texts)) or embed(texts))
     int8.predict(TEXTS, batch_size=64)
     assert sorted(sizes) == [4, 4, 4]
+
+
+def test_the_int8_conversion_is_cached_by_weights_and_reused(
+    test_weights: Path, tmp_path: Path
+) -> None:
+    """The first process converts into the cache; later ones load that conversion (no new
+    files) and answer the same; other weights get a conversion of their own."""
+    from inference_server.optimize import converted_encoder, encoder_digest
+
+    cache = tmp_path / "cache"
+    uncached = load_classifier(test_weights, precision="int8").predict(TEXTS, 8)
+    first = load_classifier(test_weights, precision="int8", cache_dir=cache)
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 1 and entries[0].startswith("ct2-")  # no partial copy left over
+    written = (cache / entries[0] / "model.bin").stat().st_mtime_ns
+    second = load_classifier(test_weights, precision="int8", cache_dir=cache)
+    assert (cache / entries[0] / "model.bin").stat().st_mtime_ns == written  # not converted again
+    for result in (first.predict(TEXTS, 8), second.predict(TEXTS, 8)):
+        np.testing.assert_allclose(result.label_probs, uncached.label_probs, atol=1e-6)
+
+    other = HomeworkClassifier.load(test_weights)
+    key = encoder_digest(other)
+    with torch.no_grad():
+        next(other.encoder.parameters()).add_(0.01)  # type: ignore[operator]
+    assert encoder_digest(other) != key
+    assert converted_encoder(other, cache).name == f"ct2-{encoder_digest(other)}"
+    assert len(list(cache.iterdir())) == 2

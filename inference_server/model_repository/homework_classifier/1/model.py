@@ -76,8 +76,14 @@ class TritonPythonModel:
 
         threads = int(params.get("torch_threads", "0") or 0)
         precision = params.get("precision") or default_precision(device)
+        # An int8 conversion kept on a volume the instances share (converted once per weights).
+        cache = params.get("conversion_cache")
         self.classifier = load_classifier(
-            weights_dir, device=device, precision=precision, threads=threads or None
+            weights_dir,
+            device=device,
+            precision=precision,
+            threads=threads or None,
+            cache_dir=Path(cache) if cache else None,
         )
         self.logger.log_info(
             f"homework_classifier loaded on {self.classifier.device} "
