@@ -15,7 +15,8 @@ EHR was down is tried again on its next use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +27,8 @@ from fhir_adapter.store import Store, open_store
 from fhir_adapter.store.leases import process_owner
 from inference_server.client import Backend
 from mapping.fhir.context import ModelInfo
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -48,6 +51,8 @@ class Runtime:
         self.owner = process_owner()
         self._clients: dict[str, ConnectionClients] = {}
         self._opening = asyncio.Lock()
+        self._background: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
 
     def connection(self, name: str) -> EhrConnection | None:
         """The configured EHR connection `name`; None for work filed under no EHR."""
@@ -62,6 +67,37 @@ class Runtime:
                 self._clients[conn.name] = clients
             return clients
 
+    def kick(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` in the background, one at a time per `name`.
+
+        A kick while `name` runs makes it run once more when it ends (work that came in
+        meanwhile is not missed), never twice at once: the pipeline's leases are per process,
+        so two runs of one connection inside one process must not overlap.
+        """
+        if name in self._background:
+            self._again.add(name)
+            return
+
+        async def loop() -> None:
+            try:
+                while True:
+                    self._again.discard(name)
+                    try:
+                        await work()
+                    except Exception:  # logged; the work is resumable from the store
+                        log.exception("background work %s failed", name)
+                    if name not in self._again:
+                        return
+            finally:
+                self._background.pop(name, None)
+
+        self._background[name] = asyncio.get_running_loop().create_task(loop())
+
+    async def idle(self) -> None:
+        """Wait until no background work is running (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*self._background.values(), return_exceptions=True)
+
     async def close_clients(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for opened in clients:
@@ -71,7 +107,13 @@ class Runtime:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # The store and backend belong to whoever made them; the clients are the runtime's.
+        # Background work is cancelled, not awaited: its state is in the store and the next
+        # run resumes it. The store and backend belong to whoever made them; the clients and
+        # the background tasks are the runtime's.
+        tasks = list(self._background.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.close_clients()
 
 

@@ -22,7 +22,7 @@ from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.security import TokenVerifier, issue_token
 from fhir_adapter.ehr.jwks import jwks_router
-from fhir_adapter.pipeline.jobs import bundle_resources, ingest_resources
+from fhir_adapter.pipeline.jobs import accept_ingest, bundle_resources, ingest_status
 from fhir_adapter.runtime import Runtime, open_runtime
 from fhir_adapter.settings import Settings, SettingsError
 from fhir_adapter.store import Store
@@ -91,20 +91,28 @@ def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
         if ready is not None and not await ready():
             raise RuntimeError("model server not ready")
 
-    async def ingest(bundle: dict[str, Any], connection: str | None) -> dict[str, Any]:
+    async def ingest(
+        bundle: dict[str, Any], connection: str | None
+    ) -> tuple[str, dict[str, Any]]:
         try:
-            summary = await ingest_resources(runtime, bundle_resources(bundle), connection)
+            accepted = await accept_ingest(runtime, bundle_resources(bundle), connection)
         except SettingsError as exc:
             raise ApiError(400, "invalid", f"{exc} (POST /ingest?connection=NAME)") from exc
-        return operation_outcome(
-            "informational", json.dumps(summary.as_dict(), sort_keys=True), severity="information"
+        staged = {**accepted.staged.as_dict(), "encounters": len(accepted.staged.encounters)}
+        outcome = operation_outcome(
+            "informational", json.dumps(staged, sort_keys=True), severity="information"
         )
+        return accepted.job_id, outcome
+
+    def status(job_id: str) -> dict[str, Any] | None:
+        return ingest_status(runtime, job_id)
 
     return ApiDeps(
         store=runtime.store,
         verifier=verifier,
         readiness=[("model", model_ready)],
         ingest=ingest,
+        ingest_status=status,
         model_card=runtime.card,
     )
 

@@ -9,6 +9,7 @@ and the public JWK Set needs a bearer token; errors are answered as FHIR Operati
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -30,9 +31,14 @@ from fhir_adapter.store import Store, resources
 logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
+# Encounter steps where processing has ended (fhir_adapter.pipeline.steps; kept as strings so
+# the API does not import the pipeline).
+FINAL = frozenset({"done", "skipped", "failed"})
 ReadinessCheck = Callable[[], Awaitable[None]]
-# (bundle, connection name or None) -> OperationOutcome
-IngestFn = Callable[[dict[str, Any], str | None], Awaitable[dict[str, Any]]]
+# (bundle, connection name or None) -> (job id, OperationOutcome); processing goes on after.
+IngestFn = Callable[[dict[str, Any], str | None], Awaitable[tuple[str, dict[str, Any]]]]
+# job id -> its status ({"complete": bool, ...}), None when unknown
+IngestStatusFn = Callable[[str], dict[str, Any] | None]
 # Module level: FastAPI resolves the (postponed) annotations of routes in this module's globals.
 Auth = Annotated[str | None, Header(alias="Authorization")]
 
@@ -44,6 +50,7 @@ class ApiDeps:
     # name -> async check that raises when the dependency is not ready (e.g. the model server)
     readiness: Sequence[tuple[str, ReadinessCheck]] = ()
     ingest: IngestFn | None = None
+    ingest_status: IngestStatusFn | None = None
     model_card: dict[str, Any] | None = None
 
 
@@ -197,10 +204,13 @@ def create_app(
 
     @app.post("/ingest")
     async def ingest(
+        request: Request,
         bundle: Annotated[dict[str, Any], Body()],
         authorization: Auth = None,
         connection: str | None = None,
     ) -> JSONResponse:
+        """Stage a Bundle and answer 202 Accepted; processing goes on in the background and
+        `Content-Location` names its status (FHIR asynchronous request pattern)."""
         deps = active()
         deps.verifier.require(authorization, "Bundle", "write")
         if deps.ingest is None:
@@ -213,6 +223,27 @@ def create_app(
             raise ApiError(
                 400, "invalid", "POST /ingest takes a FHIR Bundle of type transaction or collection"
             )
-        return _fhir(await deps.ingest(bundle, connection), 202)
+        job_id, outcome = await deps.ingest(bundle, connection)
+        response = _fhir(outcome, 202)
+        response.headers["Content-Location"] = str(request.url_for("ingest_job", job_id=job_id))
+        return response
+
+    @app.get("/ingest/{job_id}", name="ingest_job")
+    def ingest_job(job_id: str, authorization: Auth = None) -> JSONResponse:
+        """202 while the push's encounters are being processed, 200 once all are final."""
+        deps = active()
+        deps.verifier.require(authorization, "Bundle", "write")
+        status = deps.ingest_status(job_id) if deps.ingest_status else None
+        if status is None:
+            raise ApiError(404, "not-found", f"no ingest job {job_id}")
+        done = bool(status["complete"])
+        outcome = operation_outcome(
+            "informational", json.dumps(status, sort_keys=True), severity="information"
+        )
+        response = _fhir(outcome, 200 if done else 202)
+        if not done:
+            final = sum(n for step, n in status["by_step"].items() if step in FINAL)
+            response.headers["X-Progress"] = f"{final} of {status['encounters']} encounters"
+        return response
 
     return app

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fhir_adapter.ehr.errors import CapabilityError, FhirError
 from fhir_adapter.pipeline import fetch
 from fhir_adapter.pipeline.runner import Progress, RunSummary, process_waiting, write_back
-from fhir_adapter.pipeline.staging import stage
+from fhir_adapter.pipeline.staging import StageSummary, stage
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import SettingsError
-from fhir_adapter.store import leases
+from fhir_adapter.store import leases, outbox, work
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,10 @@ async def _process(
         await write_back(runtime, name, summary)
 
 
-async def ingest_resources(
-    runtime: Runtime,
-    resources: Iterable[dict[str, Any]],
-    connection: str | None = None,
-    progress: Progress | None = None,
-) -> RunSummary:
-    """Stage pushed or exported resources, then process and write back.
+async def stage_resources(
+    runtime: Runtime, resources: Iterable[dict[str, Any]], connection: str | None = None
+) -> tuple[str, StageSummary]:
+    """Stage pushed or exported resources under their connection; returns (name, summary).
 
     `connection` names the EHR they came from (for write-back); None with no EHR configured
     files them under "local" and keeps the results in our store.
@@ -95,16 +93,80 @@ async def ingest_resources(
             f"came from ({', '.join(sorted(settings.ehr))})"
         )
     name = conn.name if conn else LOCAL
-    summary = RunSummary()
     if conn is not None:
         await runtime.clients(conn)  # a connection that cannot work fails before staging
     store = runtime.store
     async with leases.held(store, stage_lease(name), runtime.owner, wait_s=STAGE_WAIT_S):
         with store.session() as session:
             staged = stage(session, name, resources, Step.DETECT)
-    summary.encounters_new = staged.encounters_new
+    return name, staged
+
+
+async def ingest_resources(
+    runtime: Runtime,
+    resources: Iterable[dict[str, Any]],
+    connection: str | None = None,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Stage pushed or exported resources, then process and write back (a backfill)."""
+    name, staged = await stage_resources(runtime, resources, connection)
+    summary = RunSummary(encounters_new=staged.encounters_new)
     await _process(runtime, name, summary, progress)
     return summary
+
+
+@dataclass(frozen=True)
+class IngestAccepted:
+    job_id: str
+    staged: StageSummary
+
+
+async def accept_ingest(
+    runtime: Runtime, resources: Iterable[dict[str, Any]], connection: str | None = None
+) -> IngestAccepted:
+    """Stage a push and start processing it in the background; returns at once with the id
+    of its status (`ingest_status`). Processing is the same as a run's, for the connection."""
+    name, staged = await stage_resources(runtime, resources, connection)
+    with runtime.store.session() as session:
+        job_id = work.create_ingest_job(session, name, staged.encounters, staged.as_dict())
+
+    async def process() -> None:
+        summary = RunSummary()
+        await _process(runtime, name, summary, None)
+        log.info("ingest processing of %s: %s", name,
+                 {k: v for k, v in summary.as_dict().items() if k != "errors"})  # fmt: skip
+
+    runtime.kick(f"process:{name}", process)
+    return IngestAccepted(job_id, staged)
+
+
+# Where an encounter's processing has ended, for the status of a push.
+FINAL_STEPS = frozenset({Step.DONE, Step.SKIPPED, Step.FAILED})
+
+
+def ingest_status(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
+    """What became of a push's encounters: counts per step and whether all are final; None
+    for an unknown id."""
+    with runtime.store.session() as session:
+        job = work.ingest_job(session, job_id)
+        if job is None:
+            return None
+        steps = work.steps_of(session, job.connection, job.encounters)
+        writes = outbox.counts(session, job.connection)
+    by_step: dict[str, int] = {}
+    for step in steps.values():
+        by_step[step] = by_step.get(step, 0) + 1
+    pending = writes.get(outbox.OutboxStatus.PENDING, 0)
+    return {
+        "encounters": len(job.encounters),
+        "by_step": dict(sorted(by_step.items())),
+        # The connection's writes: a push is complete once its encounters are final and
+        # nothing waits to be written (a failing EHR keeps it incomplete, as it should).
+        "writes_pending": pending,
+        "writes_failed": writes.get(outbox.OutboxStatus.FAILED, 0),
+        "complete": all(step in FINAL_STEPS for step in steps.values()) and pending == 0,
+        "staged": job.staged,
+    }
 
 
 def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:

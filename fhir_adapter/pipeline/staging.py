@@ -41,9 +41,11 @@ class StageSummary:
     staged: int = 0
     unlinked: int = 0
     ignored_types: dict[str, int] = field(default_factory=dict)
+    # The finished encounters of this batch (new or known), in the order they came.
+    encounters: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "encounters"}
 
 
 def _ref(value: Any) -> str | None:
@@ -125,6 +127,7 @@ def stage(
         _, created = work.upsert_encounter(
             session, connection, ref, patient, start, end, first_step
         )
+        summary.encounters.append(ref)
         if created:
             summary.encounters_new += 1
         else:

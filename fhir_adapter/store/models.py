@@ -133,6 +133,18 @@ class LeaseRow(Base):
     expires_at: Mapped[datetime]
 
 
+class IngestJobRow(Base):
+    """A push accepted by `POST /ingest`: what it staged, for its status URL."""
+
+    __tablename__ = "ingest_job"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    connection: Mapped[str] = mapped_column(String(64))
+    encounters: Mapped[list[str]] = mapped_column(JSON)
+    staged: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
 class CursorRow(Base):
     """Where polling left off, per connection and feed."""
 

@@ -6,6 +6,7 @@ transaction as their results, so a crash between steps loses nothing and a rerun
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fhir_adapter.store.models import CursorRow, EncounterRow, SourceRow
+from fhir_adapter.store.models import CursorRow, EncounterRow, IngestJobRow, SourceRow
 
 
 def _now() -> datetime:
@@ -210,3 +211,35 @@ def sources_of_patient(
         SourceRow.resource_type == resource_type,
     )
     return list(session.scalars(stmt.order_by(SourceRow.id)))
+
+
+def create_ingest_job(
+    session: Session, connection: str, encounters: Sequence[str], staged: dict[str, Any]
+) -> str:
+    """Record an accepted push; returns its id (random: it names a status URL)."""
+    job_id = uuid.uuid4().hex
+    session.add(
+        IngestJobRow(
+            id=job_id,
+            connection=connection,
+            encounters=list(encounters),
+            staged=staged,
+            created_at=_now(),
+        )
+    )
+    session.flush()
+    return job_id
+
+
+def ingest_job(session: Session, job_id: str) -> IngestJobRow | None:
+    return session.get(IngestJobRow, job_id) if len(job_id) <= 32 else None
+
+
+def steps_of(session: Session, connection: str, encounters: Sequence[str]) -> dict[str, str]:
+    """Encounter -> its step, for the given encounters of a connection."""
+    if not encounters:
+        return {}
+    stmt = select(EncounterRow.encounter, EncounterRow.step).where(
+        EncounterRow.connection == connection, EncounterRow.encounter.in_(list(encounters))
+    )
+    return {str(e): str(s) for e, s in session.execute(stmt)}

@@ -8,6 +8,7 @@ back; a second push of the same bundle makes and writes nothing; no token, no in
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,19 @@ def _summary(response_body: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _until_complete(client: TestClient, url: str, auth: dict[str, str]) -> dict[str, Any]:
+    """Poll a push's status URL (202 + X-Progress while processing) until it answers 200."""
+    deadline = time.monotonic() + 300
+    while True:
+        answer = client.get(url, headers=auth)
+        assert answer.status_code in (200, 202), answer.text
+        if answer.status_code == 200:
+            return _summary(answer.json())
+        assert answer.headers["X-Progress"].endswith(" encounters")
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.2)
+
+
 def test_push_ingests_drafts_writes_back_and_is_idempotent(
     sekmet_server: SekmetServer, pipeline_triton: TritonHandle, tmp_path: Path
 ) -> None:
@@ -56,11 +70,15 @@ def test_push_ingests_drafts_writes_back_and_is_idempotent(
         auth = {"Authorization": f"Bearer {dev_token(settings, 'system/Bundle.c')}"}
         pushed = client.post("/ingest", json=bundle, headers=auth)
         assert pushed.status_code == 202, pushed.text
-        summary = _summary(pushed.json())
-        assert (summary["encounters_new"], summary["encounters_processed"]) == (4, 4)
-        assert summary["encounters_skipped"] == 0  # the Binary-held transcript too
-        assert (summary["writes_failed"], summary["writes_retrying"]) == (0, 0)
-        assert summary["errors"] == []
+        staged = _summary(pushed.json())
+        assert (staged["encounters_new"], staged["encounters"]) == (4, 4)
+        status_url = pushed.headers["Content-Location"]
+        assert status_url.startswith("http://testserver/ingest/")
+        assert client.get(status_url).status_code == 401  # the status needs the token too
+        assert client.get("/ingest/nope", headers=auth).status_code == 404
+        status = _until_complete(client, status_url, auth)
+        assert status["by_step"] == {"done": 4}  # the Binary-held transcript too
+        assert (status["writes_pending"], status["writes_failed"]) == (0, 0)
 
         ours = store_side(service.store)
         ehr = ehr_side(sekmet_server, clinic, service.store)
@@ -70,15 +88,16 @@ def test_push_ingests_drafts_writes_back_and_is_idempotent(
         assert ours.count(SID_CAREPLAN) == 3 and ours.count(SID_NOTE) == 4
         # The pushed PHQ-9s were scored; the one without an encounter linked by date.
         assert ours.count(SID_OBSERVATION) == 4
-        assert summary["observations"] == 4
         chart_provenance = note_provenance_counts(sekmet_server, clinic)
 
         again = client.post("/ingest", json=bundle, headers=auth)
         assert again.status_code == 202
         repeat = _summary(again.json())
-        assert (repeat["encounters_new"], repeat["encounters_processed"]) == (0, 0)
-        assert repeat["writes_done"] == 0
+        assert (repeat["encounters_new"], repeat["encounters_known"]) == (0, 4)
+        assert _until_complete(client, again.headers["Content-Location"], auth)["complete"]
         assert store_side(service.store) == ours
         assert ehr_side(sekmet_server, clinic, service.store) == ehr
         assert note_provenance_counts(sekmet_server, clinic) == chart_provenance
+        # One set of EHR clients for the process, opened on first use, not one per request.
+        assert service.runtime is not None and len(service.runtime._clients) == 1
     assert service.runtime is None  # closed with the app
