@@ -53,6 +53,10 @@ class Runtime:
         self._opening = asyncio.Lock()
         self._background: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        # With queue.backend "procrastinate": queues a connection's waiting work as jobs for
+        # the workers (set by `open_runtime`); None runs it in this process.
+        self.scheduler: Callable[[str], Awaitable[None]] | None = None
+        self.queue: Any = None  # the opened procrastinate App, when there is one
 
     def connection(self, name: str) -> EhrConnection | None:
         """The configured EHR connection `name`; None for work filed under no EHR."""
@@ -134,7 +138,31 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         raise
     try:
         async with Runtime(settings, store, backend, model, card) as runtime:
-            yield runtime
+            if settings.queue.backend == "procrastinate":
+                async with _queue(runtime):
+                    yield runtime
+            else:
+                yield runtime
     finally:
         await backend.close()
         store.close()
+
+
+@asynccontextmanager
+async def _queue(runtime: Runtime) -> AsyncIterator[None]:
+    """Open the task queue for the runtime: jobs are deferred through it, and it is the app a
+    worker runs."""
+    from fhir_adapter.queue import defer_waiting, ensure_schema, make_app
+
+    app = make_app(runtime.settings)
+    async with app.open_async():
+        await ensure_schema(app, runtime.settings.database_url)
+
+        async def schedule(connection: str) -> None:
+            await defer_waiting(app, runtime, connection)
+
+        runtime.queue, runtime.scheduler = app, schedule
+        try:
+            yield
+        finally:
+            runtime.queue, runtime.scheduler = None, None

@@ -86,6 +86,7 @@ __all__ = [
     "ModelSettings",
     "NoAuth",
     "PublishedKey",
+    "QueueSettings",
     "Settings",
     "SettingsError",
     "SmartBackendAuth",
@@ -311,6 +312,21 @@ class ApiAuthSettings(_Model):
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "RS384", "ES256", "ES384"])
 
 
+class QueueSettings(_Model):
+    """Where the pipeline's work runs.
+
+    "in-process": `run` (and `POST /ingest`, in the API process) work through what waits,
+    patient by patient; the embedded default, on SQLite or PostgreSQL. "procrastinate": jobs in
+    PostgreSQL that `homework-fhir worker` replicas take (needs a PostgreSQL database_url).
+    """
+
+    backend: Literal["in-process", "procrastinate"] = "in-process"
+    # When workers poll each EHR (cron syntax, UTC; a sixth field adds seconds).
+    poll_cron: str = "*/5 * * * *"
+    # Jobs one worker process runs at once (the model runs in threads beside them).
+    concurrency: int = Field(2, ge=1, le=64)
+
+
 class ApiSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -359,6 +375,7 @@ class Settings(BaseSettings):
     database_url: str = ""
     model: ModelSettings = Field(default_factory=ModelSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     ehr: Annotated[dict[str, EhrConnection], BeforeValidator(_named_connections)] = Field(
         default_factory=dict
     )
@@ -385,6 +402,13 @@ class Settings(BaseSettings):
         if not self.database_url:
             object.__setattr__(
                 self, "database_url", f"sqlite:///{self.data_dir / 'homework-fhir.sqlite3'}"
+            )
+        if self.queue.backend == "procrastinate" and not self.database_url.startswith(
+            "postgresql"
+        ):
+            raise ValueError(
+                "queue.backend 'procrastinate' keeps its jobs in PostgreSQL: set database_url to "
+                "a postgresql+psycopg:// URL, or use queue.backend = 'in-process'"
             )
         for name in self.ehr:
             if not NAME_PATTERN.match(name):

@@ -106,6 +106,73 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command()
+    def worker(
+        config: ConfigOption = None,
+        once: Annotated[
+            bool, typer.Option(help="Work until the queue is caught up, then exit.")
+        ] = False,
+        concurrency: Annotated[
+            int | None, typer.Option(help="Jobs at once (default queue.concurrency).", min=1)
+        ] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ) -> None:
+        """Run pipeline jobs from the PostgreSQL queue (queue.backend = "procrastinate").
+
+        Start as many as you like (one per pod or core): patients are processed one job at a
+        time each, in session order, and every write is claimed by one worker. Polls each EHR
+        on queue.poll_cron, and once at start. Exit status with --once: 1 when a job failed
+        for good.
+        """
+        from fhir_adapter.queue import (
+            defer_poll,
+            defer_waiting,
+            job_counts,
+            work_until_caught_up,
+        )
+        from fhir_adapter.runtime import Runtime
+
+        configure_logging(verbose)
+        settings = load_settings_or_exit(config)
+        if settings.queue.backend != "procrastinate":
+            fail(
+                "the worker takes jobs from PostgreSQL: set queue.backend = 'procrastinate' "
+                "and a postgresql+psycopg:// database_url, or use `homework-fhir run`"
+            )
+
+        async def work() -> int:
+            async with open_runtime_or_exit(settings) as runtime:
+                app = runtime.queue
+                assert app is not None and isinstance(runtime, Runtime)
+                before = await job_counts(app)
+                for name in settings.ehr:
+                    await defer_poll(app, name)
+                await defer_waiting(app, runtime, "local")  # pushed with no EHR configured
+                jobs_at_once = concurrency or settings.queue.concurrency
+                if once:
+                    await work_until_caught_up(app, runtime, jobs_at_once)
+                else:
+                    await app.run_worker_async(
+                        concurrency=jobs_at_once,
+                        name=runtime.owner,
+                        additional_context={"runtime": runtime},
+                    )
+                after = await job_counts(app)
+            failed = sum(n for key, n in after.items() if key.endswith(" failed"))
+            failed -= sum(n for key, n in before.items() if key.endswith(" failed"))
+            for key, n in sorted(after.items()):
+                typer.echo(f"{key}  {n}")
+            return failed
+
+        try:
+            failed = asyncio.run(work())
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+            failed = 0
+        if failed:
+            typer.echo(f"error: {failed} jobs failed for good (procrastinate_jobs)", err=True)
+            raise typer.Exit(1)
+
+    @app.command()
     def backfill(
         directory: Annotated[Path, typer.Argument(help="Directory of a Bulk Data export.")],
         config: ConfigOption = None,

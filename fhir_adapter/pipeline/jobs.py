@@ -136,7 +136,10 @@ async def accept_ingest(
         log.info("ingest processing of %s: %s", name,
                  {k: v for k, v in summary.as_dict().items() if k != "errors"})  # fmt: skip
 
-    runtime.kick(f"process:{name}", process)
+    if runtime.scheduler is not None:
+        await runtime.scheduler(name)  # jobs for the workers
+    else:
+        runtime.kick(f"process:{name}", process)
     return IngestAccepted(job_id, staged)
 
 

@@ -91,24 +91,37 @@ def patient_lease(connection: str, patient: str) -> str:
     return f"patient:{connection}:{patient}"
 
 
+def waiting_patients(runtime: Runtime, connection: str) -> list[str]:
+    """Patients with waiting encounters, in the order of their earliest waiting session."""
+    with runtime.store.session() as session:
+        rows = work.encounters_at(session, connection, WAITING, limit=100_000)
+        return list(dict.fromkeys(row.patient for row in rows))
+
+
 async def process_waiting(
     runtime: Runtime, connection: str, summary: RunSummary, progress: Progress = _no_progress
 ) -> None:
     """Take every waiting encounter of `connection` as far as it goes."""
-    store = runtime.store
-    with store.session() as session:
-        rows = work.encounters_at(session, connection, WAITING, limit=100_000)
-        # Patients in the order of their earliest waiting session.
-        patients = list(dict.fromkeys(row.patient for row in rows))
+    patients = waiting_patients(runtime, connection)
     for patient in progress(patients, len(patients)):
-        name = patient_lease(connection, patient)
-        async with leases.held(store, name, runtime.owner) as mine:
-            if not mine:
-                with store.session() as session:
-                    waiting = work.patient_encounters(session, connection, patient, WAITING)
-                summary.encounters_busy += len(waiting)
-                continue
-            await _process_patient(runtime, connection, patient, summary, name)
+        await process_patient(runtime, connection, patient, summary)
+
+
+async def process_patient(
+    runtime: Runtime, connection: str, patient: str, summary: RunSummary
+) -> bool:
+    """Take the patient's waiting encounters as far as they go, in session order, holding the
+    patient's lease; False (and `encounters_busy` counted) when another process holds it."""
+    store = runtime.store
+    name = patient_lease(connection, patient)
+    async with leases.held(store, name, runtime.owner) as mine:
+        if not mine:
+            with store.session() as session:
+                waiting = work.patient_encounters(session, connection, patient, WAITING)
+            summary.encounters_busy += len(waiting)
+            return False
+        await _process_patient(runtime, connection, patient, summary, name)
+    return True
 
 
 async def _process_patient(

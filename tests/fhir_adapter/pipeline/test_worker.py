@@ -1,0 +1,125 @@
+"""`homework-fhir worker`: the pipeline as procrastinate jobs in PostgreSQL, several workers
+at once, against a real EHR (sekmet) and the shipped model on a real Triton."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from fhir_adapter.service import build_service, dev_token
+from fhir_adapter.settings import load_settings
+from fhir_adapter.store import open_store, outbox
+from fhir_adapter.store.models import EncounterRow, OutboxRow
+from mapping.fhir.codes import SID_CAREPLAN, SID_NOTE, SID_TASK
+from tests.databases import postgres_database
+from tests.fhir_adapter.pipeline.checks import ehr_side, note_provenance_counts, store_side
+from tests.fhir_adapter.pipeline.seed import clinic_resources, seed_clinic, transaction
+from tests.fhir_adapter.pipeline.support import (
+    TritonHandle,
+    config_toml,
+    connection,
+    settings_for,
+)
+from tests.fhir_adapter.sekmet_server import SekmetServer
+
+postgres = contextmanager(postgres_database)
+QUEUE = '\n[queue]\nbackend = "procrastinate"\nconcurrency = 2\n'
+
+
+def _workers(config: Path, count: int) -> list[tuple[int, str, str]]:
+    command = [str(Path(sys.executable).parent / "homework-fhir"), "worker", "--once",
+               "-c", str(config)]  # fmt: skip
+    running = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    return [(p.wait(timeout=600), *p.communicate()) for p in running]
+
+
+def _jobs(database_url: str) -> dict[tuple[str, str], int]:
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            "SELECT task_name, status::text, count(*) FROM procrastinate_jobs GROUP BY 1, 2"
+        ).fetchall()
+    return {(name, status): n for name, status, n in rows}
+
+
+def test_two_workers_process_every_session_once_and_write_everything_once(
+    sekmet_server: SekmetServer, pipeline_triton: TritonHandle, tmp_path: Path
+) -> None:
+    clinic = seed_clinic(sekmet_server, in_progress=False)
+    conn = connection(sekmet_server, clinic, care_plan_store="ehr")
+    with postgres() as database_url:
+        settings = settings_for(tmp_path, [conn], database_url=database_url,
+                                triton=pipeline_triton)  # fmt: skip
+        config = config_toml(tmp_path / "homework-fhir.toml", settings, conn)
+        config.write_text(config.read_text() + QUEUE)
+
+        # Two workers start together on an empty database: both install nothing twice.
+        for code, out, err in _workers(config, 2):
+            assert code == 0, f"exit {code}\n{out}\n{err}"
+            assert "Traceback" not in err
+
+        jobs = _jobs(database_url)
+        assert {status for _, status in jobs} == {"succeeded"}, jobs
+        assert jobs[("pipeline:process_patient", "succeeded")] == 2  # one per patient
+        store = open_store(database_url)
+        try:
+            with store.session() as session:
+                steps = [row.step for row in session.scalars(select(EncounterRow))]
+                rows = list(session.scalars(select(OutboxRow)))
+            assert steps == ["done"] * 4
+            assert rows and {r.status for r in rows} == {outbox.OutboxStatus.DONE}
+            ours, ehr = store_side(store), ehr_side(sekmet_server, clinic, store)
+            assert ours.duplicates() == {} and ehr.duplicates() == {}
+            for system in (SID_CAREPLAN, SID_TASK, SID_NOTE):
+                assert ehr.by_system[system] == ours.by_system[system]
+            notes = note_provenance_counts(sekmet_server, clinic)
+            assert notes == dict.fromkeys(ours.by_system[SID_NOTE], 1)
+
+            # Nothing new: another round of workers writes nothing.
+            for code, out, err in _workers(config, 2):
+                assert code == 0, f"exit {code}\n{out}\n{err}"
+            assert store_side(store) == ours
+            assert ehr_side(sekmet_server, clinic, store) == ehr
+        finally:
+            store.close()
+
+
+def test_a_push_to_the_api_becomes_jobs_that_a_worker_runs(
+    sekmet_server: SekmetServer, pipeline_triton: TritonHandle, tmp_path: Path
+) -> None:
+    """With the queue on, `POST /ingest` stages and defers; nothing runs in the API process.
+    A worker then processes the push and its status URL answers 200."""
+    clinic = seed_clinic(sekmet_server, in_progress=False)
+    conn = connection(sekmet_server, clinic, care_plan_store="ehr", communication=False)
+    with postgres() as database_url:
+        settings = settings_for(tmp_path, [conn], database_url=database_url,
+                                triton=pipeline_triton)  # fmt: skip
+        config = config_toml(tmp_path / "homework-fhir.toml", settings, conn)
+        config.write_text(config.read_text() + QUEUE)
+        settings = load_settings(config)
+        bundle = transaction(clinic_resources(sekmet_server, clinic))
+        auth = {"Authorization": f"Bearer {dev_token(settings, 'system/Bundle.c')}"}
+        service = build_service(settings)
+        with TestClient(service.app) as client:
+            pushed = client.post("/ingest", json=bundle, headers=auth)
+            assert pushed.status_code == 202, pushed.text
+            status_url = pushed.headers["Content-Location"]
+            assert client.get(status_url, headers=auth).status_code == 202
+            jobs = _jobs(database_url)
+            assert jobs[("pipeline:process_patient", "todo")] == 2
+            with service.store.session() as session:
+                assert {r.step for r in session.scalars(select(EncounterRow))} == {"detect"}
+
+            for code, out, err in _workers(config, 1):
+                assert code == 0, f"exit {code}\n{out}\n{err}"
+            done = client.get(status_url, headers=auth)
+            assert done.status_code == 200, done.text
