@@ -360,3 +360,13 @@ def test_the_operating_point_comes_from_the_card_and_settings_override_it(tmp_pa
     )
     with pytest.raises(ValueError, match=r"model\.operating_point: the model card has no"):
         operating_point(Settings(**API_OK, model=model))
+
+
+def test_the_job_queue_needs_postgresql() -> None:
+    with pytest.raises(SettingsError, match="queue.backend 'procrastinate' keeps its jobs"):
+        load_settings(environment="development", queue={"backend": "procrastinate"})
+    pg = "postgresql+psycopg://homework@db/homework"
+    settings = load_settings(
+        environment="development", database_url=pg, queue={"backend": "procrastinate"}
+    )
+    assert (settings.queue.backend, settings.queue.concurrency) == ("procrastinate", 2)
