@@ -3,8 +3,8 @@
 Per connection, in order, stopping at the first failure (a later step needs the earlier ones):
 the CapabilityStatement (reachable, FHIR R4), a token (auth: the key, client id and token
 endpoint), the scopes the token endpoint granted against those asked for, the write targets
-(vendor rules, the CapabilityStatement and the scopes), and one Encounter search with the
-poll's own parameters.
+(vendor rules, the CapabilityStatement and the scopes), the poll's panel (a Group's members,
+where the poll goes per patient), and one Encounter search with the poll's own parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fhir_adapter.ehr.capabilities import target_problems
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import AuthError, FhirError
+from fhir_adapter.pipeline.fetch import group_members
 from fhir_adapter.settings import EhrConnection, FhirStore
 
 
@@ -73,7 +74,17 @@ async def check_connection(conn: EhrConnection) -> list[CheckLine]:
         problems = target_problems(conn, caps, store_caps)
         if not add("write targets", not problems, "; ".join(problems) or "all can be written"):
             return lines
-        params = [*conn.encounter_poll.search_params(), ("_count", "1")]
+        params = [*conn.encounter_poll.search_params(since=conn.poll_since()), ("_count", "1")]
+        if conn.encounter_poll.scope == "group":
+            group = conn.encounter_poll.group or ""
+            try:
+                members = await group_members(ehr, group)
+            except FhirError as exc:
+                add("panel", False, f"{group}: {type(exc).__name__}: {exc}")
+                return lines
+            if not add("panel", bool(members), f"{group}: {len(members)} patients"):
+                return lines
+            params = [("patient", members[0]), *params]
         found = 0
         try:
             async for _ in ehr.search("Encounter", params):

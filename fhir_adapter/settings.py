@@ -232,22 +232,48 @@ class WriteTargets(_Model):
     care_plan_store: CarePlanStore = "builtin"
 
 
-class EncounterPoll(_Model):
-    """Which encounters the poller asks the EHR for."""
+PollSince = Literal["last-updated", "date"]
 
+
+class EncounterPoll(_Model):
+    """Which encounters the poller asks the EHR for, and how.
+
+    `scope`: "all" asks once for every encounter (servers that allow a population-wide search);
+    "group" reads the members of `group` (a Group of the service's patients, e.g. the
+    behavioural-health panel) and asks per patient, which Epic and Oracle Health require.
+    `since`: what "since the last poll" filters on: "last-updated" (`_lastUpdated`, so a session
+    charted days late is still seen) or "date" (the session's date; for servers without
+    `_lastUpdated` on Encounter). Unset, the vendor's default. Either way the window reaches
+    `lookback` before the last poll; a re-seen encounter is a no-op.
+    """
+
+    scope: Literal["all", "group"] = "all"
+    group: str | None = None  # "Group/<id>" with scope "group"
+    since: PollSince | None = None
     statuses: list[str] = Field(default_factory=lambda: ["finished"])
     class_codes: list[str] = Field(default_factory=list)  # v3 ActCode: AMB, VR, ...
     type_codes: list[str] = Field(default_factory=list)  # tokens: "system|code"
     lookback: timedelta = timedelta(days=1)
     extra_params: dict[str, str] = Field(default_factory=dict)
 
-    def search_params(self, now: datetime | None = None) -> list[tuple[str, str]]:
+    @model_validator(mode="after")
+    def _group_named(self) -> Self:
+        if self.scope == "group" and not (self.group or "").startswith("Group/"):
+            raise ValueError(
+                "encounter_poll.scope is 'group': set encounter_poll.group = 'Group/<id>'"
+            )
+        return self
+
+    def search_params(
+        self, now: datetime | None = None, since: PollSince = "last-updated"
+    ) -> list[tuple[str, str]]:
         """Encounter search parameters for one poll ending at `now` (timezone-aware)."""
         now = now or datetime.now(UTC)
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        since = (now - self.lookback).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        params: list[tuple[str, str]] = [("date", f"ge{since}")]
+        start = (now - self.lookback).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        name = "_lastUpdated" if since == "last-updated" else "date"
+        params: list[tuple[str, str]] = [(name, f"ge{start}")]
         if self.statuses:
             params.append(("status", ",".join(self.statuses)))
         if self.class_codes:
@@ -267,6 +293,24 @@ class EhrConnection(FhirEndpoint):
     name: str
     write: WriteTargets = Field(default_factory=WriteTargets)
     encounter_poll: EncounterPoll = Field(default_factory=EncounterPoll)
+
+    @model_validator(mode="after")
+    def _poll_fits_vendor(self) -> Self:
+        if vendor_profile(self.vendor).encounter_search_needs_patient and (
+            self.encounter_poll.scope == "all"
+        ):
+            raise ValueError(
+                f"vendor {self.vendor} searches encounters per patient only: set "
+                "encounter_poll.scope = 'group' and encounter_poll.group = 'Group/<id>' (a Group "
+                "of the patients this service covers)"
+            )
+        return self
+
+    def poll_since(self) -> PollSince:
+        """What the poll filters on: the setting, else what the vendor supports."""
+        if self.encounter_poll.since is not None:
+            return self.encounter_poll.since
+        return "last-updated" if vendor_profile(self.vendor).encounter_last_updated else "date"
 
     def fhir_stores(self) -> list[tuple[str, FhirEndpoint]]:
         """Every FHIR endpoint of this connection with a label: the EHR, a separate store."""

@@ -30,6 +30,7 @@ __all__ = [
     "ServerCapabilities",
     "scope_grants",
     "target_needs",
+    "poll_problems",
     "target_problems",
     "verify_write_targets",
 ]
@@ -162,14 +163,34 @@ def _endpoint_problems(
     return problems
 
 
+def poll_problems(conn: EhrConnection) -> list[str]:
+    """What the poll reads that the connection's scopes do not grant (empty when all is)."""
+    scopes = list(getattr(conn.auth, "scopes", []))
+    needs = [("Encounter", "search-type", "encounter_poll")]
+    if conn.encounter_poll.scope == "group":
+        needs.append(("Group", "read", "encounter_poll.scope = 'group'"))
+    problems = []
+    for resource_type, interaction, setting in needs:
+        if scope_grants(scopes, resource_type, interaction) is False:
+            letter = _LETTER[interaction]
+            problems.append(
+                f"ehr.{conn.name}.{setting} needs {resource_type} {interaction}, which none of "
+                f"the scopes in ehr.{conn.name}.auth.scopes grants; add "
+                f"system/{resource_type}.{letter} (SMART v2) or system/{resource_type}.read (v1)"
+            )
+    return problems
+
+
 def target_problems(
     conn: EhrConnection,
     ehr_caps: ServerCapabilities,
     store_caps: ServerCapabilities | None = None,
 ) -> list[str]:
-    """Every configured target that cannot work, one line each (empty when all can)."""
+    """Every configured target (and the poll's reads) that cannot work, one line each (empty
+    when all can)."""
     ehr_needs, store_needs = target_needs(conn)
-    problems = _endpoint_problems(conn, f"ehr.{conn.name}", ehr_needs, ehr_caps)
+    problems = poll_problems(conn)
+    problems += _endpoint_problems(conn, f"ehr.{conn.name}", ehr_needs, ehr_caps)
     store = conn.write.care_plan_store
     if store_needs and isinstance(store, FhirStore):
         if store_caps is None:

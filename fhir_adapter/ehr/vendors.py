@@ -52,6 +52,10 @@ class VendorProfile:
     document_reference_requires_period_end: bool = False
     # Where PHQ-9/GAD-7 answers are usually found, most likely first.
     questionnaire_sources: tuple[str, ...] = ("QuestionnaireResponse", "Observation")
+    # Encounter search needs a patient (no population-wide search): poll a panel per patient.
+    encounter_search_needs_patient: bool = False
+    # Encounter search takes `_lastUpdated`, so a poll sees sessions charted late.
+    encounter_last_updated: bool = True
 
     def refusal(self, resource_type: str, interaction: str) -> str | None:
         """Why this vendor refuses the interaction, or None when it does not."""
@@ -74,6 +78,9 @@ PROFILES: Mapping[Vendor, VendorProfile] = {
         max_page_size=100,
         # Epic's backend-app registration takes a JWK Set URL, which is also how keys rotate.
         jwks_url_required=True,
+        # Encounter.Search (R4) on fhir.epic.com: a patient is required; filters by `date`.
+        encounter_search_needs_patient=True,
+        encounter_last_updated=False,
     ),
     "oracle-health": VendorProfile(
         name="oracle-health",
@@ -91,6 +98,9 @@ PROFILES: Mapping[Vendor, VendorProfile] = {
         document_reference_requires_period_end=True,
         # PHQ-9/GAD-7 are mostly charted as Observations, rarely as QuestionnaireResponses.
         questionnaire_sources=("Observation", "QuestionnaireResponse"),
+        # Millennium's Encounter search needs one of _id, patient, subject, account or
+        # identifier, and takes `_lastUpdated` (docs.oracle.com, "Get a list of encounters").
+        encounter_search_needs_patient=True,
     ),
     "generic": VendorProfile(name="generic"),
 }

@@ -1,9 +1,11 @@
 """Poll an EHR for finished encounters, and fetch each one's inputs.
 
 Neither Epic nor Oracle Health offers FHIR Subscriptions, so the poller asks for encounters
-by date. The persisted cursor is the time of the last successful poll; each poll reaches back
-`encounter_poll.lookback` before it, so a session charted late is still seen (re-seen
-encounters are no-ops: registration is keyed by encounter).
+changed since the last poll (`_lastUpdated`, or the session date where the vendor's search has
+no `_lastUpdated`), across the server or per patient of a configured Group (Epic and Oracle
+Health search encounters per patient only). The persisted cursor is the time of the last
+successful poll; each poll reaches back `encounter_poll.lookback` before it (clock skew, late
+charting with a date filter); re-seen encounters are no-ops: registration is keyed by encounter.
 """
 
 from __future__ import annotations
@@ -35,16 +37,36 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+async def group_members(client: FhirClient, group: str) -> list[str]:
+    """The Patient references of a Group's active members."""
+    body = await client.read("Group", group.split("/", 1)[1])
+    members: list[str] = []
+    for member in body.get("member") or []:
+        ref = (member.get("entity") or {}).get("reference") if isinstance(member, dict) else None
+        if isinstance(ref, str) and ref.startswith("Patient/") and not member.get("inactive"):
+            members.append(ref)
+    return members
+
+
 async def poll(
     client: FhirClient, store: Store, conn: EhrConnection, now: datetime | None = None
 ) -> StageSummary:
-    """Register the finished encounters dated since the last poll (minus the lookback)."""
+    """Register the finished encounters changed (or dated) since the last poll, minus the
+    lookback: one search, or one per member of the configured Group."""
     now = now or datetime.now(UTC)
     with store.session() as session:
         cursor = work.get_cursor(session, conn.name, CURSOR_FEED)
     since = datetime.fromisoformat(cursor) if cursor else now
-    params = conn.encounter_poll.search_params(now=since)
-    encounters = [e async for e in client.search("Encounter", params)]
+    params = conn.encounter_poll.search_params(now=since, since=conn.poll_since())
+    encounters: list[dict[str, Any]] = []
+    if conn.encounter_poll.scope == "group":
+        assert conn.encounter_poll.group is not None  # checked by EncounterPoll
+        for patient in await group_members(client, conn.encounter_poll.group):
+            encounters += [
+                e async for e in client.search("Encounter", [("patient", patient), *params])
+            ]
+    else:
+        encounters = [e async for e in client.search("Encounter", params)]
     with store.session() as session:
         summary = stage(session, conn.name, encounters, Step.FETCH)
         # The cursor moves only once the encounters are registered (same transaction).

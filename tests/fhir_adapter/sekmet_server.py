@@ -54,6 +54,7 @@ import httpx
 import pytest
 
 from fhir_adapter.ehr.keys import Algorithm, KeyFiles, generate_key_pair, public_jwk
+from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.settings import (
     ClientSecretAuth,
     EhrConnection,
@@ -219,7 +220,12 @@ class SekmetServer:
         scopes: str | Sequence[str] | None = None,
         **fields: Any,
     ) -> EhrConnection:
-        """An EhrConnection for this server as `client` (write=..., vendor=..., ...)."""
+        """An EhrConnection for this server as `client` (write=..., vendor=..., ...).
+
+        Vendors that search encounters per patient get a Group poll unless one is given (these
+        connections are for client tests; pipeline tests poll a seeded clinic's own Group)."""
+        if vendor_profile(fields.get("vendor", "generic")).encounter_search_needs_patient:
+            fields.setdefault("encounter_poll", {"scope": "group", "group": "Group/panel"})
         return EhrConnection(
             name=name, base_url=self.base_url, auth=self._auth(client, scopes), **fields
         )

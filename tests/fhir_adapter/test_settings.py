@@ -76,6 +76,9 @@ kid = "k1"
 algorithm = "ES384"
 scopes = "system/Encounter.rs system/DocumentReference.c"
 jwks_url = "https://homework.example.org/.well-known/jwks.json"
+[ehr.clinic.encounter_poll]
+scope = "group"
+group = "Group/panel"
 """,
     )
     monkeypatch.setenv("HOMEWORK_FHIR_API__PORT", "9100")
@@ -192,7 +195,9 @@ def test_epic_backend_app_needs_a_jwks_url(key_file: Path) -> None:
         "algorithm": "ES384",
         "scopes": ["system/Encounter.read"],
     }
-    ehr = {"epic": {"base_url": "https://epic.example.org/fhir", "vendor": "epic", "auth": auth}}
+    poll = {"scope": "group", "group": "Group/panel"}
+    ehr = {"epic": {"base_url": "https://epic.example.org/fhir", "vendor": "epic", "auth": auth,
+                    "encounter_poll": poll}}  # fmt: skip
     with pytest.raises(SettingsError, match=r"set auth\.jwks_url"):
         load_settings(environment="production", ehr=ehr, **API_OK)
     auth["jwks_url"] = "https://homework.example.org/.well-known/jwks.json"
@@ -315,7 +320,8 @@ def test_encounter_poll_search_params() -> None:
         extra_params={"location": "Location/psych-1"},
     )
     now = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
-    assert poll.search_params(now) == [
+    assert poll.search_params(now)[0] == ("_lastUpdated", "ge2025-03-01T06:30:00Z")
+    assert poll.search_params(now, since="date") == [
         ("date", "ge2025-03-01T06:30:00Z"),
         ("status", "finished,in-progress"),
         ("class", "AMB,VR"),
@@ -363,10 +369,35 @@ def test_the_operating_point_comes_from_the_card_and_settings_override_it(tmp_pa
 
 
 def test_the_job_queue_needs_postgresql() -> None:
-    with pytest.raises(SettingsError, match="queue.backend 'procrastinate' keeps its jobs"):
+    with pytest.raises(SettingsError, match=r"queue\.backend 'procrastinate' keeps its jobs"):
         load_settings(environment="development", queue={"backend": "procrastinate"})
     pg = "postgresql+psycopg://homework@db/homework"
     settings = load_settings(
         environment="development", database_url=pg, queue={"backend": "procrastinate"}
     )
     assert (settings.queue.backend, settings.queue.concurrency) == ("procrastinate", 2)
+
+
+def test_epic_and_oracle_poll_a_group_per_patient(key_file: Path) -> None:
+    auth = {"type": "smart-backend", "client_id": "c", "private_key_file": str(key_file),
+            "kid": "k", "algorithm": "ES384", "scopes": "system/Encounter.rs",
+            "jwks_url": "https://svc.example.org/.well-known/jwks.json"}  # fmt: skip
+    base = {"base_url": "https://ehr.example.org/fhir", "auth": auth}
+    for vendor in ("epic", "oracle-health"):
+        with pytest.raises(SettingsError, match=f"vendor {vendor} searches encounters per patient"):
+            load_settings(environment="development", ehr={"x": {**base, "vendor": vendor}})
+    with pytest.raises(SettingsError, match=r"set encounter_poll\.group"):
+        load_settings(environment="development",
+                      ehr={"x": {**base, "encounter_poll": {"scope": "group"}}})  # fmt: skip
+    panel = {"scope": "group", "group": "Group/bh-panel"}
+    epic, oracle = (
+        load_settings(
+            environment="development", ehr={"x": {**base, "vendor": v, "encounter_poll": panel}}
+        )
+        for v in ("epic", "oracle-health")
+    )
+    generic = load_settings(environment="development", ehr={"x": base})
+    # Epic's Encounter search filters by date; Oracle Health's and FHIR's by _lastUpdated.
+    assert epic.ehr["x"].poll_since() == "date"
+    assert oracle.ehr["x"].poll_since() == "last-updated"
+    assert generic.ehr["x"].poll_since() == "last-updated"

@@ -15,6 +15,7 @@ from fhir_adapter.ehr.capabilities import (
 )
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import CapabilityError
+from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.settings import EhrConnection
 from tests.fhir_adapter.sekmet_server import SekmetServer
 
@@ -60,7 +61,8 @@ async def test_separate_store_is_checked_with_its_own_client(sekmet_server: Sekm
     conn = sekmet_server.connection(
         "rs384",
         vendor="oracle-health",
-        scopes="system/DocumentReference.c system/DocumentReference.s system/Provenance.c",
+        scopes="system/Group.r system/Encounter.s system/DocumentReference.c "
+        "system/DocumentReference.s system/Provenance.c",
         write={"care_plan_store": store},
     )
     async with FhirClient(conn) as ehr, FhirClient(conn.write.care_plan_store) as store_client:  # type: ignore[arg-type]
@@ -73,7 +75,7 @@ async def test_separate_store_is_checked_with_its_own_client(sekmet_server: Sekm
 async def test_scopes_that_do_not_grant_a_target(sekmet_server: SekmetServer) -> None:
     conn = sekmet_server.connection(
         "rs384",
-        scopes="system/DocumentReference.rs system/Provenance.c",
+        scopes="system/Encounter.s system/DocumentReference.rs system/Provenance.c",
         write={"chart": {"note": True, "provenance": True}},
     )
     async with FhirClient(conn) as fhir:
@@ -107,6 +109,8 @@ def _statement(resources: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def _conn(**fields: Any) -> EhrConnection:
+    if vendor_profile(fields.get("vendor", "generic")).encounter_search_needs_patient:
+        fields.setdefault("encounter_poll", {"scope": "group", "group": "Group/panel"})
     return EhrConnection(name="clinic", base_url="https://ehr.example.org/fhir", **fields)
 
 
@@ -198,3 +202,19 @@ def test_scope_grants(
     scopes: list[str], resource_type: str, interaction: str, expected: bool | None
 ) -> None:
     assert scope_grants(scopes, resource_type, interaction) is expected
+
+
+def test_the_poll_needs_encounter_search_and_for_a_panel_group_read() -> None:
+    from fhir_adapter.ehr.capabilities import poll_problems
+
+    panel = {"scope": "group", "group": "Group/panel"}
+    conn = _conn(vendor="generic", encounter_poll=panel,
+                 auth={"type": "client-secret", "client_id": "c", "client_secret": "s",
+                       "token_endpoint": "https://ehr.example.org/token",
+                       "scopes": ["system/Encounter.rs", "system/Patient.r"]})  # fmt: skip
+    assert poll_problems(conn) == [
+        "ehr.clinic.encounter_poll.scope = 'group' needs Group read, which none of the scopes "
+        "in ehr.clinic.auth.scopes grants; add system/Group.r (SMART v2) or system/Group.read "
+        "(v1)"
+    ]
+    assert poll_problems(_conn(vendor="generic")) == []  # no SMART scopes named: nothing known

@@ -155,15 +155,23 @@ class Clinic:
     patients: dict[str, SeededPatient]
     in_progress: str | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    group: str | None = None  # "Group/<id>": the clinic's patients, for per-patient polls
 
     @property
     def encounters(self) -> list[str]:
         return [e for p in self.patients.values() for e in p.encounters]
 
-    def poll(self) -> dict[str, Any]:
-        """The connection's `encounter_poll` settings: this clinic's encounters only."""
-        return {"lookback": timedelta(days=30),
-                "extra_params": {"service-provider": self.organization}}  # fmt: skip
+    def poll(self, per_patient: bool = False) -> dict[str, Any]:
+        """The connection's `encounter_poll` settings: this clinic's encounters only (with
+        `per_patient`, asked patient by patient from the clinic's Group, as Epic and Oracle
+        Health require)."""
+        poll: dict[str, Any] = {
+            "lookback": timedelta(days=30),
+            "extra_params": {"service-provider": self.organization},
+        }
+        if per_patient:
+            poll.update(scope="group", group=self.group)
+        return poll
 
 
 def _iso(value: datetime) -> str:
@@ -212,6 +220,11 @@ def seed_clinic(server: SekmetServer, *, sessions: int = 2, in_progress: bool = 
             practitioner=refs[2 + 2 * i],
             name=f"{plan.given} {plan.family}",
         )
+    [clinic.group] = server.seed([{
+        "resourceType": "Group", "type": "person", "actual": True,
+        "name": f"Riverside Counselling {tag} panel",
+        "member": [{"entity": {"reference": p.patient}} for p in clinic.patients.values()],
+    }])  # fmt: skip
     for number in range(1, sessions + 1):
         seed_session(server, clinic, number)
     if in_progress:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.pipeline.jobs import ingest_resources, run_once
 from fhir_adapter.pipeline.runner import Progress, RunSummary
 from fhir_adapter.runtime import Runtime
@@ -120,8 +121,12 @@ def connection(
             chart=ChartTargets(note=True, communication=communication),
             care_plan_store=care_plan_store,
         ),
-        encounter_poll=clinic.poll(),
-        **fields,
+        **{
+            "encounter_poll": clinic.poll(
+                per_patient=vendor_profile(vendor).encounter_search_needs_patient
+            ),
+            **fields,
+        },
     )
 
 
@@ -209,6 +214,8 @@ def config_toml(path: Path, settings: Settings, conn: EhrConnection) -> Path:
         "",
         f"[ehr.{conn.name}.encounter_poll]",
         'lookback = "P30D"',
+        f'scope = "{conn.encounter_poll.scope}"',
+        *([f'group = "{conn.encounter_poll.group}"'] if conn.encounter_poll.group else []),
         "",
         f"[ehr.{conn.name}.encounter_poll.extra_params]",
         *[f'"{k}" = "{v}"' for k, v in conn.encounter_poll.extra_params.items()],

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.integration
 
 # Oracle Health refuses wildcard scopes: each one spelled out (SMART v2).
 ORACLE_SCOPES = (
-    "system/Encounter.rs system/Patient.rs system/DocumentReference.crs system/Binary.r "
+    "system/Group.rs system/Encounter.rs system/Patient.rs system/DocumentReference.crs "
+    "system/Binary.r "
     "system/QuestionnaireResponse.rs system/Observation.rs system/Communication.crs "
     "system/Provenance.crs system/CarePlan.cruds system/Task.cruds"
 )
