@@ -132,6 +132,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     model = model_info(settings)
     backend = make_backend(settings)
     try:
+        await _check_served_version(backend, model)
         store = open_store(settings.database_url)
     except BaseException:
         await backend.close()
@@ -146,6 +147,32 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     finally:
         await backend.close()
         store.close()
+
+
+class ModelVersionMismatchError(RuntimeError):
+    """The model server serves other weights than the model card this process reads."""
+
+
+async def _check_served_version(backend: Backend, model: ModelInfo) -> None:
+    """Refuse to write drafts under one model version while another one answers.
+
+    Device and Provenance name `model.version`, and the operating point comes from the same
+    card: both must be the served model's. A server that publishes no version (a repository
+    not built by `serve-model`) or is down now is logged, not refused.
+    """
+    served_version = getattr(backend, "served_version", None)
+    if served_version is None:
+        return
+    served = await served_version()
+    if served is None:
+        log.warning("the model server does not say which model version it serves; recording "
+                    "%s from the local model card", model.version)  # fmt: skip
+    elif served != model.version:
+        raise ModelVersionMismatchError(
+            f"the model server serves model version {served} but the local model card is "
+            f"{model.version}; point model.model_dir at the served weights' folder, or serve "
+            "these weights (`homework-fhir serve-model`)"
+        )
 
 
 @asynccontextmanager

@@ -220,6 +220,27 @@ class TritonBackend:
             log.debug("readiness check of %s failed: %r", self._target, exc)
             return False
 
+    async def served_version(self) -> str | None:
+        """The model card version the server publishes in the model's config (parameter
+        `model_card_version`, written by `build_repository`); None when it publishes none or
+        does not answer."""
+        client = self._get_client()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self.protocol == "http":
+                    config = await client.get_model_config(self.model_name)
+                else:
+                    config = (await client.get_model_config(self.model_name, as_json=True))[
+                        "config"
+                    ]
+        except Exception as exc:  # not answering is the caller's to report
+            log.warning("cannot read the model config from %s: %r", self._target, exc)
+            return None
+        value = ((config.get("parameters") or {}).get("model_card_version") or {}).get(
+            "string_value"
+        )
+        return str(value) if value else None
+
     async def predict(self, texts: Sequence[str]) -> Predictions:
         if not texts:
             return _empty()

@@ -22,6 +22,7 @@ the benchmark:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -39,13 +40,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from inference_server.classifier import HEADS_FILE, WEIGHTS_DIR
+from inference_server.classifier import CARD_FILE, HEADS_FILE, WEIGHTS_DIR
 from inference_server.errors import TritonStartError
 from inference_server.optimize import check_precision, default_precision
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "homework_classifier"
+# The config parameter that names the served weights' model card version.
+VERSION_PARAMETER = "model_card_version"
 SHIPPED_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 
 Device = Literal["cpu", "gpu"]
@@ -107,8 +110,12 @@ def render_config(
     instances: int = 1,
     max_queue_delay_us: int | None = None,
     weights_dir: str | None = None,
+    model_version: str | None = None,
 ) -> str:
-    """The shipped config.pbtxt with the instance group and parameters for one deployment."""
+    """The shipped config.pbtxt with the instance group and parameters for one deployment.
+
+    `model_version` (the weights' model card version) is published as the parameter
+    `model_card_version`, so clients record the version the server actually serves."""
     from google.protobuf import text_format  # type: ignore[import-untyped]
     from tritonclient.grpc import model_config_pb2
 
@@ -127,6 +134,8 @@ def render_config(
     config.parameters["precision"].string_value = precision
     if weights_dir is not None:
         config.parameters["weights_dir"].string_value = weights_dir
+    if model_version is not None:
+        config.parameters[VERSION_PARAMETER].string_value = model_version
     if max_queue_delay_us is not None:
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     header = (
@@ -168,6 +177,7 @@ def build_repository(
     for item in sorted(source.iterdir()):
         if item.is_file() and item.suffix in WEIGHT_SUFFIXES:
             shutil.copy2(item, version / "weights" / item.name)
+    card = json.loads((source / CARD_FILE).read_text()) if (source / CARD_FILE).is_file() else {}
     config = render_config(
         (shipped / "config.pbtxt").read_text(),
         device=device,
@@ -175,6 +185,7 @@ def build_repository(
         instances=instances,
         max_queue_delay_us=max_queue_delay_us,
         weights_dir="weights",
+        model_version=str(card["version"]) if card.get("version") else None,
     )
     (dest / MODEL_NAME / "config.pbtxt").write_text(config)
     return dest

@@ -41,13 +41,16 @@ def print_summary(summary: dict[str, object]) -> None:
 
 @asynccontextmanager
 async def open_runtime_or_exit(settings: Settings) -> AsyncIterator[Runtime]:
-    """The command's runtime; missing weights or model card are exit 2 with one line."""
-    from fhir_adapter.runtime import open_runtime
+    """The command's runtime; missing weights or model card, or a model server that serves
+    other weights, are exit 2 with one line."""
+    from fhir_adapter.runtime import ModelVersionMismatchError, open_runtime
 
     try:
         async with open_runtime(settings) as runtime:
             yield runtime
     except FileNotFoundError as exc:  # no trained weights or model card where configured
+        fail(str(exc))
+    except ModelVersionMismatchError as exc:
         fail(str(exc))
 
 

@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Need",
     "ServerCapabilities",
+    "poll_problems",
     "scope_grants",
     "target_needs",
-    "poll_problems",
     "target_problems",
     "verify_write_targets",
 ]

@@ -62,8 +62,9 @@ class DraftResult:
 
 
 def _context(
-    row_encounter: str, row_patient: str, enc: dict[str, Any], transcript: str
-) -> EncounterContext:
+    row_encounter: str, row_patient: str, enc: dict[str, Any], transcript: str,
+    source: str | None = None,
+) -> EncounterContext:  # fmt: skip
     start, end = encounter_period(enc)
     if start is None:
         raise MappingError(f"{row_encounter} has no period.start; cannot date the drafts")
@@ -87,6 +88,7 @@ def _context(
         period_end=end or start,
         transcript=Ref(transcript),
         organization=Ref(provider) if provider else None,
+        source=source,
     )
 
 
@@ -166,7 +168,8 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
         enc = work.source(session, connection, "Encounter", encounter.split("/")[-1]) or {}
         detections = [detection_from_json(d) for d in row.state.get("detections", [])]
         try:
-            ctx = _context(encounter, row.patient, enc, row.state["transcript"])
+            source = conn.base_url if conn is not None else None
+            ctx = _context(encounter, row.patient, enc, row.state["transcript"], source)
         except MappingError as exc:
             work.advance(session, row, Step.SKIPPED, {"skipped": str(exc)})
             log.warning("%s skipped: %s", encounter, exc)

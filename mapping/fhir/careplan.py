@@ -37,7 +37,7 @@ _ASSESS_PLAN = "Assessment and Plan of Treatment"
 
 def careplan_id(ctx: EncounterContext) -> str:
     """The CarePlan's identifier value and logical id for this encounter."""
-    return careplan_value(ctx.encounter.reference)
+    return careplan_value(ctx.encounter_key)
 
 
 def _narrative(ctx: EncounterContext, tasks: Sequence[Task]) -> str:

@@ -28,7 +28,7 @@ def build_communication(
     data: dict[str, Any] = {
         "resourceType": "Communication",
         "meta": {"security": [ai_asserted()]},
-        "identifier": [identifier(SID_COMMUNICATION, communication_value(ctx.encounter.reference))],
+        "identifier": [identifier(SID_COMMUNICATION, communication_value(ctx.encounter_key))],
         "status": options.communication_status,
         "category": [{"coding": [coding(COMMUNICATION_CATEGORY, "notification", "Notification")]}],
         "priority": "routine",

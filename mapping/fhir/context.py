@@ -71,6 +71,17 @@ class EncounterContext:
     period_end: datetime
     transcript: Ref
     organization: Ref | None = None
+    # The FHIR base the encounter comes from. Identifiers derive from it and the reference, so
+    # that two EHRs' "Encounter/1" never share a CarePlan, Task or note in one store; None
+    # (a local backfill) derives them from the reference alone.
+    source: str | None = None
+
+    @property
+    def encounter_key(self) -> str:
+        """What identifiers derive from: the encounter reference, absolute when the source is
+        known."""
+        ref = self.encounter.reference
+        return f"{self.source.rstrip('/')}/{ref}" if self.source else ref
 
     def __post_init__(self) -> None:
         _expect(self.patient, "Patient", what="patient")

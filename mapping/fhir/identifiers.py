@@ -14,8 +14,9 @@ with U+001F (unit separator, which no reference or code contains):
     model card      ("model-card", model name, model version)
     Observation     ("observation", source reference, total LOINC code)
 
-`encounter` is the reference as the adapter passes it, with any "/_history/n" dropped; pass the
-same form every time (an absolute URL is safest when several EHRs feed one store).
+`encounter` is `EncounterContext.encounter_key`: the reference made absolute with the EHR's FHIR
+base (so that several EHRs can feed one store), or the bare reference for a local backfill, with
+any "/_history/n" dropped.
 
 The same value is the resource's logical id in our FHIR store (CarePlan, Task, Device, model
 card, Observation, and Provenance, which has no identifier element in R4), so the store is

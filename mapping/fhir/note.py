@@ -54,7 +54,7 @@ def build_note(
     data: dict[str, Any] = {
         "resourceType": "DocumentReference",
         "meta": {"profile": [PROFILE_DOCUMENTREFERENCE], "security": [ai_asserted()]},
-        "identifier": [identifier(SID_NOTE, note_value(ctx.encounter.reference))],
+        "identifier": [identifier(SID_NOTE, note_value(ctx.encounter_key))],
         "status": "current",
         "docStatus": options.doc_status,
         "type": {

@@ -49,7 +49,7 @@ def build_provenance(
     if not targets:
         raise ResourceError("a Provenance needs at least one target")
     # R4 Provenance has no identifier element: the stable logical id alone keeps reruns idempotent.
-    value = provenance_value(ctx.encounter.reference, model.name, model.version)
+    value = provenance_value(ctx.encounter_key, model.name, model.version)
     agent: dict[str, Any] = {
         "type": {"coding": [coding(PROVENANCE_PARTICIPANT_TYPE, "author", "Author")]},
         "role": [{"coding": [ai_device_type()]}],

@@ -66,7 +66,7 @@ def confidence_extension(value: float) -> dict[str, Any]:
 def task_identifier_value(ctx: EncounterContext, detection: Detection) -> str:
     """The Task's identifier value (and logical id) for a homework detection."""
     return task_value(
-        ctx.encounter.reference, detection.dialogue.therapist.first, LABEL_CODES[detection.label]
+        ctx.encounter_key, detection.dialogue.therapist.first, LABEL_CODES[detection.label]
     )
 
 

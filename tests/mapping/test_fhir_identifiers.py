@@ -120,3 +120,16 @@ def test_media_offsets_do_not_change_task_identifier() -> None:
     b = task_value("Encounter/e1", SourcePosition("cue", 4), "learn")
     c = task_value("Encounter/e1", SourcePosition("segment", 4), "learn")
     assert a == b != c
+
+
+def test_the_same_encounter_id_from_two_ehrs_gives_other_identifiers() -> None:
+    """Two EHRs feeding one store can both have "Encounter/enc-1": the source (FHIR base) is
+    part of the derivation; without one (a local backfill) the bare reference is."""
+    ctx = load_case(golden.load("fhir", "two-homework"))["ctx"]
+    one = dataclasses.replace(ctx, source="https://ehr-one.example.org/fhir/")
+    two = dataclasses.replace(ctx, source="https://ehr-two.example.org/fhir")
+    assert one.encounter_key == f"https://ehr-one.example.org/fhir/{ctx.encounter.reference}"
+    local, a, b = (_identifiers(_build("two-homework", ctx=c)) for c in (ctx, one, two))
+    for name in ("tasks", "careplan", "note", "communication", "provenance"):
+        assert set(a[name]).isdisjoint(b[name]) and set(a[name]).isdisjoint(local[name]), name
+    assert local == _identifiers(_build("two-homework"))  # unchanged without a source

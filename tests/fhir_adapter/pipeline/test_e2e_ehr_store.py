@@ -195,3 +195,39 @@ async def test_a_later_session_settles_the_review_status_of_earlier_homework(
                 assert all("Not reviewed" not in item for item in items)
     finally:
         store.close()
+
+
+async def test_the_runtime_records_the_served_model_version_and_refuses_another(
+    pipeline_triton: TritonHandle, tmp_path: Path
+) -> None:
+    """Triton publishes the version of the weights it serves; a process whose local model card
+    names another version refuses to start (its Provenance would name the wrong model)."""
+    import json
+    import shutil
+
+    from fhir_adapter.runtime import ModelVersionMismatchError, open_runtime
+    from inference_server.classifier import CARD_FILE, WEIGHTS_DIR
+
+    backend = TritonBackend(pipeline_triton.url)
+    try:
+        shipped = json.loads((WEIGHTS_DIR / CARD_FILE).read_text())["version"]
+        assert await backend.served_version() == shipped
+    finally:
+        await backend.close()
+    settings = settings_for(tmp_path, [], triton=pipeline_triton)
+    async with open_runtime(settings) as runtime:
+        assert runtime.model.version == shipped
+
+    other = tmp_path / "other-weights"
+    shutil.copytree(WEIGHTS_DIR, other)
+    card = json.loads((other / CARD_FILE).read_text())
+    (other / CARD_FILE).write_text(json.dumps({**card, "version": "0.0.1+other"}))
+    mismatched = settings.model_copy(
+        update={"model": settings.model.model_copy(update={"model_dir": other})}
+    )
+    with pytest.raises(
+        ModelVersionMismatchError,
+        match=r"serves model version .* local model card is 0\.0\.1\+other",
+    ):
+        async with open_runtime(mismatched):
+            pass
