@@ -22,6 +22,7 @@ from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.security import TokenVerifier, issue_token
 from fhir_adapter.ehr.jwks import jwks_router
+from fhir_adapter.metrics import exposition
 from fhir_adapter.pipeline.jobs import accept_ingest, bundle_resources, ingest_status
 from fhir_adapter.runtime import Runtime, open_runtime
 from fhir_adapter.settings import Settings, SettingsError
@@ -113,6 +114,7 @@ def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
         readiness=[("model", model_ready)],
         ingest=ingest,
         ingest_status=status,
+        metrics=lambda: exposition(runtime.store),
         model_card=runtime.card,
     )
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_adapter.api.capability import capability_statement
@@ -31,6 +31,7 @@ from fhir_adapter.store import Store, resources
 logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 # Encounter steps where processing has ended (fhir_adapter.pipeline.steps; kept as strings so
 # the API does not import the pipeline).
 FINAL = frozenset({"done", "skipped", "failed"})
@@ -51,6 +52,8 @@ class ApiDeps:
     readiness: Sequence[tuple[str, ReadinessCheck]] = ()
     ingest: IngestFn | None = None
     ingest_status: IngestStatusFn | None = None
+    # The Prometheus text page (fhir_adapter.metrics), when the app serves one.
+    metrics: Callable[[], bytes] | None = None
     model_card: dict[str, Any] | None = None
 
 
@@ -201,6 +204,16 @@ def create_app(
         if deps.model_card is None:
             raise ApiError(404, "not-found", "no model card is configured")
         return JSONResponse(deps.model_card)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(authorization: Auth = None) -> Response:
+        """Prometheus metrics; scrape with a bearer token (`authorization` in the scrape
+        config), like every route but the health checks."""
+        deps = active()
+        deps.verifier.claims(authorization)
+        if deps.metrics is None:
+            raise ApiError(404, "not-found", "no metrics on this server")
+        return Response(deps.metrics(), media_type=METRICS_TYPE)
 
     @app.post("/ingest")
     async def ingest(

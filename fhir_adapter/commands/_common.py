@@ -40,14 +40,34 @@ def bad_input_exits() -> Iterator[None]:
         fail(f"file is not UTF-8 text (byte {exc.start}); convert it to UTF-8 and retry")
 
 
-def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr; only entry points call this. Records carry ids, never transcript text."""
-    import logging
+LOG_FORMAT_ENV = "HOMEWORK_FHIR_LOG_FORMAT"
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr; only entry points call this. Records carry ids, never transcript text.
+
+    `HOMEWORK_FHIR_LOG_FORMAT=json` writes one JSON object per line (time, level, logger,
+    message) for log collectors; an environment variable rather than a setting, so that even
+    a bad config file is reported in that format.
+    """
+    import logging
+    import os
+
+    level = logging.DEBUG if verbose else logging.INFO
+    if os.environ.get(LOG_FORMAT_ENV, "text").lower() == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # settings warnings too, in the same format
     # Per-request lines from the HTTP stack would drown the pipeline's own.
     for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from fhir_adapter.metrics import MODEL_SECONDS, timed
 from fhir_adapter.pipeline.records import detection_to_json
 from fhir_adapter.pipeline.steps import Step, WorkItem
 from fhir_adapter.runtime import Runtime
@@ -154,7 +155,8 @@ async def detect(runtime: Runtime, item: WorkItem) -> int:
         log.warning("%s: DocumentReference/%s unreadable: %s", encounter, doc["id"], exc)
         return 0
     dialogues = build_micro_dialogues(transcript)
-    predictions = await predict_dialogues(backend, [dialogue_turns(d) for d in dialogues])
+    with timed(MODEL_SECONDS):
+        predictions = await predict_dialogues(backend, [dialogue_turns(d) for d in dialogues])
     found = detections_from(dialogues, predictions, backend.point)
     with store.session() as session:
         row = work.get_encounter(session, connection, encounter)

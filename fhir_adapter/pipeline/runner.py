@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir_adapter.ehr.errors import FhirError
+from fhir_adapter.metrics import STEP_SECONDS, timed
 from fhir_adapter.pipeline import fetch
 from fhir_adapter.pipeline.detect import detect
 from fhir_adapter.pipeline.draft import draft
@@ -186,9 +187,12 @@ async def _advance(runtime: Runtime, item: WorkItem, summary: RunSummary) -> Non
             return
         step = Step(row.step)
     if step is Step.FETCH:
-        await fetch.fetch_inputs(runtime, item)
-    await detect(runtime, item)
-    result = draft(runtime, item)
+        with timed(STEP_SECONDS, step="fetch"):
+            await fetch.fetch_inputs(runtime, item)
+    with timed(STEP_SECONDS, step="detect"):
+        await detect(runtime, item)
+    with timed(STEP_SECONDS, step="draft"):
+        result = draft(runtime, item)
     with runtime.store.session() as session:
         row = work.get_encounter(session, item.connection, item.encounter)
         final = Step(row.step) if row is not None else Step.SKIPPED

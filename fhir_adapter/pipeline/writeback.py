@@ -31,6 +31,7 @@ from fhir_adapter.ehr.errors import (
     TemporaryFhirError,
     VersionConflictError,
 )
+from fhir_adapter.metrics import WRITES
 from fhir_adapter.store import Store, outbox
 from fhir_adapter.store.models import OutboxRow
 from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, ID_SYSTEM, NOTE_PROVENANCE
@@ -166,6 +167,7 @@ async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]
                 continue
         # `row` stays readable detached (the store's sessions do not expire on commit).
         outcome = await _attempt(client, row, note_ref)
+        WRITES.labels(outcome=outcome.kind).inc()
         with store.session() as session:
             current = session.get(OutboxRow, row_id)
             if current is None:

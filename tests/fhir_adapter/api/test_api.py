@@ -15,6 +15,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.security import TokenVerifier, issue_token, scope_allows
+from fhir_adapter.metrics import exposition
 from fhir_adapter.store import open_store, resources
 
 ISSUER, AUDIENCE = "https://issuer.test", "https://homework.test/fhir"
@@ -44,7 +45,8 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
             resources.put(s, task(f"t{i}", "Patient/p1", "awaiting-review", f"2026-03-0{i + 1}"))
         resources.put(s, task("r1", "Patient/p2", "reviewed", "2026-04-01"))
     verifier = TokenVerifier(KeySet([KEY, EC_KEY]), ISSUER, AUDIENCE)
-    with TestClient(create_app(ApiDeps(store=store, verifier=verifier))) as client:
+    deps = ApiDeps(store=store, verifier=verifier, metrics=lambda: exposition(store))
+    with TestClient(create_app(deps)) as client:
         yield client
     store.close()
 
@@ -182,3 +184,14 @@ def test_ingest_refuses_what_is_not_a_bundle(client: TestClient) -> None:
     assert (
         client.post("/ingest", json={"resourceType": "Patient"}, headers=headers).status_code == 501
     )
+
+
+def test_metrics_need_a_token_and_count_what_waits(client: TestClient, tmp_path: Path) -> None:
+    assert client.get("/metrics").status_code == 401
+    page = client.get("/metrics", headers=auth())
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    text = page.text
+    # This process's histograms are declared; the store's gauges are read at scrape time.
+    assert "# TYPE homework_step_seconds histogram" in text
+    assert "# TYPE homework_encounters gauge" in text
+    assert "homework_writes_queued" in text

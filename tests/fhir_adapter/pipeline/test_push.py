@@ -98,6 +98,10 @@ def test_push_ingests_drafts_writes_back_and_is_idempotent(
         assert store_side(service.store) == ours
         assert ehr_side(sekmet_server, clinic, service.store) == ehr
         assert note_provenance_counts(sekmet_server, clinic) == chart_provenance
+        metrics = client.get("/metrics", headers=reader).text
+        assert 'homework_encounters{step="done"} 4.0' in metrics
+        assert 'homework_writes_queued{status="done"}' in metrics
+        assert 'homework_step_seconds_count{step="detect"}' in metrics
         # One set of EHR clients for the process, opened on first use, not one per request.
         assert service.runtime is not None and len(service.runtime._clients) == 1
     assert service.runtime is None  # closed with the app
