@@ -43,7 +43,8 @@ from mapping.fhir.context import (
     ReviewStatus,
 )
 from mapping.fhir.provenance import build_chart_provenance
-from mapping.fhir.session import build_session_resources
+from mapping.fhir.session import SessionResources, build_session_resources
+from mapping.fhir.supersede import revoked_careplan, superseded_task
 from mapping.fhir.validate import as_json
 from mapping.scores import build_observation, score_resource
 
@@ -117,6 +118,19 @@ def _earlier_tasks(
     return items
 
 
+def _superseded(session: Session, encounter: str, built: SessionResources) -> list[dict[str, Any]]:
+    """Tasks and the CarePlan of this encounter in our store that `built` no longer holds."""
+    kept = {task.id for task in built.tasks}
+    tasks, _ = resources.search(session, Query("Task", encounter=encounter, count=1000))
+    out = [
+        superseded_task(t) for t in tasks if t["id"] not in kept and t.get("status") != "cancelled"
+    ]
+    if built.careplan is None:
+        plans, _ = resources.search(session, Query("CarePlan", encounter=encounter, count=10))
+        out += [revoked_careplan(p) for p in plans if p.get("status") != "revoked"]
+    return out
+
+
 def _scores(session: Session, connection: str, encounter: str) -> list[dict[str, Any]]:
     observations = []
     for rtype in ("QuestionnaireResponse", "Observation"):
@@ -179,6 +193,9 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
         options = NoteOptions(doc_status="final" if final else "preliminary")
         built = build_session_resources(ctx, detections, model, earlier, now=now, options=options)
         store_items = [as_json(r) for r in built.store_resources()]
+        # A session processed again (its transcript was amended): what the new run no longer
+        # drafts is cancelled (Tasks) or revoked (the CarePlan), on every target.
+        store_items += _superseded(session, encounter, built)
         note, communication = as_json(built.note), as_json(built.communication)
         observations = _scores(session, connection, encounter)
         for body in [*store_items, note, communication, *observations]:

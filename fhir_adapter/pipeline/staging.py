@@ -5,6 +5,9 @@ Resources are linked to an encounter by reference (`DocumentReference.context.en
 Observation without an encounter is linked to the same patient's encounter whose day it falls
 on (one day either side, since questionnaires are often filled in the day before a session);
 one that matches no encounter is kept, unlinked, and counted, never dropped silently.
+
+A transcript that is new or changed (another document, an amended one, the same one with
+other content) for a session already processed or skipped sends the session back to DETECT.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from fhir_adapter.pipeline.detect import is_transcript
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.store import work
 from fhir_adapter.store.search_index import parse_datetime
@@ -38,6 +42,8 @@ class StageSummary:
     encounters_new: int = 0
     encounters_known: int = 0
     encounters_not_finished: int = 0
+    # Processed sessions whose transcript is new or changed in this batch: processed again.
+    encounters_amended: int = 0
     staged: int = 0
     unlinked: int = 0
     ignored_types: dict[str, int] = field(default_factory=dict)
@@ -102,6 +108,8 @@ def stage(
     summary = StageSummary()
     pending_links: list[tuple[dict[str, Any], str | None]] = []
     encounters: dict[str, tuple[str | None, datetime | None, datetime | None]] = {}
+    # Encounter -> a transcript of it that is new or changed in this batch.
+    changed_transcripts: dict[str, str] = {}
     for resource in resources:
         rtype = resource.get("resourceType")
         if rtype not in STAGED_TYPES or not resource.get("id"):
@@ -118,6 +126,10 @@ def stage(
         if rtype in ("QuestionnaireResponse", "Observation") and encounter is None:
             pending_links.append((resource, patient))
             continue
+        if rtype == "DocumentReference" and encounter is not None and is_transcript(resource):
+            before = work.source(session, connection, "DocumentReference", str(resource["id"]))
+            if before != resource:
+                changed_transcripts.setdefault(str(encounter), str(resource["id"]))
         work.stage_source(session, connection, resource, encounter, patient)
         summary.staged += 1
     for ref, (patient, start, end) in encounters.items():
@@ -132,6 +144,17 @@ def stage(
             summary.encounters_new += 1
         else:
             summary.encounters_known += 1
+    for encounter, document in changed_transcripts.items():
+        row = work.get_encounter(session, connection, encounter)
+        if row is not None and row.step in (Step.DONE, Step.SKIPPED):
+            # An amended (or first readable) transcript of a processed session: run it again;
+            # the draft step supersedes what the earlier transcript produced.
+            work.reopen(session, row, Step.DETECT, f"DocumentReference/{document}")
+            summary.encounters_amended += 1
+            if encounter not in summary.encounters:
+                summary.encounters.append(encounter)
+            log.info("%s: transcript DocumentReference/%s is new or changed; reprocessing",
+                     encounter, document)  # fmt: skip
     for resource, patient in pending_links:
         encounter = _nearest_encounter(session, connection, patient, resource_time(resource))
         if encounter is None:

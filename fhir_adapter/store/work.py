@@ -68,6 +68,19 @@ def advance(
     session.flush()
 
 
+def reopen(session: Session, row: EncounterRow, step: str, cause: str) -> None:
+    """Send a processed encounter back to `step` (its transcript changed), keeping what the
+    earlier run used so the draft step can supersede it."""
+    previous = {k: v for k, v in row.state.items() if k in ("transcript", "tasks", "skipped")}
+    row.state = {"reopened_by": cause, "previous": previous}
+    row.step = step
+    row.attempts = 0
+    row.retry_at = None
+    row.last_error = None
+    row.updated_at = _now()
+    session.flush()
+
+
 def record_failure(session: Session, row: EncounterRow, error: str, count: bool = True) -> None:
     """Keep the encounter at its step with the error (it must carry no PHI); `count` adds an
     attempt (a failure of the encounter itself, not of the model server)."""

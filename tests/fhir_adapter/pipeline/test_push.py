@@ -7,6 +7,7 @@ back; a second push of the same bundle makes and writes nothing; no token, no in
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -18,10 +19,16 @@ from fastapi.testclient import TestClient
 from fhir_adapter.service import build_service, dev_token
 from mapping.fhir.codes import SID_CAREPLAN, SID_NOTE, SID_OBSERVATION, SID_TASK
 from tests.fhir_adapter.pipeline.checks import ehr_side, note_provenance_counts, store_side
-from tests.fhir_adapter.pipeline.seed import clinic_resources, seed_clinic, transaction
+from tests.fhir_adapter.pipeline.seed import (
+    clinic_resources,
+    ehr_resources,
+    seed_clinic,
+    transaction,
+)
 from tests.fhir_adapter.pipeline.support import (
     TritonHandle,
     connection,
+    identifier_of,
     settings_for,
     stored,
 )
@@ -105,3 +112,62 @@ def test_push_ingests_drafts_writes_back_and_is_idempotent(
         # One set of EHR clients for the process, opened on first use, not one per request.
         assert service.runtime is not None and len(service.runtime._clients) == 1
     assert service.runtime is None  # closed with the app
+
+
+AMENDED = (
+    "Therapist: How has the week been?\n"
+    "Client: Quiet. Work was fine and the weekend was restful.\n"
+    "Therapist: Good to hear. Tell me more about the weekend.\n"
+    "Client: We went for a long walk by the river.\n"
+)
+
+
+def test_an_amended_transcript_reprocesses_the_session_and_supersedes_its_drafts(
+    sekmet_server: SekmetServer, pipeline_triton: TritonHandle, tmp_path: Path
+) -> None:
+    """The transcript of a processed session is amended (the same DocumentReference, other
+    content, docStatus amended): the push reprocesses the session; the Tasks the new transcript
+    no longer supports are cancelled and the CarePlan revoked in our store and in the EHR, and
+    the chart note is updated in place (a new version, no second note)."""
+    clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
+    conn = connection(sekmet_server, clinic, care_plan_store="ehr", communication=False)
+    settings = settings_for(tmp_path, [conn], triton=pipeline_triton)
+    resources = clinic_resources(sekmet_server, clinic)
+    auth = {"Authorization": f"Bearer {dev_token(settings, 'system/Bundle.c')}"}
+    sam = clinic.patients["sam"].encounters[0]
+    service = build_service(settings)
+    with TestClient(service.app) as client:
+        first = client.post("/ingest", json=transaction(resources), headers=auth)
+        _until_complete(client, first.headers["Content-Location"], auth)
+        before = stored(service.store, "Task", encounter=sam)
+        assert before and {t["status"] for t in before} == {"draft"}
+        [plan] = stored(service.store, "CarePlan", encounter=sam)
+
+        [doc] = [r for r in resources if r["resourceType"] == "DocumentReference"
+                 and r["context"]["encounter"][0]["reference"] == sam]  # fmt: skip
+        data = base64.b64encode(AMENDED.encode()).decode()
+        content = [{"attachment": {"contentType": "text/plain", "data": data}}]
+        amended = {**doc, "docStatus": "amended", "content": content}
+        pushed = client.post("/ingest", json=transaction([amended]), headers=auth)
+        assert _summary(pushed.json())["encounters_amended"] == 1
+        status = _until_complete(client, pushed.headers["Content-Location"], auth)
+        assert (status["encounters"], status["by_step"]) == (1, {"done": 1})
+        assert status["writes_failed"] == 0
+
+        after = stored(service.store, "Task", encounter=sam)
+        assert {t["id"] for t in after} == {t["id"] for t in before}
+        assert {t["status"] for t in after} == {"cancelled"}
+        assert all("amended" in t["statusReason"]["text"] for t in after)
+        assert all(t["meta"]["security"] == before[0]["meta"]["security"] for t in after)
+        assert stored(service.store, "CarePlan", encounter=sam)[0]["status"] == "revoked"
+        assert plan["id"] == stored(service.store, "CarePlan", encounter=sam)[0]["id"]
+
+        ehr = ehr_side(sekmet_server, clinic, service.store)
+        assert ehr.duplicates() == {}
+        ehr_tasks = ehr_resources(sekmet_server, "Task", {"encounter": sam})
+        assert {t["status"] for t in ehr_tasks} == {"cancelled"}
+        charted = ehr_resources(
+            sekmet_server, "DocumentReference", {"subject": clinic.patients["sam"].patient}
+        )
+        notes = [d for d in charted if identifier_of(d, SID_NOTE)]
+        assert len(notes) == 1 and notes[0]["meta"]["versionId"] != "1"
