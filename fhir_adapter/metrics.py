@@ -102,3 +102,21 @@ def exposition(store: Store) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))
     return generate_latest(REGISTRY) + generate_latest(registry)
+
+
+def step_totals() -> dict[str, tuple[float, int]]:
+    """Seconds and count per pipeline step (and "model") in this process, for summaries."""
+    totals: dict[str, tuple[float, int]] = {}
+    for histogram, label in ((STEP_SECONDS, None), (MODEL_SECONDS, "model")):
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for metric in histogram.collect():
+            for sample in metric.samples:
+                key = label or sample.labels.get("step", "")
+                if sample.name.endswith("_sum"):
+                    sums[key] = sample.value
+                elif sample.name.endswith("_count"):
+                    counts[key] = int(sample.value)
+        for key, total in sums.items():
+            totals[key] = (total, counts.get(key, 0))
+    return totals

@@ -126,6 +126,7 @@ def register(app: typer.Typer) -> None:
         on queue.poll_cron, and once at start. Exit status with --once: 1 when a job failed
         for good.
         """
+        from fhir_adapter.metrics import step_totals
         from fhir_adapter.queue import (
             defer_poll,
             defer_waiting,
@@ -164,6 +165,8 @@ def register(app: typer.Typer) -> None:
             failed -= sum(n for key, n in before.items() if key.endswith(" failed"))
             for key, n in sorted(after.items()):
                 typer.echo(f"{key}  {n}")
+            for step, (seconds, count) in sorted(step_totals().items()):
+                typer.echo(f"seconds {step}  {seconds:.2f} ({count})")
             return failed
 
         try:

@@ -62,6 +62,33 @@ def _ref(value: Any) -> str | None:
     return None
 
 
+def transcript_changed(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """Whether `after` is a new or amended version of the transcript staged as `before`.
+
+    Compared on what means a new version (a newer server version, another docStatus, other
+    content), not on the shape: the same document fetched by the poller (its Binary inlined)
+    and read from an export (a url to the Binary) is the same transcript.
+    """
+    if before is None:
+        return True
+    old_meta, new_meta = before.get("meta") or {}, after.get("meta") or {}
+    for key in ("versionId", "lastUpdated"):
+        if old_meta.get(key) and new_meta.get(key) and old_meta[key] != new_meta[key]:
+            return True
+    if before.get("docStatus") != after.get("docStatus"):
+        return True
+    old_items, new_items = before.get("content") or [], after.get("content") or []
+    if len(old_items) != len(new_items):
+        return True
+    for old_item, new_item in zip(old_items, new_items, strict=True):
+        old_att = old_item.get("attachment") or {}
+        new_att = new_item.get("attachment") or {}
+        for key in ("data", "url", "hash"):
+            if old_att.get(key) and new_att.get(key) and old_att[key] != new_att[key]:
+                return True
+    return False
+
+
 def encounter_period(encounter: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     period = encounter.get("period") or {}
     start = parse_datetime(period["start"]) if period.get("start") else None
@@ -128,7 +155,7 @@ def stage(
             continue
         if rtype == "DocumentReference" and encounter is not None and is_transcript(resource):
             before = work.source(session, connection, "DocumentReference", str(resource["id"]))
-            if before != resource:
+            if transcript_changed(before, resource):
                 changed_transcripts.setdefault(str(encounter), str(resource["id"]))
         work.stage_source(session, connection, resource, encounter, patient)
         summary.staged += 1

@@ -147,3 +147,24 @@ async def test_local_backfill_of_the_sample_export(
     again = await ingest_pass(settings, store, triton_backend, resources)
     assert (again.encounters_new, again.encounters_processed) == (0, 0)
     assert store_side(store) == before
+
+
+def test_a_transcript_is_changed_only_by_a_new_version_status_or_content() -> None:
+    from fhir_adapter.pipeline.staging import transcript_changed
+
+    def doc(**changes: Any) -> dict[str, Any]:
+        att = {"contentType": "text/plain", "url": "Binary/b1"}
+        body = {"resourceType": "DocumentReference", "id": "d1", "status": "current",
+                "meta": {"versionId": "1"}, "content": [{"attachment": att}]}  # fmt: skip
+        return {**body, **changes}
+
+    assert transcript_changed(None, doc())
+    assert not transcript_changed(doc(), doc())
+    # The poller inlines the Binary; an export links to it: the same transcript.
+    inlined = doc(content=[{"attachment": {"contentType": "text/plain", "url": "Binary/b1",
+                                           "data": "SGk="}}])  # fmt: skip
+    assert not transcript_changed(inlined, doc()) and not transcript_changed(doc(), inlined)
+    assert transcript_changed(doc(), doc(meta={"versionId": "2"}))
+    assert transcript_changed(doc(), doc(docStatus="amended"))
+    other = doc(content=[{"attachment": {"contentType": "text/plain", "data": "Qnll"}}])
+    assert transcript_changed(inlined, other)
