@@ -12,9 +12,11 @@ Jobs (the step functions are the pipeline's own; a job is one unit of them):
 - ``pipeline:flush`` (connection): drains the connection's outbox; rows are claimed one
   writer at a time (`outbox.claim`).
 
-A job that raises (the model server or PostgreSQL down, an EHR that refuses the connection)
-is retried with exponential backoff (`RETRY`) and, after the last attempt, kept by
-procrastinate with status ``failed``: the dead letter of the queue. An encounter that fails on
+A job that raises (the model server or PostgreSQL down, an EHR that refuses the connection, a
+patient another process holds) is retried with exponential backoff (`RETRY`) and, after the
+last attempt, kept by procrastinate with status ``failed``: the dead letter of the queue. A job
+left ``doing`` by a worker that died (no heartbeat for 30 s) is put back by
+``pipeline:retry_stalled``, every minute and whenever a worker starts. An encounter that fails on
 its own data is handled by the pipeline itself (backoff, then step ``failed``; see
 `pipeline.runner`), and its job succeeds.
 
@@ -132,12 +134,18 @@ async def poll(context: JobContext, timestamp: int, connection: str) -> None:
     await defer_waiting(_app(context), runtime, connection)
 
 
+class PatientBusyError(RuntimeError):
+    """Another process holds the patient's lease (a `run --once` beside the workers, or a
+    process that died and whose lease has not run out yet): the job is retried later."""
+
+
 @tasks.task(name="process_patient", pass_context=True, retry=RETRY)
 async def process_patient_job(context: JobContext, connection: str, patient: str) -> None:
     runtime = _runtime(context)
     summary = RunSummary()
     try:
-        await process_patient(runtime, connection, patient, summary)
+        if not await process_patient(runtime, connection, patient, summary):
+            raise PatientBusyError(f"{patient} of {connection} is being processed elsewhere")
     except ModelUnavailableError:
         raise  # retried with backoff; the patient's sessions wait where they are
     finally:
@@ -156,10 +164,29 @@ async def flush(context: JobContext, connection: str) -> None:
                   connection, summary.writes_failed)  # fmt: skip
 
 
+async def retry_stalled_jobs(app: App) -> int:
+    """Jobs left `doing` by a worker that stopped sending heartbeats (killed, its node lost):
+    back to `todo`, so their patient's lock is free again. Returns how many."""
+    stalled = list(await app.job_manager.get_stalled_jobs())
+    for job in stalled:
+        await app.job_manager.retry_job(job)
+    if stalled:
+        log.warning("requeued %d jobs of workers that stopped", len(stalled))
+    return len(stalled)
+
+
+@tasks.task(name="retry_stalled", pass_context=True)
+async def retry_stalled(context: JobContext, timestamp: int) -> None:
+    await retry_stalled_jobs(_app(context))
+
+
 def make_app(settings: Settings) -> App:
     """The procrastinate app for `settings`: our tasks, and a periodic poll per connection."""
     app = App(connector=PsycopgConnector(conninfo=conninfo(settings.database_url)))
     app.add_tasks_from(tasks, namespace=NAMESPACE)
+    app.periodic(cron="* * * * *", periodic_id="stalled", queueing_lock="retry_stalled")(
+        app.tasks[f"{NAMESPACE}:retry_stalled"]
+    )
     task = app.tasks[f"{NAMESPACE}:poll"]
     for name in settings.ehr:
         app.periodic(
@@ -210,6 +237,7 @@ async def work_until_caught_up(app: App, runtime: Runtime, concurrency: int) -> 
     (procrastinate's own `wait=False` stops at the first empty fetch, before a poll's
     follow-up jobs exist). Jobs another worker holds the lock of are waited for."""
     while True:
+        await retry_stalled_jobs(app)
         await app.run_worker_async(
             concurrency=concurrency,
             wait=False,

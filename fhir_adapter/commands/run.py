@@ -131,6 +131,7 @@ def register(app: typer.Typer) -> None:
             defer_poll,
             defer_waiting,
             job_counts,
+            retry_stalled_jobs,
             work_until_caught_up,
         )
         from fhir_adapter.runtime import Runtime
@@ -148,6 +149,7 @@ def register(app: typer.Typer) -> None:
                 app = runtime.queue
                 assert app is not None and isinstance(runtime, Runtime)
                 before = await job_counts(app)
+                await retry_stalled_jobs(app)  # jobs a killed worker left `doing`
                 for name in settings.ehr:
                     await defer_poll(app, name)
                 await defer_waiting(app, runtime, "local")  # pushed with no EHR configured

@@ -26,6 +26,7 @@ from mapping.dialogues import build_micro_dialogues, dialogue_turns
 from mapping.domain import Detection, HomeworkLabel, MicroDialogue, RoleHints
 from mapping.errors import TranscriptError
 from mapping.fhir.codes import BASE_URL
+from mapping.fhir.references import reference_id
 from mapping.transcripts import read_document
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,8 @@ async def detect(runtime: Runtime, item: WorkItem) -> int:
             d for d in work.sources_for(session, connection, encounter, "DocumentReference")
             if is_transcript(d) and d.get("status", "current") == "current"
         ]  # fmt: skip
-        enc = work.source(session, connection, "Encounter", encounter.split("/")[-1]) or {}
-        patient = work.source(session, connection, "Patient", row.patient.split("/")[-1])
+        enc = work.source(session, connection, "Encounter", str(reference_id(encounter))) or {}
+        patient = work.source(session, connection, "Patient", str(reference_id(row.patient)))
         if not docs:
             work.advance(session, row, Step.SKIPPED, {"skipped": "no transcript"})
             return 0

@@ -43,6 +43,7 @@ from mapping.fhir.context import (
     ReviewStatus,
 )
 from mapping.fhir.provenance import build_chart_provenance
+from mapping.fhir.references import reference_id
 from mapping.fhir.session import SessionResources, build_session_resources
 from mapping.fhir.supersede import revoked_careplan, superseded_task
 from mapping.fhir.validate import as_json
@@ -179,7 +180,7 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
         row = work.get_encounter(session, connection, encounter)
         if row is None or row.step != Step.DRAFT:
             return None
-        enc = work.source(session, connection, "Encounter", encounter.split("/")[-1]) or {}
+        enc = work.source(session, connection, "Encounter", str(reference_id(encounter))) or {}
         detections = [detection_from_json(d) for d in row.state.get("detections", [])]
         try:
             source = conn.base_url if conn is not None else None

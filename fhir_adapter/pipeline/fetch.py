@@ -25,6 +25,7 @@ from fhir_adapter.settings import EhrConnection
 from fhir_adapter.store import Store, work
 from fhir_adapter.store.models import EncounterRow
 from mapping.errors import MappingError
+from mapping.fhir.references import parse_reference, reference_id
 from mapping.transcripts import attachment_urls
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def _iso(value: datetime) -> str:
 
 async def group_members(client: FhirClient, group: str) -> list[str]:
     """The Patient references of a Group's active members."""
-    body = await client.read("Group", group.split("/", 1)[1])
+    body = await client.read("Group", str(reference_id(group, "Group")))
     members: list[str] = []
     for member in body.get("member") or []:
         ref = (member.get("entity") or {}).get("reference") if isinstance(member, dict) else None
@@ -79,11 +80,8 @@ async def poll(
 
 def _ref_tail(value: Any) -> str | None:
     """ "Type/id" of a reference, relative or absolute, without a version."""
-    ref = value.get("reference") if isinstance(value, dict) else value
-    if not isinstance(ref, str):
-        return None
-    parts = ref.split("/_history/")[0].rstrip("/").split("/")
-    return "/".join(parts[-2:]) if len(parts) >= 2 else None
+    ref = parse_reference(value)
+    return ref.relative if ref else None
 
 
 def _belongs(resource: dict[str, Any], row: EncounterRow, low: datetime, high: datetime) -> bool:
@@ -128,11 +126,11 @@ async def fetch_inputs(runtime: Runtime, item: WorkItem) -> None:
         return
     client = (await runtime.clients(conn)).ehr
     store = runtime.store
-    encounter_id = row.encounter.split("/")[-1]
+    encounter_id = str(reference_id(row.encounter))
     start = row.period_start or datetime.now(UTC)
     end = row.period_end or start
     resources: list[dict[str, Any]] = []
-    resources.append(await client.read("Patient", row.patient.split("/")[-1]))
+    resources.append(await client.read("Patient", str(reference_id(row.patient))))
     async for doc in client.search(
         "DocumentReference", [("patient", row.patient), ("encounter", encounter_id)]
     ):

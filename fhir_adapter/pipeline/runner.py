@@ -1,7 +1,8 @@
 """Run the steps for every waiting encounter of a connection, patient by patient, in session
 order, safely beside other processes doing the same.
 
-A patient's sessions are processed by one process at a time (a lease in the store), oldest
+A patient's sessions are processed by one process at a time (a lease in the store, renewed at
+every step and expiring `PATIENT_LEASE` after a process dies), oldest
 first, and a later session waits while an earlier one has not finished: a later session
 settles the review status of the earlier sessions' homework, so it must see their Tasks.
 Different patients can be taken by different processes; a patient another process holds is
@@ -39,6 +40,9 @@ WAITING = (Step.FETCH, Step.DETECT, Step.DRAFT)
 # ones wait RETRY_BASE * 4**(n-2): 5 min, 20 min, 80 min.
 MAX_ATTEMPTS = 5
 RETRY_BASE = timedelta(minutes=5)
+# How long a patient stays leased without a renewal: each step renews it, so only a process
+# that died leaves it held, and then only this long.
+PATIENT_LEASE = timedelta(minutes=3)
 
 
 def retry_at(attempts: int, now: datetime) -> datetime | None:
@@ -115,7 +119,7 @@ async def process_patient(
     patient's lease; False (and `encounters_busy` counted) when another process holds it."""
     store = runtime.store
     name = patient_lease(connection, patient)
-    async with leases.held(store, name, runtime.owner) as mine:
+    async with leases.held(store, name, runtime.owner, ttl=PATIENT_LEASE) as mine:
         if not mine:
             with store.session() as session:
                 waiting = work.patient_encounters(session, connection, patient, WAITING)
@@ -137,7 +141,6 @@ async def _process_patient(
     for encounter, due in pending:
         if due is not None and due > now:
             return  # an earlier session is backing off; the later ones wait for it
-        leases.acquire(store, lease, runtime.owner)  # renew for this encounter
         item = WorkItem(connection, encounter)
         try:
             await _advance(runtime, item, summary)
@@ -180,7 +183,19 @@ def _failed(
         return False
 
 
+def _renew(runtime: Runtime, item: WorkItem) -> None:
+    """Keep the patient's lease for the next step (a step takes well under PATIENT_LEASE)."""
+    with runtime.store.session() as session:
+        row = work.get_encounter(session, item.connection, item.encounter)
+    if row is not None:
+        leases.acquire(
+            runtime.store, patient_lease(item.connection, row.patient), runtime.owner,
+            PATIENT_LEASE,
+        )  # fmt: skip
+
+
 async def _advance(runtime: Runtime, item: WorkItem, summary: RunSummary) -> None:
+    _renew(runtime, item)
     with runtime.store.session() as session:
         row = work.get_encounter(session, item.connection, item.encounter)
         if row is None:
@@ -189,8 +204,10 @@ async def _advance(runtime: Runtime, item: WorkItem, summary: RunSummary) -> Non
     if step is Step.FETCH:
         with timed(STEP_SECONDS, step="fetch"):
             await fetch.fetch_inputs(runtime, item)
+        _renew(runtime, item)
     with timed(STEP_SECONDS, step="detect"):
         await detect(runtime, item)
+    _renew(runtime, item)
     with timed(STEP_SECONDS, step="draft"):
         result = draft(runtime, item)
     with runtime.store.session() as session:

@@ -24,6 +24,7 @@ from fhir_adapter.pipeline.detect import is_transcript
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.store import work
 from fhir_adapter.store.search_index import parse_datetime
+from mapping.fhir.references import parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,10 @@ class StageSummary:
 
 
 def _ref(value: Any) -> str | None:
-    if isinstance(value, dict) and isinstance(value.get("reference"), str):
-        return str(value["reference"])
-    if isinstance(value, list) and value:
-        return _ref(value[0])
-    return None
+    """ "Type/id" of the (first) reference in `value`: an EHR that answers with absolute
+    references files its work under the same keys as one that answers with relative ones."""
+    ref = parse_reference(value)
+    return ref.relative if ref else None
 
 
 def transcript_changed(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:

@@ -34,6 +34,7 @@ from mapping.fhir.codes import (
     UCUM,
     V3_OBSERVATION_VALUE,
 )
+from mapping.fhir.references import parse_reference
 from mapping.fhir.text import XHTML_NS
 
 __all__ = ["as_json", "check", "parse", "parse_any", "problems"]
@@ -172,10 +173,8 @@ def _has_coding(concepts: Any, system: str, code: str) -> bool:
 
 
 def _ref_type(ref: Any) -> str:
-    if not isinstance(ref, Mapping) or not isinstance(ref.get("reference"), str):
-        return ""
-    parts = ref["reference"].split("/_history/")[0].rstrip("/").split("/")
-    return parts[-2] if len(parts) >= 2 else ""
+    parsed = parse_reference(ref) if isinstance(ref, Mapping) else None
+    return parsed.resource_type if parsed else ""
 
 
 def _narrative(data: Json) -> list[str]:

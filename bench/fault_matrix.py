@@ -1,0 +1,197 @@
+"""Fault matrix: workers x faults x rounds, and what the EHR holds afterwards.
+
+Each cell seeds a clinic (two patients, two sessions each) on a fresh loopback FHIR server
+(sekmet-fhir) behind a fault proxy, gives it an empty PostgreSQL database, runs N
+`homework-fhir worker --once` processes at once while the fault happens, then lets the fault
+end and runs one clean `worker --once` (what the next scheduled run would do). It counts:
+
+- lost: sessions not `done` after the clean run;
+- duplicated: business identifiers present more than once in the EHR (notes, Tasks, CarePlans,
+  Communications) or Provenance ids written twice;
+- provenance: chart notes without exactly one Provenance.
+
+Faults: ``ehr-errors`` (429 with Retry-After and 500s on writes and searches), ``ehr-network``
+(timeouts, dropped connections, answers cut mid-body), ``model-down`` (Triton killed mid-run,
+restarted for the clean run), ``kill-worker`` (SIGKILL of one worker after a random delay),
+``overlap`` (two `run --once` beside the workers), ``none`` (the baseline).
+PostgreSQL restarts are not in the matrix: the shared machine's server is not ours to restart.
+
+    .venv/bin/python bench/fault_matrix.py --rounds 20                 # the full matrix
+    .venv/bin/python bench/fault_matrix.py --workers 2 --faults kill-worker --rounds 3
+
+Needs PostgreSQL on 127.0.0.1, as the tests do. Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import func, select, text
+
+from fhir_adapter.store import open_store
+from fhir_adapter.store.models import EncounterRow
+from inference_server.triton_server import build_repository
+from mapping.fhir.codes import SID_NOTE
+from tests.databases import postgres_database
+from tests.fhir_adapter.pipeline import fault_proxy as faults
+from tests.fhir_adapter.pipeline.checks import ehr_side, note_provenance_counts
+from tests.fhir_adapter.pipeline.seed import seed_clinic
+from tests.fhir_adapter.pipeline.support import (
+    TritonHandle,
+    config_toml,
+    connection,
+    settings_for,
+)
+from tests.fhir_adapter.sekmet_server import start_sekmet
+
+FAULTS = ("none", "ehr-errors", "ehr-network", "model-down", "kill-worker", "overlap")
+QUEUE = '\n[queue]\nbackend = "procrastinate"\nconcurrency = 1\n'
+OUTCOME = (b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", '
+           b'"code": "transient", "diagnostics": "busy"}]}')  # fmt: skip
+
+
+def _plan(proxy: faults.FaultProxy, fault: str, rng: random.Random) -> None:
+    if fault == "ehr-errors":
+        for method, path in (("POST", "/DocumentReference"), ("PUT", "/Task"),
+                             ("GET", "/Encounter"), ("POST", "/Provenance")):  # fmt: skip
+            proxy.add(method, path, faults.status(429, OUTCOME, retry_after=1),
+                      faults.status(500, OUTCOME))  # fmt: skip
+    elif fault == "ehr-network":
+        proxy.add("POST", "/DocumentReference", faults.forward_then_drop())
+        proxy.add("PUT", "/CarePlan", faults.drop())
+        proxy.add("GET", "/DocumentReference", faults.delay(rng.uniform(1, 3)))
+
+
+def _command(config: Path, *args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "homework-fhir"), *args, "-c", str(config)]
+
+
+def _start(command: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603 - our own CLI
+
+
+@contextmanager
+def _triton(root: Path) -> Iterator[TritonHandle]:
+    repo = build_repository(root / "repository", precision="int8")
+    handle = TritonHandle(repo, root)
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def one_cell(
+    workers: int, fault: str, seed: int, root: Path, triton: TritonHandle
+) -> dict[str, Any]:
+    rng = random.Random(seed)  # noqa: S311 - fault timing, not cryptography
+    with ExitStack() as stack:
+        server = stack.enter_context(start_sekmet(root / f"sekmet-{seed}"))
+        proxy = stack.enter_context(faults.fault_proxy(server.root_url, server.base_url))
+        clinic = seed_clinic(server, in_progress=False)
+        database_url = stack.enter_context(contextmanager(postgres_database)())
+        conn = connection(server, clinic, care_plan_store="ehr", base_url=proxy.base_url)
+        settings = settings_for(root, [conn], database_url=database_url, triton=triton)
+        config = config_toml(root / f"cell-{seed}.toml", settings, conn)
+        config.write_text(config.read_text() + QUEUE)
+        _plan(proxy, fault, rng)
+        running = [_start(_command(config, "worker", "--once")) for _ in range(workers)]
+        if fault == "overlap":
+            running += [_start(_command(config, "run", "--once")) for _ in range(2)]
+        if fault == "kill-worker":
+            time.sleep(rng.uniform(2.0, 12.0))
+            victim = running[rng.randrange(workers)]
+            if victim.poll() is None:
+                os.kill(victim.pid, signal.SIGKILL)
+        if fault == "model-down":
+            time.sleep(rng.uniform(3.0, 10.0))
+            triton.kill()
+        for proc in running:
+            proc.communicate(timeout=1800)
+        if fault == "kill-worker":
+            time.sleep(35)  # the killed worker's job counts as stalled after 30 s of silence
+        if not triton.running():
+            triton.start()
+        # The fault is over: the next scheduled run. Claims a killed worker held run out after
+        # their lease; the clean run waits for nothing, so expire them as time would.
+        store = open_store(database_url)
+        try:
+            with store.session() as session:
+                session.execute(
+                    text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'")
+                )
+                session.execute(text("DELETE FROM lease"))
+                session.execute(text("UPDATE encounter_work SET retry_at = NULL"))
+            clean = _start(_command(config, "worker", "--once"))
+            clean.communicate(timeout=1800)
+            with store.session() as session:
+                done = session.scalar(select(func.count()).where(EncounterRow.step == "done"))
+            ehr = ehr_side(server, clinic, store)
+            notes = note_provenance_counts(server, clinic)
+        finally:
+            store.close()
+        sessions = len(clinic.encounters)
+        return {
+            "workers": workers,
+            "fault": fault,
+            "seed": seed,
+            "lost": sessions - int(done or 0),
+            "duplicated": sum(len(v) for v in ehr.duplicates().values()),
+            "notes": len(notes),
+            "notes_without_one_provenance": sum(1 for n in notes.values() if n != 1),
+            "notes_expected": ehr.count(SID_NOTE),
+            "clean_exit": clean.returncode,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
+        root = Path(tmp)
+        with _triton(root / "triton") as triton:
+            for workers in [int(w) for w in args.workers.split(",")]:
+                for fault in args.faults.split(","):
+                    for seed in range(args.rounds):
+                        cell = one_cell(workers, fault, seed, root, triton)
+                        cells.append(cell)
+                        print(json.dumps(cell), flush=True)
+    table: dict[tuple[int, str], dict[str, int]] = {}
+    for cell in cells:
+        row = table.setdefault((cell["workers"], cell["fault"]), {
+            "rounds": 0, "lost": 0, "duplicated": 0, "bad_provenance": 0})  # fmt: skip
+        row["rounds"] += 1
+        row["lost"] += cell["lost"]
+        row["duplicated"] += cell["duplicated"]
+        row["bad_provenance"] += cell["notes_without_one_provenance"]
+    print("| workers | fault | rounds | lost sessions | duplicated writes "
+          "| notes without one Provenance |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for (workers, fault), row in sorted(table.items()):
+        print(f"| {workers} | {fault} | {row['rounds']} | {row['lost']} | {row['duplicated']} "
+              f"| {row['bad_provenance']} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(cells, indent=2))
+
+
+if __name__ == "__main__":
+    main()
