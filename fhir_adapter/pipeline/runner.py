@@ -228,7 +228,8 @@ async def write_back(runtime: Runtime, connection: str, summary: RunSummary) -> 
     if conn is None:
         return
     clients = await runtime.clients(conn)
-    result = await flush(runtime.store, connection, clients.targets())
+    with timed(STEP_SECONDS, step="write"):
+        result = await flush(runtime.store, connection, clients.targets())
     summary.writes_done += result.done
     summary.writes_retrying += result.retrying
     summary.writes_failed += result.failed

@@ -13,6 +13,7 @@ failed: kept, with the error, for an operator to fix and requeue. Nothing is dro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,51 +137,86 @@ async def _attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> 
     return _Outcome("done", stored=stored or {})
 
 
-async def flush(store: Store, connection: str, clients: Mapping[str, FhirClient]) -> FlushSummary:
+# Writes in flight at once per flush. The EHR client pools at most `max_connections` (10 by
+# default) and retries 429s itself; a handful keeps a busy EHR's queue short while most of a
+# write's time is spent waiting on the network (measured: bench/README.md, pipeline load).
+WRITE_CONCURRENCY = 4
+# Writes go out in waves, each wave's writes concurrently: what others point at first
+# (the model's Device and card, the CarePlan, the note), then the Tasks (they point at the
+# CarePlan), then every Provenance (it points at all of them, and the note's at the note's
+# server id).
+WAVES: tuple[frozenset[str], ...] = (frozenset({"Task"}), frozenset({"Provenance"}))
+
+
+def _wave(resource_type: str) -> int:
+    for number, types in enumerate(WAVES, start=1):
+        if resource_type in types:
+            return number
+    return 0
+
+
+async def flush(
+    store: Store,
+    connection: str,
+    clients: Mapping[str, FhirClient],
+    concurrency: int = WRITE_CONCURRENCY,
+) -> FlushSummary:
     """Send every due write of `connection` that no other process has claimed.
 
     Each write is claimed in one short transaction (`outbox.claim`: the row is leased to this
     process), sent with no transaction open (retries can take minutes), and its outcome
-    recorded in another. Rows another process holds are left to it.
+    recorded in another. Rows another process holds are left to it. Up to `concurrency` writes
+    are in flight at once, wave by wave (`WAVES`).
     """
     summary = FlushSummary()
     with store.session() as session:
-        due_ids = [row.id for row in outbox.due(session, connection, limit=10_000)]
-    for row_id in due_ids:
-        with store.session() as session:
-            row = outbox.claim(session, row_id)
-            if row is None:
-                continue
-            client = clients.get(row.target)
-            if client is None:
-                outbox.mark_failed(session, row, f"no client configured for target {row.target}")
-                summary.failed += 1
-                continue
-            try:
-                note_ref = (
-                    _note_reference(session, row)
-                    if row.identifier_system == NOTE_PROVENANCE
-                    else None
-                )
-            except NotYet:
-                outbox.release(session, row)
-                continue
-        # `row` stays readable detached (the store's sessions do not expire on commit).
-        outcome = await _attempt(client, row, note_ref)
-        WRITES.labels(outcome=outcome.kind).inc()
-        with store.session() as session:
-            current = session.get(OutboxRow, row_id)
-            if current is None:
-                continue
-            if outcome.kind == "done":
-                stored = outcome.stored
-                server_id = str(stored["id"]) if stored.get("id") else None
-                if outbox.mark_sent(session, current, row.payload, server_id, _version(stored)):
-                    summary.done += 1
-            elif outcome.kind == "retry":
-                outbox.mark_retry(session, current, outcome.error, outcome.delay)
-                summary.retrying += 1
-            else:
-                outbox.mark_failed(session, current, outcome.error)
-                summary.failed += 1
+        due = [(row.id, row.resource_type) for row in outbox.due(session, connection, limit=10_000)]
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(row_id: int) -> None:
+        async with slots:
+            await _send(store, row_id, clients, summary)
+
+    for wave in range(len(WAVES) + 1):
+        await asyncio.gather(*(one(i) for i, rtype in due if _wave(rtype) == wave))
     return summary
+
+
+async def _send(
+    store: Store, row_id: int, clients: Mapping[str, FhirClient], summary: FlushSummary
+) -> None:
+    """Claim, send and record one write."""
+    with store.session() as session:
+        row = outbox.claim(session, row_id)
+        if row is None:
+            return
+        client = clients.get(row.target)
+        if client is None:
+            outbox.mark_failed(session, row, f"no client configured for target {row.target}")
+            summary.failed += 1
+            return
+        try:
+            note_ref = (
+                _note_reference(session, row) if row.identifier_system == NOTE_PROVENANCE else None
+            )
+        except NotYet:
+            outbox.release(session, row)
+            return
+    # `row` stays readable detached (the store's sessions do not expire on commit).
+    outcome = await _attempt(client, row, note_ref)
+    WRITES.labels(outcome=outcome.kind).inc()
+    with store.session() as session:
+        current = session.get(OutboxRow, row_id)
+        if current is None:
+            return
+        if outcome.kind == "done":
+            stored = outcome.stored
+            server_id = str(stored["id"]) if stored.get("id") else None
+            if outbox.mark_sent(session, current, row.payload, server_id, _version(stored)):
+                summary.done += 1
+        elif outcome.kind == "retry":
+            outbox.mark_retry(session, current, outcome.error, outcome.delay)
+            summary.retrying += 1
+        else:
+            outbox.mark_failed(session, current, outcome.error)
+            summary.failed += 1
