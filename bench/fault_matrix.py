@@ -100,25 +100,29 @@ def one_cell(
 ) -> dict[str, Any]:
     rng = random.Random(seed)  # noqa: S311 - fault timing, not cryptography
     with ExitStack() as stack:
-        server = stack.enter_context(start_sekmet(root / f"sekmet-{seed}"))
+        cell = f"{workers}-{fault}-{seed}"
+        server = stack.enter_context(start_sekmet(root / f"sekmet-{cell}"))
         proxy = stack.enter_context(faults.fault_proxy(server.root_url, server.base_url))
         clinic = seed_clinic(server, in_progress=False)
         database_url = stack.enter_context(contextmanager(postgres_database)())
         conn = connection(server, clinic, care_plan_store="ehr", base_url=proxy.base_url)
         settings = settings_for(root, [conn], database_url=database_url, triton=triton)
-        config = config_toml(root / f"cell-{seed}.toml", settings, conn)
+        config = config_toml(root / f"cell-{cell}.toml", settings, conn)
         config.write_text(config.read_text() + QUEUE)
         _plan(proxy, fault, rng)
         running = [_start(_command(config, "worker", "--once")) for _ in range(workers)]
         if fault == "overlap":
             running += [_start(_command(config, "run", "--once")) for _ in range(2)]
+        hit = fault in ("none", "overlap", "ehr-errors", "ehr-network")
         if fault == "kill-worker":
-            time.sleep(rng.uniform(2.0, 12.0))
+            time.sleep(rng.uniform(2.0, 8.0))
             victim = running[rng.randrange(workers)]
             if victim.poll() is None:
                 os.kill(victim.pid, signal.SIGKILL)
+                hit = True
         if fault == "model-down":
-            time.sleep(rng.uniform(3.0, 10.0))
+            time.sleep(rng.uniform(2.0, 6.0))
+            hit = any(p.poll() is None for p in running)
             triton.kill()
         for proc in running:
             proc.communicate(timeout=1800)
@@ -149,6 +153,7 @@ def one_cell(
             "workers": workers,
             "fault": fault,
             "seed": seed,
+            "fault_hit_a_running_worker": hit,
             "lost": sessions - int(done or 0),
             "duplicated": sum(len(v) for v in ehr.duplicates().values()),
             "notes": len(notes),

@@ -130,7 +130,7 @@ def main() -> None:
                 repo, http_port=http, grpc_port=free_port(), metrics_port=free_port(),
                 log_file=root / "triton.log",
             )  # fmt: skip
-            stack.enter_context(server.start())
+            stack.enter_context(server)
             triton_url = f"127.0.0.1:{http}"
         for workers in [int(w) for w in args.workers.split(",")]:
             result = one_run(workers, args.clinics, args.model, triton_url, root)

@@ -18,6 +18,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from joserfc.jwt import JWTClaimsRegistry
 
 from fhir_adapter.api.outcome import ApiError
+from fhir_adapter.smart_scopes import parse_scope
 
 ALGORITHMS = ["RS384", "ES384"]
 # Clock skew tolerated between the token issuer and us.
@@ -61,22 +62,17 @@ class TokenVerifier:
             )
 
 
-_V1 = {"read": {"read", "*"}, "write": {"write", "*"}}
-_V2 = {"read": set("rs"), "write": set("cu")}
+# What an API action needs: any one of these letters (SMART v2; v1 read/write map onto them).
+_ACTION_LETTERS = {"read": "rs", "write": "cu"}
 
 
 def scope_allows(scope: str, resource_type: str, action: str) -> bool:
-    context, _, rest = scope.partition("/")
-    if context != "system" or "." not in rest:
-        return False
-    rtype, _, permission = rest.partition(".")
-    permission = permission.split("?", 1)[0]  # v2 scopes may carry search constraints
-    if rtype not in ("*", resource_type):
-        return False
-    if permission in _V1[action]:
-        return True
+    """Whether one `system/` scope grants `action` ("read" or "write") on `resource_type`."""
+    parsed = parse_scope(scope)
     return (
-        bool(permission) and set(permission) <= set("cruds") and bool(set(permission) & _V2[action])
+        parsed is not None
+        and parsed.context == "system"
+        and parsed.covers(resource_type, _ACTION_LETTERS[action])
     )
 
 

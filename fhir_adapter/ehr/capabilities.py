@@ -13,7 +13,6 @@ fetches the statements and raises.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fhir_adapter.ehr.errors import CapabilityError
 from fhir_adapter.ehr.vendors import INTERACTIONS, vendor_profile
 from fhir_adapter.settings import EhrConnection, FhirEndpoint, FhirStore
+from fhir_adapter.smart_scopes import parse_scopes
 
 if TYPE_CHECKING:
     from fhir_adapter.ehr.client import FhirClient
@@ -51,8 +51,6 @@ CARE_PLAN_NEEDS: tuple[tuple[str, str], ...] = (
 _LETTER = {"create": "c", "read": "r", "vread": "r", "history-instance": "r",
            "history-type": "r", "update": "u", "patch": "u", "delete": "d",
            "search-type": "s"}  # fmt: skip
-_V1 = {"read": "rs", "write": "cud", "*": "cruds"}
-_SCOPE = re.compile(r"^(system|user|patient)/([A-Za-z*]+)\.([a-z*]+)(\?.*)?$")
 
 
 @dataclass(frozen=True)
@@ -123,17 +121,10 @@ def target_needs(conn: EhrConnection) -> tuple[list[Need], list[Need]]:
 def scope_grants(scopes: Iterable[str], resource_type: str, interaction: str) -> bool | None:
     """Whether SMART scopes (v1 or v2) grant the interaction; None if none are SMART scopes."""
     letter = _LETTER.get(interaction)
-    smart = False
-    for scope in scopes:
-        match = _SCOPE.match(scope)
-        if not match:
-            continue
-        smart = True
-        _, scope_type, permission = match.group(1), match.group(2), match.group(3)
-        granted = _V1.get(permission, permission)
-        if scope_type in ("*", resource_type) and letter is not None and letter in granted:
-            return True
-    return False if smart else None
+    parsed = parse_scopes(scopes)
+    if not parsed:
+        return None
+    return letter is not None and any(s.covers(resource_type, letter) for s in parsed)
 
 
 def _endpoint_problems(
