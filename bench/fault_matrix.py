@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psycopg
 from sqlalchemy import func, select, text
 
 from fhir_adapter.store import open_store
@@ -84,6 +85,23 @@ def _start(command: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603 - our own CLI
 
 
+def _wait_for_a_running_job(database_url: str, running: list[subprocess.Popen[str]]) -> None:
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+    deadline = time.monotonic() + 120
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while time.monotonic() < deadline and any(p.poll() is None for p in running):
+            try:
+                found = conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing' "
+                    "AND task_name = 'pipeline:process_patient'"
+                ).fetchone()
+            except psycopg.errors.UndefinedTable:
+                found = None
+            if found and found[0]:
+                return
+            time.sleep(0.02)
+
+
 @contextmanager
 def _triton(root: Path) -> Iterator[TritonHandle]:
     repo = build_repository(root / "repository", precision="int8")
@@ -114,14 +132,17 @@ def one_cell(
         if fault == "overlap":
             running += [_start(_command(config, "run", "--once")) for _ in range(2)]
         hit = fault in ("none", "overlap", "ehr-errors", "ehr-network")
+        if fault in ("kill-worker", "model-down"):
+            # Strike while sessions are being processed: once a patient's job runs, after a
+            # random part of a second more.
+            _wait_for_a_running_job(database_url, running)
+            time.sleep(rng.uniform(0.0, 1.0))
         if fault == "kill-worker":
-            time.sleep(rng.uniform(2.0, 8.0))
             victim = running[rng.randrange(workers)]
             if victim.poll() is None:
                 os.kill(victim.pid, signal.SIGKILL)
                 hit = True
         if fault == "model-down":
-            time.sleep(rng.uniform(2.0, 6.0))
             hit = any(p.poll() is None for p in running)
             triton.kill()
         for proc in running:
@@ -141,7 +162,7 @@ def one_cell(
                 session.execute(text("DELETE FROM lease"))
                 session.execute(text("UPDATE encounter_work SET retry_at = NULL"))
             clean = _start(_command(config, "worker", "--once"))
-            clean.communicate(timeout=1800)
+            _, clean_err = clean.communicate(timeout=1800)
             with store.session() as session:
                 done = session.scalar(select(func.count()).where(EncounterRow.step == "done"))
             ehr = ehr_side(server, clinic, store)
@@ -160,6 +181,7 @@ def one_cell(
             "notes_without_one_provenance": sum(1 for n in notes.values() if n != 1),
             "notes_expected": ehr.count(SID_NOTE),
             "clean_exit": clean.returncode,
+            **({"clean_stderr": clean_err[-1500:]} if clean.returncode else {}),
         }
 
 

@@ -32,7 +32,8 @@ import logging
 
 import psycopg
 from procrastinate import App, Blueprint, JobContext, PsycopgConnector, RetryStrategy
-from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.exceptions import AlreadyEnqueued, UniqueViolation
+from procrastinate.jobs import Status
 from sqlalchemy.engine import make_url
 
 from fhir_adapter.pipeline import fetch
@@ -169,7 +170,15 @@ async def retry_stalled_jobs(app: App) -> int:
     back to `todo`, so their patient's lock is free again. Returns how many."""
     stalled = list(await app.job_manager.get_stalled_jobs())
     for job in stalled:
-        await app.job_manager.retry_job(job)
+        try:
+            await app.job_manager.retry_job(job)
+        except UniqueViolation:
+            # A newer job with the same queueing lock already waits (its patient was queued
+            # again meanwhile) and will do this job's work: close this one, so that its lock
+            # no longer blocks that one.
+            assert job.id is not None
+            await app.job_manager.finish_job_by_id_async(job.id, Status.ABORTED, False)
+            log.warning("job %s of a stopped worker is superseded by a newer one", job.id)
     if stalled:
         log.warning("requeued %d jobs of workers that stopped", len(stalled))
     return len(stalled)

@@ -171,11 +171,18 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"seconds {step}  {seconds:.2f} ({count})")
             return failed
 
+        from procrastinate.exceptions import ProcrastinateException
+        from psycopg import OperationalError
+
         try:
             failed = asyncio.run(work())
         except KeyboardInterrupt:
             typer.echo("stopped")
             failed = 0
+        except (ProcrastinateException, OperationalError) as exc:
+            # The queue's database went away or refused a change; the jobs stay where they
+            # are and the next worker (or this one, restarted) picks them up.
+            fail(f"task queue: {type(exc).__name__}; restart the worker (jobs are kept)", 1)
         if failed:
             typer.echo(f"error: {failed} jobs failed for good (procrastinate_jobs)", err=True)
             raise typer.Exit(1)
