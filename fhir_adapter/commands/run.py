@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -81,7 +82,11 @@ def register(app: typer.Typer) -> None:
 
         async def passes() -> bool:
             # One event loop for the whole command: the runtime's clients (httpx, aiohttp,
-            # gRPC) belong to the loop they were opened on.
+            # gRPC) belong to the loop they were opened on. SIGTERM (Kubernetes, systemd)
+            # stops it like Ctrl-C: the pass is cancelled, its state is in the store.
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
             failed = False
             async with open_runtime_or_exit(settings) as runtime:
                 while True:
@@ -102,7 +107,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             failed = asyncio.run(passes())
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             typer.echo("stopped")
             failed = False
         if failed:

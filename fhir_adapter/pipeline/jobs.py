@@ -8,6 +8,7 @@ time (`runner`), outbox rows claimed one writer at a time (`writeback`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -71,8 +72,12 @@ async def _process(
         kwargs = {"progress": progress} if progress else {}
         await process_waiting(runtime, name, summary, **kwargs)
     finally:
-        # Whatever was drafted before a failure is still written back.
-        await write_back(runtime, name, summary)
+        # Whatever was drafted before a failure is still written back; when the process is
+        # being stopped (Ctrl-C, SIGTERM: the task is cancelled) the outbox keeps it for the
+        # next run instead, so that stopping never waits on the EHR.
+        task = asyncio.current_task()
+        if task is None or not task.cancelling():
+            await write_back(runtime, name, summary)
 
 
 async def stage_resources(

@@ -186,6 +186,19 @@ def test_run_polls_pass_after_pass_until_interrupted(
         _wait_for_done(settings.database_url, 4, process, log_path)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0, log_path.read_text()
+        # SIGTERM (what Kubernetes sends) stops it the same way, once it runs its passes.
+        passes = log_path.read_text().count("encounters new")
+        process = subprocess.Popen(
+            [str(executable), "run", "--interval", "1", "--config", str(config)],
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while log_path.read_text().count("encounters new") == passes:
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text()
     finally:
         if process.poll() is None:
             process.kill()
