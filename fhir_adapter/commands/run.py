@@ -86,7 +86,10 @@ def register(app: typer.Typer) -> None:
             # stops it like Ctrl-C: the pass is cancelled, its state is in the store.
             task = asyncio.current_task()
             assert task is not None
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+            # Handled here, not left to asyncio.run: a process started in the background
+            # inherits SIGINT ignored, and `run` must still stop on it.
+            for stop in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(stop, task.cancel)
             failed = False
             async with open_runtime_or_exit(settings) as runtime:
                 while True:

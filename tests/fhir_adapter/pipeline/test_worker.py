@@ -57,6 +57,16 @@ def _jobs(database_url: str) -> dict[tuple[str, str], int]:
     return {(name, status): n for name, status, n in rows}
 
 
+def _patient_leases(database_url: str) -> int:
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as conn:
+        try:
+            row = conn.execute("SELECT count(*) FROM lease WHERE name LIKE 'patient:%'").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+    return int(row[0]) if row else 0
+
+
 def test_two_workers_process_every_session_once_and_write_everything_once(
     sekmet_server: SekmetServer, pipeline_triton: TritonHandle, tmp_path: Path
 ) -> None:
@@ -153,7 +163,10 @@ def test_a_worker_killed_mid_job_is_taken_over_and_nothing_is_written_twice(
         )
         try:
             deadline = time.monotonic() + 120
-            while not _jobs(database_url).get(("pipeline:process_patient", "doing")):
+            while not (
+                _jobs(database_url).get(("pipeline:process_patient", "doing"))
+                and _patient_leases(database_url)
+            ):
                 assert victim.poll() is None, victim.communicate()[1][-2000:]
                 assert time.monotonic() < deadline, "no job started"
                 time.sleep(0.05)
