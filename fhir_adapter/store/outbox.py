@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fhir_adapter.store.models import OutboxRow
@@ -77,7 +78,7 @@ def enqueue(
     )
     now = _now()
     if row is None:
-        row = OutboxRow(
+        fresh = OutboxRow(
             connection=connection,
             target=target,
             resource_type=resource_type,
@@ -90,8 +91,26 @@ def enqueue(
             created_at=now,
             updated_at=now,
         )
-        session.add(row)
-    elif row.payload != payload:
+        try:
+            # Processes drafting different patients both queue the model's Device and card:
+            # one insert wins, the other finds its row and carries on as a re-enqueue.
+            with session.begin_nested():
+                session.add(fresh)
+                session.flush()
+            return fresh
+        except IntegrityError:
+            row = session.scalar(
+                select(OutboxRow).where(
+                    OutboxRow.connection == connection,
+                    OutboxRow.target == target,
+                    OutboxRow.resource_type == resource_type,
+                    OutboxRow.identifier_system == system,
+                    OutboxRow.identifier_value == value,
+                )
+            )
+            if row is None:
+                raise
+    if row.payload != payload:
         # A pending row keeps its time: it may be claimed and in flight in another process
         # (that writer sees the payload changed and leaves the row pending; see `mark_sent`).
         waiting = row.status == OutboxStatus.PENDING and row.next_attempt_at > now

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fhir_adapter.store.models import IdentifierRow, ResourceRow, ResourceVersionRow
@@ -57,16 +58,51 @@ def put(session: Session, body: dict[str, Any], now: datetime | None = None) -> 
     rid = rid or str(uuid.uuid4())
     row = session.get(ResourceRow, (resource_type, rid))
     candidate = {**body, "id": rid}
-    if row is not None and _content(row.body) == _content(candidate):
-        return row.body
-    version = 1 if row is None else row.version_id + 1
-    stored = _with_meta(candidate, version, now)
     if row is None:
-        row = ResourceRow(resource_type=resource_type, id=rid)
-        session.add(row)
+        row = _insert_first_version(session, resource_type, rid, candidate, now)
+        if row is None:  # created just now by this call
+            row = session.get(ResourceRow, (resource_type, rid))
+            assert row is not None
+            stored = row.body
+            _index(session, row, columns, stored, resource_type, rid)
+            return stored
+    if _content(row.body) == _content(candidate):
+        return row.body
+    version = row.version_id + 1
+    stored = _with_meta(candidate, version, now)
     row.version_id = version
     row.last_updated = now
     row.body = stored
+    _index(session, row, columns, stored, resource_type, rid)
+    return stored
+
+
+def _insert_first_version(
+    session: Session, resource_type: str, rid: str, candidate: dict[str, Any], now: datetime
+) -> ResourceRow | None:
+    """Insert version 1; None when this call inserted it, else the row another transaction
+    inserted first (processes drafting different patients both write the model's Device and
+    card: one insert wins, the other becomes a no-op or an update)."""
+    stored = _with_meta(candidate, 1, now)
+    try:
+        with session.begin_nested():
+            first = ResourceRow(resource_type=resource_type, id=rid)
+            first.version_id, first.last_updated, first.body = 1, now, stored
+            session.add(first)
+            session.flush()
+    except IntegrityError:
+        found = session.get(ResourceRow, (resource_type, rid), populate_existing=True)
+        if found is None:
+            raise
+        return found
+    return None
+
+
+def _index(
+    session: Session, row: ResourceRow, columns: Any, stored: dict[str, Any],
+    resource_type: str, rid: str,
+) -> None:  # fmt: skip
+    """The search columns, the version history row and the identifiers of what was stored."""
     row.patient = columns.patient
     row.encounter = columns.encounter
     row.status = columns.status
@@ -77,9 +113,10 @@ def put(session: Session, body: dict[str, Any], now: datetime | None = None) -> 
     session.flush()
     session.add(
         ResourceVersionRow(
-            resource_type=resource_type, id=rid, version_id=version, last_updated=now, body=stored
+            resource_type=resource_type, id=rid, version_id=row.version_id,
+            last_updated=row.last_updated, body=stored,
         )
-    )
+    )  # fmt: skip
     session.execute(
         delete(IdentifierRow).where(
             IdentifierRow.resource_type == resource_type, IdentifierRow.id == rid
@@ -90,7 +127,6 @@ def put(session: Session, body: dict[str, Any], now: datetime | None = None) -> 
             IdentifierRow(resource_type=resource_type, system=system, value=value, id=rid)
         )
     session.flush()
-    return stored
 
 
 def get(session: Session, resource_type: str, rid: str) -> dict[str, Any] | None:

