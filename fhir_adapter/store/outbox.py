@@ -58,6 +58,20 @@ def outbox_key(resource: dict[str, Any]) -> tuple[str, str]:
     return ID_SYSTEM, f"{resource['resourceType']}/{resource['id']}"
 
 
+def _by_key(
+    session: Session, connection: str, target: str, resource_type: str, system: str, value: str
+) -> OutboxRow | None:
+    return session.scalar(
+        select(OutboxRow).where(
+            OutboxRow.connection == connection,
+            OutboxRow.target == target,
+            OutboxRow.resource_type == resource_type,
+            OutboxRow.identifier_system == system,
+            OutboxRow.identifier_value == value,
+        )
+    )
+
+
 def enqueue(
     session: Session,
     connection: str,
@@ -67,15 +81,8 @@ def enqueue(
 ) -> OutboxRow:
     system, value = identifier
     resource_type = payload["resourceType"]
-    row = session.scalar(
-        select(OutboxRow).where(
-            OutboxRow.connection == connection,
-            OutboxRow.target == target,
-            OutboxRow.resource_type == resource_type,
-            OutboxRow.identifier_system == system,
-            OutboxRow.identifier_value == value,
-        )
-    )
+    key = (connection, target, resource_type, system, value)
+    row = _by_key(session, *key)
     now = _now()
     if row is None:
         fresh = OutboxRow(
@@ -99,15 +106,7 @@ def enqueue(
                 session.flush()
             return fresh
         except IntegrityError:
-            row = session.scalar(
-                select(OutboxRow).where(
-                    OutboxRow.connection == connection,
-                    OutboxRow.target == target,
-                    OutboxRow.resource_type == resource_type,
-                    OutboxRow.identifier_system == system,
-                    OutboxRow.identifier_value == value,
-                )
-            )
+            row = _by_key(session, *key)
             if row is None:
                 raise
     if row.payload != payload:
