@@ -7,6 +7,7 @@ answer to a quality team's question).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
@@ -14,6 +15,7 @@ from urllib.parse import urlencode
 from fhir_adapter.api.outcome import ApiError
 from fhir_adapter.store.resources import DateBound, Query
 from fhir_adapter.store.search_index import SEARCHABLE_TYPES, parse_datetime
+from mapping.fhir.references import RESOURCE_TYPE, is_fhir_id
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
@@ -68,27 +70,63 @@ PARAMETERS: dict[str, dict[str, str]] = {
 assert set(PARAMETERS) == set(SEARCHABLE_TYPES)
 
 _PREFIXES = ("eq", "lt", "le", "gt", "ge")
+# FHIR search date values: a date, or a dateTime with seconds or minutes, and a zone.
+_DATE = re.compile(
+    r"[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?"
+    r"(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))?)?)?)?"
+)
+# Parameters whose repeats already AND (a range: ge2026-01-01&lt2026-02-01).
+_DATES = ("date", "last_updated")
+# The longest token or reference the store can hold (its search columns' width).
+MAX_VALUE = 256
 
 
-def _reference(value: str, default_type: str) -> str:
-    return value if "/" in value else f"{default_type}/{value}"
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid", message)
 
 
-def _token(value: str) -> tuple[str | None, str]:
+def _value(param: str, value: str) -> str:
+    if not value:
+        raise _invalid(f"{param} has an empty value")
+    if len(value) > MAX_VALUE:
+        raise _invalid(f"{param} is longer than {MAX_VALUE} characters")
+    return value
+
+
+def _reference(param: str, value: str, default_type: str) -> str:
+    """`id` or `Type/id` (FHIR's grammar for both), as the store indexes references."""
+    rtype, _, rid = value.rpartition("/") if "/" in value else (default_type, "", value)
+    if not (RESOURCE_TYPE.fullmatch(rtype) and is_fhir_id(rid)):
+        raise _invalid(f"{param} must be a FHIR reference: {default_type}/ID or ID, where ID "
+                       "is 1-64 letters, digits, '-' or '.'")  # fmt: skip
+    return f"{rtype}/{rid}"
+
+
+def _id(param: str, value: str) -> str:
+    if not is_fhir_id(value):
+        raise _invalid(f"{param}: a FHIR id is 1-64 letters, digits, '-' or '.'")
+    return value
+
+
+def _token(param: str, value: str) -> tuple[str | None, str]:
     if "|" in value:
         system, code = value.split("|", 1)
-        return (system or None), code
-    return None, value
+        return (_value(param, system) if system else None), _value(param, code)
+    return None, _value(param, value)
 
 
 def _date(param: str, value: str) -> DateBound:
     op = value[:2] if value[:2] in _PREFIXES else "eq"
     raw = value[2:] if value[:2] in _PREFIXES else value
     try:
+        if not _DATE.fullmatch(raw):
+            raise ValueError(raw)
         return DateBound(op, parse_datetime(raw))
     except ValueError as exc:
-        raise ApiError(
-            400, "invalid", f"{param}={value!r} is not a FHIR date (e.g. ge2026-03-01)"
+        raise _invalid(
+            f"{param} is not a FHIR date: [eq|lt|le|gt|ge]YYYY[-MM[-DD[Thh:mm[:ss][zone]]]] "
+            "(e.g. ge2026-03-01)"
         ) from exc
 
 
@@ -96,22 +134,31 @@ def _integer(param: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError as exc:
-        raise ApiError(400, "invalid", f"{param} must be an integer, got {value!r}") from exc
+        raise _invalid(f"{param} must be an integer") from exc
     if not low <= number <= high:
-        raise ApiError(400, "invalid", f"{param} must be between {low} and {high}")
+        raise _invalid(f"{param} must be between {low} and {high}")
     return number
 
 
-def parse_query(resource_type: str, params: Iterable[tuple[str, str]]) -> Query:
-    """Parse a FHIR search over `resource_type` into a store query."""
+def _supported(resource_type: str) -> dict[str, str]:
     if resource_type not in PARAMETERS:
         raise ApiError(
             404,
             "not-supported",
-            f"this server holds no {resource_type}; it serves {', '.join(PARAMETERS)}",
+            f"this server holds no such resource type; it serves {', '.join(PARAMETERS)}",
         )
-    known = {**_COMMON, **PARAMETERS[resource_type]}
+    return {**_COMMON, **PARAMETERS[resource_type]}
+
+
+def parse_query(resource_type: str, params: Iterable[tuple[str, str]]) -> Query:
+    """Parse a FHIR search over `resource_type` into a store query.
+
+    Values of one parameter separated by commas are alternatives (OR); a parameter given
+    twice must hold both times (AND), as FHIR search defines.
+    """
+    known = _supported(resource_type)
     query = Query(resource_type, count=DEFAULT_COUNT)
+    seen: set[str] = set()
     for name, value in params:
         if name == "_count":
             query.count = _integer(name, value, 0, MAX_COUNT)
@@ -126,29 +173,38 @@ def parse_query(resource_type: str, params: Iterable[tuple[str, str]]) -> Query:
             raise ApiError(
                 400,
                 "not-supported",
-                f"unsupported search parameter {name!r} for {resource_type}; supported: "
+                f"unsupported search parameter {name[:64]!r} for {resource_type}; supported: "
                 + ", ".join(sorted([*known, "_count", "_offset"])),
             )
-        values = value.split(",")
-        if field == "id":
-            query.ids = [*query.ids, *values]
-        elif field == "patient":
-            query.patient = _reference(value, "Patient")
-        elif field == "encounter":
-            query.encounter = _reference(value, "Encounter")
-        elif field == "status":
-            query.status = [*query.status, *values]
-        elif field == "business_status":
-            query.business_status = [*query.business_status, *(_token(v)[1] for v in values)]
-        elif field == "code":
-            query.code = [*query.code, *(_token(v) for v in values)]
-        elif field == "identifier":
-            query.identifier = _token(value)
-        elif field == "date":
-            query.date = [*query.date, _date(name, value)]
-        elif field == "last_updated":
-            query.last_updated = [*query.last_updated, _date(name, value)]
+        # A repeat gets its own condition, ANDed with the first (dates are ANDed already).
+        target = query if field not in seen or field in _DATES else Query(resource_type)
+        if target is not query:
+            query.also.append(target)
+        seen.add(field)
+        _apply(target, name, field, value)
     return query
+
+
+def _apply(query: Query, name: str, field: str, value: str) -> None:
+    values = value.split(",")
+    if field == "id":
+        query.ids = [_id(name, v) for v in values]
+    elif field == "patient":
+        query.patient = _reference(name, value, "Patient")
+    elif field == "encounter":
+        query.encounter = _reference(name, value, "Encounter")
+    elif field == "status":
+        query.status = [_value(name, v) for v in values]
+    elif field == "business_status":
+        query.business_status = [_token(name, v)[1] for v in values]
+    elif field == "code":
+        query.code = [_token(name, v) for v in values]
+    elif field == "identifier":
+        query.identifier = _token(name, value)
+    elif field == "date":
+        query.date = [*query.date, _date(name, value)]
+    elif field == "last_updated":
+        query.last_updated = [*query.last_updated, _date(name, value)]
 
 
 def searchset(

@@ -6,13 +6,14 @@ the service wrote anywhere. Ids are assigned here when a resource has none.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -175,46 +176,45 @@ class Query:
     count: int = 50
     offset: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    # More conditions, each ANDed with this one's (a search parameter given twice: `status=a&
+    # status=b` means both, while `status=a,b` means either).
+    also: list[Query] = field(default_factory=list)
+    # Where the caller may look (SMART v2 scope restrictions): a match must satisfy at least
+    # one of these, when any are given.
+    within: list[Query] = field(default_factory=list)
 
 
-def _date_filter(stmt: Select[Any], column: Any, bounds: Sequence[DateBound]) -> Select[Any]:
-    for bound in bounds:
-        if bound.op == "lt":
-            stmt = stmt.where(column < bound.value)
-        elif bound.op == "le":
-            stmt = stmt.where(column <= bound.value)
-        elif bound.op == "gt":
-            stmt = stmt.where(column > bound.value)
-        elif bound.op == "ge":
-            stmt = stmt.where(column >= bound.value)
-        else:
-            stmt = stmt.where(column == bound.value)
-    return stmt
+_COMPARE = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
+            "eq": operator.eq}  # fmt: skip
 
 
-def search(session: Session, query: Query) -> tuple[list[dict[str, Any]], int]:
-    """Run a search; returns one page of bodies (oldest update first) and the total."""
-    stmt = select(ResourceRow).where(ResourceRow.resource_type == query.resource_type)
+def _date_conditions(column: Any, bounds: Sequence[DateBound]) -> list[ColumnElement[bool]]:
+    return [_COMPARE[bound.op](column, bound.value) for bound in bounds]
+
+
+def _conditions(query: Query) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `query` (its own parameters, `also` and `within`)."""
+    row = ResourceRow
+    where: list[ColumnElement[bool]] = []
     if query.ids:
-        stmt = stmt.where(ResourceRow.id.in_(query.ids))
+        where.append(row.id.in_(query.ids))
     if query.patient:
-        stmt = stmt.where(ResourceRow.patient == query.patient)
+        where.append(row.patient == query.patient)
     if query.encounter:
-        stmt = stmt.where(ResourceRow.encounter == query.encounter)
+        where.append(row.encounter == query.encounter)
     if query.status:
-        stmt = stmt.where(ResourceRow.status.in_(query.status))
+        where.append(row.status.in_(query.status))
     if query.business_status:
-        stmt = stmt.where(ResourceRow.business_status.in_(query.business_status))
+        where.append(row.business_status.in_(query.business_status))
     if query.code:
-        systems = [(s, c) for s, c in query.code]
-        clauses = [
-            (ResourceRow.code == c) & (ResourceRow.code_system == s) if s else ResourceRow.code == c
-            for s, c in systems
-        ]
-        condition = clauses[0]
-        for clause in clauses[1:]:
-            condition = condition | clause
-        stmt = stmt.where(condition)
+        where.append(
+            or_(
+                *(
+                    and_(row.code == c, row.code_system == s) if s else row.code == c
+                    for s, c in query.code
+                )
+            )
+        )
     if query.identifier:
         system, value = query.identifier
         ids = select(IdentifierRow.id).where(
@@ -222,9 +222,21 @@ def search(session: Session, query: Query) -> tuple[list[dict[str, Any]], int]:
         )
         if system:
             ids = ids.where(IdentifierRow.system == system)
-        stmt = stmt.where(ResourceRow.id.in_(ids))
-    stmt = _date_filter(stmt, ResourceRow.date, query.date)
-    stmt = _date_filter(stmt, ResourceRow.last_updated, query.last_updated)
+        where.append(row.id.in_(ids))
+    where += _date_conditions(row.date, query.date)
+    where += _date_conditions(row.last_updated, query.last_updated)
+    for more in query.also:
+        where += _conditions(more)
+    if query.within:
+        where.append(or_(*(and_(true(), *_conditions(scope)) for scope in query.within)))
+    return where
+
+
+def search(session: Session, query: Query) -> tuple[list[dict[str, Any]], int]:
+    """Run a search; returns one page of bodies (oldest update first) and the total."""
+    stmt = select(ResourceRow).where(
+        ResourceRow.resource_type == query.resource_type, *_conditions(query)
+    )
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     rows = session.scalars(
         stmt.order_by(ResourceRow.last_updated, ResourceRow.id)

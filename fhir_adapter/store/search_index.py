@@ -100,14 +100,24 @@ def _first_coding(value: Any) -> tuple[str | None, str | None]:
 
 
 def parse_datetime(value: str) -> datetime:
-    """Parse a FHIR date/dateTime/instant; a bare date or naive time is taken as UTC."""
+    """Parse a FHIR date/dateTime/instant into UTC; a bare date or naive time is taken as UTC.
+
+    A time within hours of the calendar's edge (9999-12-31T23:00-05:00) is clamped to the
+    edge instead of overflowing.
+    """
     text = value.replace("Z", "+00:00")
     if len(text) == 4:
         text += "-01-01"
     elif len(text) == 7:
         text += "-01"
     parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.max if parsed.year == datetime.max.year else datetime.min
+        return edge.replace(tzinfo=UTC)
 
 
 def extract(body: dict[str, Any]) -> SearchColumns:

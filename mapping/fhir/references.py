@@ -3,8 +3,17 @@ objects, and lists of them (the first), as FHIR resources carry them."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
+
+# FHIR's grammar for a logical id (R4 "id" datatype) and a resource type name.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+def is_fhir_id(value: str) -> bool:
+    return FHIR_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
