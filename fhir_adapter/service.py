@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from fhir_adapter.api import ApiDeps, create_app
@@ -23,7 +24,7 @@ from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.security import TokenVerifier, issue_token
 from fhir_adapter.ehr.jwks import jwks_router
 from fhir_adapter.metrics import exposition
-from fhir_adapter.pipeline.jobs import accept_ingest, bundle_resources, ingest_status
+from fhir_adapter.pipeline.jobs import accept_ingest, ingest_status
 from fhir_adapter.runtime import Runtime, open_runtime
 from fhir_adapter.settings import Settings, SettingsError
 from fhir_adapter.store import Store
@@ -55,11 +56,16 @@ def dev_token(settings: Settings, scopes: str = "system/*.read", lifetime_s: int
 
 
 def _import_pem(path: Path) -> RSAKey | ECKey:
+    """An RSA or EC public key from a PEM file; SettingsError for anything else."""
     pem = path.read_bytes()
-    try:
-        return RSAKey.import_key(pem)
-    except ValueError:
-        return ECKey.import_key(pem)
+    for kind in (RSAKey, ECKey):
+        try:
+            return kind.import_key(pem)
+        except (ValueError, JoseError, TypeError):
+            continue
+    raise SettingsError(
+        f"api.auth.public_key_file: {path} holds no RSA or EC (P-384) public key in PEM"
+    )
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
@@ -67,7 +73,8 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     if auth.mode == "dev-embedded":
         key = dev_key(settings)
         public = ECKey.import_key(key.as_dict(private=False))
-        return TokenVerifier(KeySet([public]), DEV_ISSUER, api_audience(settings))
+        return TokenVerifier(KeySet([public]), DEV_ISSUER, api_audience(settings),
+                             max_lifetime_s=auth.max_token_lifetime_s)  # fmt: skip
     if not auth.issuer or not auth.audience:
         raise SettingsError("api.auth: set issuer and audience to verify API bearer tokens")
     keys: list[Any] = []
@@ -81,7 +88,8 @@ def token_verifier(settings: Settings) -> TokenVerifier:
         keys.extend(KeySet.import_key_set(document).keys)
     if not keys:
         raise SettingsError("api.auth: set public_key_file or jwks_url")
-    return TokenVerifier(KeySet(keys), auth.issuer, auth.audience, tuple(auth.algorithms))
+    return TokenVerifier(KeySet(keys), auth.issuer, auth.audience, tuple(auth.algorithms),
+                         auth.max_token_lifetime_s)  # fmt: skip
 
 
 def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
@@ -93,10 +101,10 @@ def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
             raise RuntimeError("model server not ready")
 
     async def ingest(
-        bundle: dict[str, Any], connection: str | None
+        found: list[dict[str, Any]], connection: str | None
     ) -> tuple[str, dict[str, Any]]:
         try:
-            accepted = await accept_ingest(runtime, bundle_resources(bundle), connection)
+            accepted = await accept_ingest(runtime, found, connection)
         except SettingsError as exc:
             raise ApiError(400, "invalid", f"{exc} (POST /ingest?connection=NAME)") from exc
         staged = {**accepted.staged.as_dict(), "encounters": len(accepted.staged.encounters)}
@@ -148,5 +156,9 @@ def build_service(settings: Settings) -> Service:
             finally:
                 service.runtime = None
 
-    service.app = create_app(opened=opened, public_routers=(jwks_router(settings),))
+    service.app = create_app(
+        opened=opened,
+        public_routers=(jwks_router(settings),),
+        max_body_bytes=settings.api.max_body_bytes,
+    )
     return service

@@ -344,6 +344,9 @@ class ModelSettings(_Model):
         return self
 
 
+TokenAlgorithm = Literal["RS384", "ES384", "RS256", "ES256", "RS512", "ES512", "PS384"]
+
+
 class ApiAuthSettings(_Model):
     """How the API checks bearer tokens: JWTs from an identity provider, or dev mode."""
 
@@ -353,7 +356,13 @@ class ApiAuthSettings(_Model):
     audience: str | None = None
     public_key_file: Path | None = None
     jwks_url: HttpUrlStr | None = None
-    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "RS384", "ES256", "ES384"])
+    # SMART's algorithms; an identity provider that signs with another (RS256, say) must be
+    # named here explicitly.
+    algorithms: list[TokenAlgorithm] = Field(
+        default_factory=lambda: list[TokenAlgorithm](["RS384", "ES384"]), min_length=1
+    )
+    # The longest lifetime (exp - iat) of a token the API accepts.
+    max_token_lifetime_s: int = Field(3600, ge=60, le=86400)
 
 
 class QueueSettings(_Model):
@@ -371,12 +380,25 @@ class QueueSettings(_Model):
     concurrency: int = Field(2, ge=1, le=64)
 
 
+class PipelineSettings(_Model):
+    """Bounds on one session's work: a session over either is set aside (step `failed`) with
+    the reason on the encounter, never cut short silently; `work retry` runs it again once the
+    bound is raised."""
+
+    # Characters of transcript text (a 50-minute session is about 50,000).
+    max_transcript_chars: int = Field(400_000, ge=1000)
+    # Micro-dialogues (therapist turns) of one session (a 50-minute session has about 150).
+    max_micro_dialogues: int = Field(3000, ge=10)
+
+
 class ApiSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     # Where this service is reachable from outside (the EHRs fetch our JWK Set from here).
     public_base_url: HttpUrlStr | None = None
     auth: ApiAuthSettings = Field(default_factory=ApiAuthSettings)
+    # Larger request bodies are refused (413) before they are read.
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
 
 class PublishedKey(_Model):
@@ -420,6 +442,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     ehr: Annotated[dict[str, EhrConnection], BeforeValidator(_named_connections)] = Field(
         default_factory=dict
     )

@@ -9,6 +9,7 @@ and the public JWK Set needs a bearer token; errors are answered as FHIR Operati
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,16 +18,21 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fhir_adapter.api.bundle import ingest_resources
 from fhir_adapter.api.capability import capability_statement
+from fhir_adapter.api.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.search import PARAMETERS, parse_query, searchset
-from fhir_adapter.api.security import TokenVerifier
+from fhir_adapter.api.security import Grant, TokenVerifier
 from fhir_adapter.store import Store, resources
+from fhir_adapter.store.resources import Query
+from mapping.fhir.references import is_fhir_id
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +42,9 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text for
 # the API does not import the pipeline).
 FINAL = frozenset({"done", "skipped", "failed"})
 ReadinessCheck = Callable[[], Awaitable[None]]
-# (bundle, connection name or None) -> (job id, OperationOutcome); processing goes on after.
-IngestFn = Callable[[dict[str, Any], str | None], Awaitable[tuple[str, dict[str, Any]]]]
+# (validated resources, connection name or None) -> (job id, OperationOutcome); processing
+# goes on after.
+IngestFn = Callable[[list[dict[str, Any]], str | None], Awaitable[tuple[str, dict[str, Any]]]]
 # job id -> its status ({"complete": bool, ...}), None when unknown
 IngestStatusFn = Callable[[str], dict[str, Any] | None]
 # Module level: FastAPI resolves the (postponed) annotations of routes in this module's globals.
@@ -57,8 +64,62 @@ class ApiDeps:
     model_card: dict[str, Any] | None = None
 
 
+class FhirResponse(JSONResponse):
+    media_type = FHIR_JSON
+
+
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+    return FhirResponse(body, status_code=status)
+
+
+_OUTCOME = {"content": {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}}
+# The errors every authenticated route may answer, declared in the OpenAPI document.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid request (OperationOutcome)", **_OUTCOME},
+    401: {"description": "Missing or invalid bearer token (OperationOutcome)", **_OUTCOME},
+    403: {"description": "The token's scopes do not allow this (OperationOutcome)", **_OUTCOME},
+    404: {"description": "Not found (OperationOutcome)", **_OUTCOME},
+}
+_OPERATION_OUTCOME_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType", "issue"],
+    "properties": {
+        "resourceType": {"const": "OperationOutcome"},
+        "issue": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_INGEST_BODY = {
+    "required": True,
+    "content": {
+        media: {"schema": {"type": "object", "description": "a FHIR Bundle (transaction, "
+                           "collection or batch) of Encounters, transcripts, questionnaires"}}
+        for media in (FHIR_JSON, "application/json")
+    },
+}  # fmt: skip
+
+
+def scope_limits(resource_type: str, grant: Grant) -> list[Query]:
+    """The token's v2 restrictions as store queries (ORed); [] when unrestricted.
+
+    A restriction this server cannot evaluate (an unsupported parameter) grants nothing: a
+    limit that cannot be enforced must not widen into no limit.
+    """
+    if grant.restrictions is None:
+        return []
+    limits = []
+    for restriction in grant.restrictions:
+        try:
+            limits.append(parse_query(resource_type, restriction))
+        except ApiError:
+            continue
+    if not limits:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"the token's scope restrictions for {resource_type} use search parameters this "
+            "server cannot evaluate; ask for a scope restricted by supported parameters",
+        )
+    return limits
 
 
 def create_app(
@@ -66,10 +127,12 @@ def create_app(
     *,
     opened: Callable[[], AbstractAsyncContextManager[ApiDeps]] | None = None,
     public_routers: Sequence[APIRouter] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The app over `deps`, or over what `opened` yields for the app's lifetime.
 
     `public_routers` are served without a token: only the JWK Set, whose keys must be public.
+    Request bodies over `max_body_bytes` are refused before they are read.
     """
     if (deps is None) == (opened is None):
         raise ValueError("create_app: pass deps or opened, not both")
@@ -90,7 +153,16 @@ def create_app(
     def active() -> ApiDeps:
         return current[0]
 
-    app = FastAPI(title="homework-fhir", version=version("homework-fhir"), lifespan=lifespan)
+    # The OpenAPI document is served below, behind a token like every other route; no docs UI.
+    app = FastAPI(
+        title="homework-fhir",
+        version=version("homework-fhir"),
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)
     for router in public_routers:
         app.include_router(router)
 
@@ -111,7 +183,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not-found" if exc.status_code == 404 else "processing"
-        return _fhir(operation_outcome(code, str(exc.detail)), exc.status_code)
+        response = _fhir(operation_outcome(code, str(exc.detail)), exc.status_code)
+        response.headers.update(exc.headers or {})  # 405's Allow
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -145,28 +219,49 @@ def create_app(
     def base_url(request: Request) -> str:
         return str(request.base_url).rstrip("/") + "/fhir"
 
-    @app.get("/fhir/metadata")
+    fhir_route: dict[str, Any] = {"response_class": FhirResponse, "responses": _ERRORS}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(authorization: Auth = None) -> JSONResponse:
+        active().verifier.system_scopes(authorization)
+        return JSONResponse(app.openapi())
+
+    @app.get("/fhir/metadata", **fhir_route)
     async def metadata(request: Request, authorization: Auth = None) -> JSONResponse:
-        active().verifier.claims(authorization)
+        active().verifier.system_scopes(authorization)
         return _fhir(capability_statement(base_url(request), app.version))
 
-    @app.get("/fhir/{resource_type}")
+    @app.get("/fhir/{resource_type}", **fhir_route)
     def search(request: Request, resource_type: str, authorization: Auth = None) -> JSONResponse:
-        active().verifier.require(authorization, resource_type, "read")
+        grant = active().verifier.require(authorization, resource_type, "read")
         params = list(request.query_params.multi_items())
         query = parse_query(resource_type, params)
+        query.within = scope_limits(resource_type, grant)
         with active().store.session() as session:
             found, total = resources.search(session, query)
         return _fhir(searchset(base_url(request), resource_type, params, query, found, total))
 
-    def _known(resource_type: str) -> None:
+    def _readable(resource_type: str, rid: str, authorization: str | None) -> None:
+        """The token may read `resource_type`/`rid`: 404 for an id outside its scope
+        restrictions, as for one that does not exist (SMART 2.2 allows either; this one
+        does not tell a stranger that the resource exists)."""
+        grant = active().verifier.require(authorization, resource_type, "read")
         if resource_type not in PARAMETERS:
             raise ApiError(404, "not-supported", f"this server holds no {resource_type}")
+        if not is_fhir_id(rid):
+            raise ApiError(400, "invalid", "a FHIR id is 1-64 letters, digits, '-' or '.'")
+        limits = scope_limits(resource_type, grant)
+        if limits:
+            with active().store.session() as session:
+                _, total = resources.search(
+                    session, Query(resource_type, ids=[rid], within=limits, count=0)
+                )
+            if not total:
+                raise ApiError(404, "not-found", f"{resource_type}/{rid} is not known")
 
-    @app.get("/fhir/{resource_type}/{rid}")
+    @app.get("/fhir/{resource_type}/{rid}", **fhir_route)
     def read(resource_type: str, rid: str, authorization: Auth = None) -> JSONResponse:
-        active().verifier.require(authorization, resource_type, "read")
-        _known(resource_type)
+        _readable(resource_type, rid, authorization)
         with active().store.session() as session:
             body = resources.get(session, resource_type, rid)
         if body is None:
@@ -175,12 +270,11 @@ def create_app(
         response.headers["ETag"] = f'W/"{body["meta"]["versionId"]}"'
         return response
 
-    @app.get("/fhir/{resource_type}/{rid}/_history")
+    @app.get("/fhir/{resource_type}/{rid}/_history", **fhir_route)
     def history(
         request: Request, resource_type: str, rid: str, authorization: Auth = None
     ) -> JSONResponse:
-        active().verifier.require(authorization, resource_type, "read")
-        _known(resource_type)
+        _readable(resource_type, rid, authorization)
         with active().store.session() as session:
             versions = resources.history(session, resource_type, rid)
         if not versions:
@@ -197,10 +291,10 @@ def create_app(
             }
         )
 
-    @app.get("/model-card")
+    @app.get("/model-card", responses=_ERRORS)
     async def model_card(authorization: Auth = None) -> JSONResponse:
         deps = active()
-        deps.verifier.claims(authorization)
+        deps.verifier.system_scopes(authorization)
         if deps.model_card is None:
             raise ApiError(404, "not-found", "no model card is configured")
         return JSONResponse(deps.model_card)
@@ -210,38 +304,49 @@ def create_app(
         """Prometheus metrics; scrape with a bearer token (`authorization` in the scrape
         config), like every route but the health checks."""
         deps = active()
-        deps.verifier.claims(authorization)
+        deps.verifier.system_scopes(authorization)
         if deps.metrics is None:
             raise ApiError(404, "not-found", "no metrics on this server")
         return Response(deps.metrics(), media_type=METRICS_TYPE)
 
-    @app.post("/ingest")
+    ingest_responses = {
+        **_ERRORS,
+        202: {"description": "Accepted; Content-Location names the status", **_OUTCOME},
+        413: {"description": "Body over api.max_body_bytes (OperationOutcome)", **_OUTCOME},
+        501: {"description": "Ingest is not enabled on this server", **_OUTCOME},
+    }
+
+    @app.post(
+        "/ingest",
+        status_code=202,
+        response_class=FhirResponse,
+        responses=ingest_responses,
+        openapi_extra={"requestBody": _INGEST_BODY},
+    )
     async def ingest(
-        request: Request,
-        bundle: Annotated[dict[str, Any], Body()],
-        authorization: Auth = None,
-        connection: str | None = None,
+        request: Request, authorization: Auth = None, connection: str | None = None
     ) -> JSONResponse:
         """Stage a Bundle and answer 202 Accepted; processing goes on in the background and
         `Content-Location` names its status (FHIR asynchronous request pattern)."""
         deps = active()
+        # The token first: an unauthenticated body is never read, let alone parsed.
         deps.verifier.require(authorization, "Bundle", "write")
         if deps.ingest is None:
             raise ApiError(501, "not-supported", "ingest is not enabled on this server")
-        if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in (
-            "transaction",
-            "collection",
-            "batch",
-        ):
-            raise ApiError(
-                400, "invalid", "POST /ingest takes a FHIR Bundle of type transaction or collection"
-            )
-        job_id, outcome = await deps.ingest(bundle, connection)
+        raw = await request.body()
+        # Parsing and validating a large Bundle is CPU work: off the event loop.
+        found = await asyncio.to_thread(ingest_resources, raw)
+        job_id, outcome = await deps.ingest(found, connection)
         response = _fhir(outcome, 202)
         response.headers["Content-Location"] = str(request.url_for("ingest_job", job_id=job_id))
         return response
 
-    @app.get("/ingest/{job_id}", name="ingest_job")
+    @app.get(
+        "/ingest/{job_id}",
+        name="ingest_job",
+        response_class=FhirResponse,
+        responses={**_ERRORS, 202: {"description": "Still processing", **_OUTCOME}},
+    )
     def ingest_job(job_id: str, authorization: Auth = None) -> JSONResponse:
         """202 while the push's encounters are being processed, 200 once all are final."""
         deps = active()
@@ -259,4 +364,18 @@ def create_app(
             response.headers["X-Progress"] = f"{final} of {status['encounters']} encounters"
         return response
 
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            document.setdefault("components", {}).setdefault("schemas", {})[
+                "OperationOutcome"
+            ] = _OPERATION_OUTCOME_SCHEMA
+            document["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+            document["security"] = [{"bearer": []}]
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
     return app

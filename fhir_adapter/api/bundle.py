@@ -1,0 +1,64 @@
+"""The body of `POST /ingest`: JSON, a transaction/collection/batch Bundle, every resource valid
+R4B, before any of it is used. Problems are 400s naming where they are, never what the text says
+(a transcript's words must not come back in an error or reach a log)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+
+from fhir_adapter.api.outcome import ApiError
+from mapping.errors import ResourceError
+from mapping.fhir.validate import parse, parse_any
+
+INGEST_TYPES = ("transaction", "collection", "batch")
+# Problems listed in one answer; the rest are counted.
+MAX_LISTED = 5
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid", message)
+
+
+def ingest_resources(raw: bytes) -> list[dict[str, Any]]:
+    """The resources of an ingest Bundle, validated; ApiError 400 otherwise. CPU-bound: run it
+    off the event loop."""
+    try:
+        bundle = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _invalid("the body is not JSON (send a FHIR Bundle, application/fhir+json)") from exc
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise _invalid("POST /ingest takes a FHIR Bundle (resourceType 'Bundle')")
+    if bundle.get("type") not in INGEST_TYPES:
+        raise _invalid(f"POST /ingest takes a Bundle of type {', '.join(INGEST_TYPES)}")
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise _invalid("Bundle.entry must be a list of entries")
+    # The Bundle's own elements first, its resources one by one after (each named by index).
+    shell = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}
+    try:
+        parse(shell, Bundle)
+    except ResourceError as exc:
+        raise _invalid(str(exc)) from exc
+    problems: list[str] = []
+    found: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource")
+        if resource is None:
+            continue
+        if not isinstance(resource, dict):
+            problems.append(f"entry[{i}].resource is not a resource")
+            continue
+        try:
+            parse_any(resource)
+        except ResourceError as exc:
+            problems.append(f"entry[{i}]: {str(exc)[:300]}")
+            continue
+        found.append(resource)
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED])
+        more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
+        raise _invalid(f"{len(problems)} invalid resource(s) in the Bundle: {listed}{more}")
+    return found
