@@ -6,6 +6,7 @@ written together, so a crash before that write just means the step runs again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from fhir_adapter.metrics import MODEL_SECONDS, timed
 from fhir_adapter.pipeline.records import detection_to_json
 from fhir_adapter.pipeline.steps import Step, WorkItem
 from fhir_adapter.runtime import Runtime
+from fhir_adapter.settings import PipelineSettings
 from fhir_adapter.store import work
 from inference_server.classifier import DialoguePredictions
 from inference_server.client import predict_dialogues
@@ -126,6 +128,42 @@ def with_staged_binaries(session: Session, connection: str, doc: dict[str, Any])
     return {**doc, "content": content} if changed else doc
 
 
+class OverLimitError(Exception):
+    """A session over one of `pipeline`'s bounds; the message names the bound and the setting."""
+
+
+def _micro_dialogues(
+    doc: dict[str, Any], hints: RoleHints, limits: PipelineSettings
+) -> Sequence[MicroDialogue]:
+    """The transcript's micro-dialogues, refusing a session over the configured bounds before
+    the model sees any of it (never a silent truncation)."""
+    # Base64 is 4/3 of the bytes and a character is at most 4 bytes: a first check that
+    # decodes nothing.
+    encoded = max(
+        (len(str((c.get("attachment") or {}).get("data") or "")) for c in doc.get("content") or []),
+        default=0,
+    )
+    if encoded * 3 // 4 > 4 * limits.max_transcript_chars:
+        raise OverLimitError(
+            f"transcript of about {encoded * 3 // 4} bytes is over pipeline.max_transcript_chars "
+            f"({limits.max_transcript_chars})"
+        )
+    transcript = read_document(doc, hints)
+    chars = sum(len(u.text) for u in transcript.utterances)
+    if chars > limits.max_transcript_chars:
+        raise OverLimitError(
+            f"transcript of {chars} characters is over pipeline.max_transcript_chars "
+            f"({limits.max_transcript_chars})"
+        )
+    dialogues = build_micro_dialogues(transcript)
+    if len(dialogues) > limits.max_micro_dialogues:
+        raise OverLimitError(
+            f"{len(dialogues)} micro-dialogues are over pipeline.max_micro_dialogues "
+            f"({limits.max_micro_dialogues})"
+        )
+    return dialogues
+
+
 async def detect(runtime: Runtime, item: WorkItem) -> int:
     """Run the model on the encounter's transcript; returns the number of detections."""
     store, backend = runtime.store, runtime.backend
@@ -145,8 +183,12 @@ async def detect(runtime: Runtime, item: WorkItem) -> int:
             return 0
         doc = sorted(docs, key=lambda d: (str(d.get("date", "")), str(d["id"])))[-1]
         doc = with_staged_binaries(session, connection, doc)
+    limits = runtime.settings.pipeline
     try:
-        transcript = read_document(doc, role_hints(enc, patient))
+        # Reading a long transcript is CPU work: off the event loop (the API serves from it).
+        dialogues = await asyncio.to_thread(
+            _micro_dialogues, doc, role_hints(enc, patient), limits
+        )
     except TranscriptError as exc:
         # The message names the problem and position, never the transcript's text.
         with store.session() as session:
@@ -155,7 +197,14 @@ async def detect(runtime: Runtime, item: WorkItem) -> int:
                 work.advance(session, row, Step.SKIPPED, {"skipped": f"transcript: {exc}"})
         log.warning("%s: DocumentReference/%s unreadable: %s", encounter, doc["id"], exc)
         return 0
-    dialogues = build_micro_dialogues(transcript)
+    except OverLimitError as exc:
+        with store.session() as session:
+            row = work.get_encounter(session, connection, encounter)
+            if row is not None:
+                work.record_failure(session, row, f"DocumentReference/{doc['id']}: {exc}")
+                work.dead_letter(session, row, Step.FAILED)
+        log.warning("%s: DocumentReference/%s set aside: %s", encounter, doc["id"], exc)
+        return 0
     with timed(MODEL_SECONDS):
         predictions = await predict_dialogues(backend, [dialogue_turns(d) for d in dialogues])
     found = detections_from(dialogues, predictions, backend.point)

@@ -101,9 +101,13 @@ async def stage_resources(
     if conn is not None:
         await runtime.clients(conn)  # a connection that cannot work fails before staging
     store = runtime.store
-    async with leases.held(store, stage_lease(name), runtime.owner, wait_s=STAGE_WAIT_S):
+    def staged_in_session() -> StageSummary:
         with store.session() as session:
-            staged = stage(session, name, resources, Step.DETECT)
+            return stage(session, name, resources, Step.DETECT)
+
+    async with leases.held(store, stage_lease(name), runtime.owner, wait_s=STAGE_WAIT_S):
+        # A large push is many rows to write: off the event loop, which serves the API.
+        staged = await asyncio.to_thread(staged_in_session)
     return name, staged
 
 
@@ -175,12 +179,3 @@ def ingest_status(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
         "complete": all(step in FINAL_STEPS for step in steps.values()) and pending == 0,
         "staged": job.staged,
     }
-
-
-def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    """The resources of a transaction or collection Bundle (request details are ignored)."""
-    return [
-        entry["resource"]
-        for entry in bundle.get("entry") or []
-        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
-    ]
