@@ -62,6 +62,9 @@ def parse(data: Json, model: type[M]) -> M:
             f"{expected} does not validate ({exc.error_count()} problems; first: "
             f"{_first_error(exc)})"
         ) from exc
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        # fhir.resources' own validators can fail outside pydantic (a number as a url).
+        raise ResourceError(f"{expected} does not validate ({type(exc).__name__})") from exc
 
 
 def parse_any(data: Json) -> Resource:

@@ -171,7 +171,8 @@ def _load(resource: Mapping[str, object] | bytes | str) -> DocumentReference | B
             f"invalid {kind}: {first['msg']} ({exc.error_count()} problem(s))",
             _path(first["loc"]),
         ) from exc
-    except (ValueError, TypeError, RecursionError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        # fhir.resources' own validators can fail outside pydantic (a number as a url).
         raise TranscriptError(f"invalid {kind}: {type(exc).__name__}", "top level") from exc
 
 
@@ -202,7 +203,9 @@ def _attachments(resource: DocumentReference | Binary) -> list[_Candidate]:
     ]
 
 
-def _attachment(attachment: Attachment, position: str) -> _Candidate:
+def _attachment(attachment: Attachment | None, position: str) -> _Candidate:
+    if attachment is None:  # required by FHIR, yet fhir.resources lets null through
+        raise TranscriptError("the content has no attachment", position)
     return _candidate(
         position,
         attachment.contentType,

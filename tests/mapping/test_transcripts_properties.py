@@ -10,13 +10,14 @@ import base64
 import json
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mapping.dialogues import build_micro_dialogues, dialogue_record
 from mapping.domain import Transcript
 from mapping.errors import TranscriptError
 from mapping.transcripts import (
+    attachment_urls,
     read_attachment,
     read_diarized,
     read_document,
@@ -143,6 +144,33 @@ documents = st.one_of(
     st.dictionaries(st.text(max_size=8), json_values, max_size=4),
 )
 
+# Whole resources whose elements may hold anything JSON can (null, numbers, lists where an
+# object belongs): what an EHR or a careless client may send, not what FHIR allows.
+hostile_attachment = st.one_of(
+    attachment,
+    json_values,
+    st.fixed_dictionaries(
+        {}, optional={k: json_values for k in ("contentType", "data", "url", "size", "hash")}
+    ),
+)
+hostile_documents = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "resourceType": st.just("DocumentReference"),
+            "status": st.sampled_from(["current", "current", "entered-in-error"]) | json_values,
+            "content": st.lists(
+                st.fixed_dictionaries({"attachment": hostile_attachment}), min_size=1, max_size=3
+            )
+            | json_values,
+        },
+        optional={"id": json_values, "subject": json_values},
+    ),
+    st.fixed_dictionaries(
+        {"resourceType": st.just("Binary")},
+        optional={k: json_values | st.text(max_size=10) for k in ("contentType", "data", "id")},
+    ),
+)
+
 
 def _reads_or_refuses(reader: Reader, content: bytes | str) -> None:
     try:
@@ -187,3 +215,24 @@ def test_fetched_attachments(data: bytes, content_type: str) -> None:
         assert exc.position
         return
     assert transcript.utterances
+
+
+@SETTINGS
+@given(resource=hostile_documents)
+@example({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": None}]})  # noqa: E501
+@example(
+    {"resourceType": "DocumentReference", "status": "current",
+     "content": [{"attachment": {"url": 5, "contentType": "text/plain"}}]}
+)  # fmt: skip
+def test_whole_documents_with_any_element_values(resource: dict[str, object]) -> None:
+    """A DocumentReference or Binary as JSON text or as a parsed object (the pipeline's
+    shape), whatever its elements hold: a transcript or TranscriptError, nothing else."""
+    _reads_or_refuses(read_document, json.dumps(resource))
+    try:
+        read_document(resource)
+    except TranscriptError as exc:
+        assert exc.position
+    try:
+        attachment_urls(resource)
+    except TranscriptError as exc:
+        assert exc.position
