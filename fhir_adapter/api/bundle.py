@@ -18,6 +18,23 @@ INGEST_TYPES = ("transaction", "collection", "batch")
 MAX_LISTED = 5
 
 
+def _null_at(value: Any, path: str = "") -> str | None:
+    """Where `value` holds a JSON null as an element's value (FHIR JSON has none; the R4B
+    models let some through), or None. Iterative: a hostile body may nest deeply."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            for key, item in node.items():
+                here = f"{where}.{key}" if where else str(key)
+                if item is None:
+                    return here
+                stack.append((item, here))
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node))
+    return None
+
+
 def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid", message)
 
@@ -50,6 +67,10 @@ def ingest_resources(raw: bytes) -> list[dict[str, Any]]:
             continue
         if not isinstance(resource, dict):
             problems.append(f"entry[{i}].resource is not a resource")
+            continue
+        null = _null_at(resource)
+        if null is not None:
+            problems.append(f"entry[{i}]: {null} is null (FHIR JSON leaves an element out)")
             continue
         try:
             parse_any(resource)

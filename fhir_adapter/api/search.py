@@ -119,6 +119,8 @@ def _token(param: str, value: str) -> tuple[str | None, str]:
 def _date(param: str, value: str) -> DateBound:
     op = value[:2] if value[:2] in _PREFIXES else "eq"
     raw = value[2:] if value[:2] in _PREFIXES else value
+    # An unencoded "+" of a zone arrives as a space ("+" means space in a query string).
+    raw = raw.replace(" ", "+")
     try:
         if not _DATE.fullmatch(raw):
             raise ValueError(raw)

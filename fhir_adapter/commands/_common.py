@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +45,27 @@ def bad_input_exits() -> Iterator[None]:
 LOG_FORMAT_ENV = "HOMEWORK_FHIR_LOG_FORMAT"
 
 
+def log_handler(stream: Any = None) -> logging.Handler:
+    """The handler every process logs through: text or JSON (`HOMEWORK_FHIR_LOG_FORMAT`), with
+    exception text redacted (`log_redaction`)."""
+    from fhir_adapter import log_redaction
+
+    handler = logging.StreamHandler(stream)
+    if os.environ.get(LOG_FORMAT_ENV, "text").lower() == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log_redaction.install(handler)
+    return handler
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Log to stderr; only entry points call this. Records carry ids, never transcript text.
 
@@ -50,23 +73,7 @@ def configure_logging(verbose: bool = False) -> None:
     message) for log collectors; an environment variable rather than a setting, so that even
     a bad config file is reported in that format.
     """
-    import logging
-    import os
-
-    level = logging.DEBUG if verbose else logging.INFO
-    if os.environ.get(LOG_FORMAT_ENV, "text").lower() == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            )
-        )
-        logging.basicConfig(level=level, handlers=[handler])
-    else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[log_handler()])
     logging.captureWarnings(True)  # settings warnings too, in the same format
     # Per-request lines from the HTTP stack would drown the pipeline's own.
     for noisy in ("httpx", "httpcore", "alembic"):

@@ -7,6 +7,7 @@ the first matching element.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -99,13 +100,17 @@ def _first_coding(value: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
+_FRACTION = re.compile(r"(\.[0-9]{6})[0-9]+")
+
+
 def parse_datetime(value: str) -> datetime:
     """Parse a FHIR date/dateTime/instant into UTC; a bare date or naive time is taken as UTC.
 
     A time within hours of the calendar's edge (9999-12-31T23:00-05:00) is clamped to the
     edge instead of overflowing.
     """
-    text = value.replace("Z", "+00:00")
+    # Python reads at most microseconds; FHIR allows more digits.
+    text = _FRACTION.sub(r"\1", value.replace("Z", "+00:00"))
     if len(text) == 4:
         text += "-01-01"
     elif len(text) == 7:
