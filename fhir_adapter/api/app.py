@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -48,7 +48,11 @@ IngestFn = Callable[[list[dict[str, Any]], str | None], Awaitable[tuple[str, dic
 # job id -> its status ({"complete": bool, ...}), None when unknown
 IngestStatusFn = Callable[[str], dict[str, Any] | None]
 # Module level: FastAPI resolves the (postponed) annotations of routes in this module's globals.
-Auth = Annotated[str | None, Header(alias="Authorization")]
+# Declared once in the OpenAPI document as the bearer security scheme, not per route.
+Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+# Path parameters as the OpenAPI document states them (the routes check them too).
+ResourceTypePath = Annotated[str, Path(json_schema_extra={"enum": sorted(PARAMETERS)})]
+IdPath = Annotated[str, Path(json_schema_extra={"pattern": "^[A-Za-z0-9\\-.]{1,64}$"})]
 
 
 @dataclass
@@ -232,7 +236,9 @@ def create_app(
         return _fhir(capability_statement(base_url(request), app.version))
 
     @app.get("/fhir/{resource_type}", **fhir_route)
-    def search(request: Request, resource_type: str, authorization: Auth = None) -> JSONResponse:
+    def search(
+        request: Request, resource_type: ResourceTypePath, authorization: Auth = None
+    ) -> JSONResponse:
         grant = active().verifier.require(authorization, resource_type, "read")
         params = list(request.query_params.multi_items())
         query = parse_query(resource_type, params)
@@ -260,7 +266,9 @@ def create_app(
                 raise ApiError(404, "not-found", f"{resource_type}/{rid} is not known")
 
     @app.get("/fhir/{resource_type}/{rid}", **fhir_route)
-    def read(resource_type: str, rid: str, authorization: Auth = None) -> JSONResponse:
+    def read(
+        resource_type: ResourceTypePath, rid: IdPath, authorization: Auth = None
+    ) -> JSONResponse:
         _readable(resource_type, rid, authorization)
         with active().store.session() as session:
             body = resources.get(session, resource_type, rid)
@@ -272,7 +280,7 @@ def create_app(
 
     @app.get("/fhir/{resource_type}/{rid}/_history", **fhir_route)
     def history(
-        request: Request, resource_type: str, rid: str, authorization: Auth = None
+        request: Request, resource_type: ResourceTypePath, rid: IdPath, authorization: Auth = None
     ) -> JSONResponse:
         _readable(resource_type, rid, authorization)
         with active().store.session() as session:
