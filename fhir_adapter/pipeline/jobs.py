@@ -136,8 +136,12 @@ async def accept_ingest(
     """Stage a push and start processing it in the background; returns at once with the id
     of its status (`ingest_status`). Processing is the same as a run's, for the connection."""
     name, staged = await stage_resources(runtime, resources, connection)
-    with runtime.store.session() as session:
-        job_id = work.create_ingest_job(session, name, staged.encounters, staged.as_dict())
+
+    def created() -> str:
+        with runtime.store.session() as session:
+            return work.create_ingest_job(session, name, staged.encounters, staged.as_dict())
+
+    job_id = await asyncio.to_thread(created)
 
     async def process() -> None:
         summary = RunSummary()

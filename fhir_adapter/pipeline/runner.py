@@ -15,6 +15,7 @@ A failed encounter is retried on the next pass, then with a growing delay; after
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -107,7 +108,7 @@ async def process_waiting(
     runtime: Runtime, connection: str, summary: RunSummary, progress: Progress = _no_progress
 ) -> None:
     """Take every waiting encounter of `connection` as far as it goes."""
-    patients = waiting_patients(runtime, connection)
+    patients = await asyncio.to_thread(waiting_patients, runtime, connection)
     for patient in progress(patients, len(patients)):
         await process_patient(runtime, connection, patient, summary)
 
@@ -194,25 +195,29 @@ def _renew(runtime: Runtime, item: WorkItem) -> None:
         )  # fmt: skip
 
 
-async def _advance(runtime: Runtime, item: WorkItem, summary: RunSummary) -> None:
-    _renew(runtime, item)
+def _step(runtime: Runtime, item: WorkItem) -> Step | None:
     with runtime.store.session() as session:
         row = work.get_encounter(session, item.connection, item.encounter)
-        if row is None:
-            return
-        step = Step(row.step)
+        return None if row is None else Step(row.step)
+
+
+async def _advance(runtime: Runtime, item: WorkItem, summary: RunSummary) -> None:
+    # Database work off the event loop (in the API process it also answers health checks).
+    await asyncio.to_thread(_renew, runtime, item)
+    step = await asyncio.to_thread(_step, runtime, item)
+    if step is None:
+        return
     if step is Step.FETCH:
         with timed(STEP_SECONDS, step="fetch"):
             await fetch.fetch_inputs(runtime, item)
-        _renew(runtime, item)
+        await asyncio.to_thread(_renew, runtime, item)
     with timed(STEP_SECONDS, step="detect"):
         await detect(runtime, item)
-    _renew(runtime, item)
+    await asyncio.to_thread(_renew, runtime, item)
     with timed(STEP_SECONDS, step="draft"):
-        result = draft(runtime, item)
-    with runtime.store.session() as session:
-        row = work.get_encounter(session, item.connection, item.encounter)
-        final = Step(row.step) if row is not None else Step.SKIPPED
+        # Building and validating the resources is CPU work: off the event loop (the API's).
+        result = await asyncio.to_thread(draft, runtime, item)
+    final = await asyncio.to_thread(_step, runtime, item) or Step.SKIPPED
     if final is Step.SKIPPED:
         summary.encounters_skipped += 1
     elif result is not None:

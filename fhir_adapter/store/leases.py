@@ -80,15 +80,16 @@ async def held(
 
     With `wait_s`, wait up to that long for it (polling), then raise LeaseBusyError.
     """
+    # Off the event loop: a write can wait on the database's lock (SQLite's is one per file).
     deadline = asyncio.get_running_loop().time() + wait_s
-    got = acquire(store, name, owner, ttl)
+    got = await asyncio.to_thread(acquire, store, name, owner, ttl)
     while not got and wait_s > 0:
         if asyncio.get_running_loop().time() >= deadline:
             raise LeaseBusyError(f"lease {name} is held by another process; try again later")
         await asyncio.sleep(0.2)
-        got = acquire(store, name, owner, ttl)
+        got = await asyncio.to_thread(acquire, store, name, owner, ttl)
     try:
         yield got
     finally:
         if got:
-            release(store, name, owner)
+            await asyncio.to_thread(release, store, name, owner)
