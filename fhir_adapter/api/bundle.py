@@ -12,6 +12,7 @@ from ijson.common import ObjectBuilder
 
 from fhir_adapter.api.outcome import ApiError
 from mapping.errors import ResourceError
+from mapping.fhir.references import is_fhir_id, parse_reference
 from mapping.fhir.validate import parse, parse_any
 
 INGEST_TYPES = ("transaction", "collection", "batch")
@@ -31,6 +32,25 @@ def _null_at(value: Any, path: str = "") -> str | None:
                 if item is None:
                     return here
                 stack.append((item, here))
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node))
+    return None
+
+
+def _bad_reference(value: Any, path: str = "") -> str | None:
+    """Where `value` holds a literal reference whose id is outside FHIR's grammar (over 64
+    characters, say), or None; contained (#x) and urn: references are not literal ids."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str) and not ref.startswith(("#", "urn:")):
+                parsed = parse_reference(ref)
+                if parsed is None or not is_fhir_id(parsed.id):
+                    return f"{where}.reference" if where else "reference"
+            stack.extend((item, f"{where}.{key}" if where else str(key))
+                         for key, item in node.items())  # fmt: skip
         elif isinstance(node, list):
             stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node))
     return None
@@ -94,6 +114,11 @@ def ingest_resources(raw: bytes) -> list[dict[str, Any]]:
             parse_any(resource)
         except ResourceError as exc:
             problems.append(f"entry[{i}]: {str(exc)[:300]}")
+            continue
+        bad = _bad_reference(resource)
+        if bad is not None:
+            problems.append(f"entry[{i}]: {bad} is not Type/id with a FHIR id (1-64 letters, "
+                            "digits, '-' or '.')")  # fmt: skip
             continue
         found.append(resource)
     if problems:

@@ -24,7 +24,7 @@ from fhir_adapter.pipeline.detect import is_transcript
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.store import work
 from fhir_adapter.store.search_index import parse_datetime
-from mapping.fhir.references import parse_reference
+from mapping.fhir.references import RESOURCE_TYPE, is_fhir_id, parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,10 @@ def _ref(value: Any) -> str | None:
     """ "Type/id" of the (first) reference in `value`: an EHR that answers with absolute
     references files its work under the same keys as one that answers with relative ones."""
     ref = parse_reference(value)
-    return ref.relative if ref else None
+    # A reference outside FHIR's grammar (an id over 64 characters, say) links nothing.
+    if ref is None or not is_fhir_id(ref.id) or not RESOURCE_TYPE.fullmatch(ref.resource_type):
+        return None
+    return ref.relative
 
 
 def transcript_changed(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
@@ -139,8 +142,8 @@ def stage(
     changed_transcripts: dict[str, str] = {}
     for resource in resources:
         rtype = resource.get("resourceType")
-        if rtype not in STAGED_TYPES or not resource.get("id"):
-            key = str(rtype) if rtype in STAGED_TYPES else str(rtype or "unknown")
+        if rtype not in STAGED_TYPES or not is_fhir_id(str(resource.get("id") or "")):
+            key = str(rtype or "unknown")[:64]
             summary.ignored_types[key] = summary.ignored_types.get(key, 0) + 1
             continue
         encounter, patient = _links(resource)

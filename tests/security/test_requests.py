@@ -13,8 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 
+from fhir_adapter.pipeline.staging import stage
+from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.service import token_verifier
 from fhir_adapter.settings import ApiAuthSettings, ApiSettings, SettingsError, load_settings
+from fhir_adapter.store import open_store
 from tests.security.support import EC_KEY, MAX_BODY, bearer, signed
 
 WRITER = "system/Bundle.c"
@@ -82,6 +85,10 @@ def test_the_token_is_checked_before_the_body(client: TestClient) -> None:
         (json.dumps(bundle(encounter(id={"an": "object"}))).encode(), "entry[0]"),
         (json.dumps(bundle({"resourceType": "Nope", "id": "x"})).encode(), "entry[0]"),
         (
+            json.dumps(bundle(encounter(subject={"reference": "Patient/" + "p" * 300}))).encode(),
+            "entry[0]: subject.reference",
+        ),
+        (
             json.dumps(
                 bundle(
                     {
@@ -116,6 +123,7 @@ def test_the_token_is_checked_before_the_body(client: TestClient) -> None:
         "bad-period",
         "object-id",
         "unknown-type",
+        "long-reference",
         "null-attachment",
         "numeric-url",
         "deep-nesting",
@@ -275,3 +283,27 @@ def test_an_es384_public_key_file_verifies_and_a_bad_one_is_a_settings_error(
     assert token_verifier(settings(pem)).keys.keys
     with pytest.raises(SettingsError, match="no RSA or EC"):
         token_verifier(settings(junk))
+
+
+# ---------------------------------------------------------------- staging what EHRs send
+
+
+def test_staging_survives_ids_and_references_outside_the_grammar(database_url: str) -> None:
+    """What a poll or a push stages is bounded by FHIR's grammar, not by the database's column
+    widths: a 300-character reference links nothing, a 200-character id is not staged."""
+    store = open_store(database_url)
+    long_ref = {"reference": "Patient/" + "p" * 300}
+    resources = [
+        {"resourceType": "Encounter", "id": "e-ok", "status": "finished", "subject": long_ref},
+        {"resourceType": "DocumentReference", "id": "d" * 200, "status": "current"},
+        {"resourceType": "Observation", "id": "o1", "status": "final",
+         "encounter": {"reference": "Encounter/" + "e" * 300}, "subject": long_ref},
+    ]  # fmt: skip
+    try:
+        with store.session() as session:
+            summary = stage(session, "local", resources, Step.DETECT)
+        assert summary.ignored_types == {"DocumentReference": 1}
+        assert summary.encounters == []  # no subject it can use: not registered
+        assert summary.unlinked == 1
+    finally:
+        store.close()
