@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from fhir_adapter.api.outcome import ApiError
 from fhir_adapter.store.resources import DateBound, Query
-from fhir_adapter.store.search_index import SEARCHABLE_TYPES, parse_datetime
+from fhir_adapter.store.search_index import SEARCHABLE_TYPES, parse_range
 from mapping.fhir.references import RESOURCE_TYPE, is_fhir_id
 
 DEFAULT_COUNT = 50
@@ -69,7 +69,7 @@ PARAMETERS: dict[str, dict[str, str]] = {
 }
 assert set(PARAMETERS) == set(SEARCHABLE_TYPES)
 
-_PREFIXES = ("eq", "lt", "le", "gt", "ge")
+_PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge", "sa", "eb")
 # FHIR search date values: a date, or a dateTime with seconds or minutes, and a zone.
 _DATE = re.compile(
     r"[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01])"
@@ -124,10 +124,12 @@ def _date(param: str, value: str) -> DateBound:
     try:
         if not _DATE.fullmatch(raw):
             raise ValueError(raw)
-        return DateBound(op, parse_datetime(raw))
+        start, end = parse_range(raw)  # the value's precision is an interval (FHIR search)
+        return DateBound(op, start, end)
     except ValueError as exc:
         raise _invalid(
-            f"{param} is not a FHIR date: [eq|lt|le|gt|ge]YYYY[-MM[-DD[Thh:mm[:ss][zone]]]] "
+            f"{param} is not a FHIR date: [eq|ne|lt|le|gt|ge|sa|eb]YYYY[-MM[-DD[Thh:mm[:ss]"
+            "[zone]]]] "
             "(e.g. ge2026-03-01)"
         ) from exc
 

@@ -64,8 +64,15 @@ class ResourceRow(Base):
     code_system: Mapped[str | None] = mapped_column(String(256))
     business_status: Mapped[str | None] = mapped_column(String(64))
     date: Mapped[datetime | None]
+    # The end (exclusive) of `date`'s precision or period; NULL with a date: open-ended.
+    date_end: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
+    __table_args__ = (
+        Index("ix_resource_type_updated", "resource_type", "last_updated"),
+        Index("ix_resource_type_date", "resource_type", "date"),
+        Index("ix_resource_type_business_status", "resource_type", "business_status"),
+        Index("ix_resource_type_code", "resource_type", "code"),
+    )
 
 
 class ResourceVersionRow(Base):
@@ -100,6 +107,9 @@ class IdentifierRow(Base):
         ForeignKeyConstraint(
             ["resource_type", "id"], ["resource.resource_type", "resource.id"], ondelete="CASCADE"
         ),
+        # Every write replaces a resource's identifiers by (type, id): without this index each
+        # write scanned the table, and filling a store was quadratic.
+        Index("ix_identifier_resource", "resource_type", "id"),
     )
 
 

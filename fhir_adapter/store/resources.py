@@ -6,14 +6,13 @@ the service wrote anywhere. Ids are assigned here when a resource has none.
 
 from __future__ import annotations
 
-import operator
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, true
+from sqlalchemy import ColumnElement, and_, delete, func, not_, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -111,6 +110,7 @@ def _index(
     row.code = columns.code
     row.business_status = columns.business_status
     row.date = columns.date
+    row.date_end = columns.date_end
     session.flush()
     session.add(
         ResourceVersionRow(
@@ -153,10 +153,17 @@ def by_identifier(
 
 @dataclass(frozen=True)
 class DateBound:
-    """One FHIR date comparison: `op` is one of eq, lt, le, gt, ge."""
+    """One FHIR date comparison: `op` (eq, ne, lt, le, gt, ge, sa, eb) against the interval
+    [value, end) the search value stands for (its precision: 2026-03 is the whole month);
+    `end` None is the instant `value` itself."""
 
     op: str
     value: datetime
+    end: datetime | None = None
+
+    @property
+    def upper(self) -> datetime:
+        return self.end if self.end is not None else self.value
 
 
 @dataclass
@@ -184,12 +191,50 @@ class Query:
     within: list[Query] = field(default_factory=list)
 
 
-_COMPARE = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
-            "eq": operator.eq}  # fmt: skip
+def _interval_conditions(
+    start: Any, end: Any, bounds: Sequence[DateBound]
+) -> list[ColumnElement[bool]]:
+    """FHIR R4 date search against stored ranges [start, end) (end NULL: open-ended):
+    eq means the search range contains the stored one; gt/lt an end past / a start before
+    the search range; ge/le those or eq; sa/eb wholly after / before it."""
+    where: list[ColumnElement[bool]] = []
+    for bound in bounds:
+        low, high = bound.value, bound.upper
+        ends_after = or_(end.is_(None), end > high)
+        contained = and_(start >= low, end.is_not(None), end <= high)
+        clause: ColumnElement[bool] = {
+            "eq": contained,
+            "ne": not_(contained),
+            "gt": ends_after,
+            "lt": start < low,
+            "ge": or_(ends_after, contained),
+            "le": or_(start < low, contained),
+            "sa": start >= high,
+            "eb": and_(end.is_not(None), end <= low),
+        }[bound.op]
+        where.append(and_(start.is_not(None), clause))
+    return where
 
 
-def _date_conditions(column: Any, bounds: Sequence[DateBound]) -> list[ColumnElement[bool]]:
-    return [_COMPARE[bound.op](column, bound.value) for bound in bounds]
+def _instant_conditions(column: Any, bounds: Sequence[DateBound]) -> list[ColumnElement[bool]]:
+    """The same rules for an instant (meta.lastUpdated): a point, not a range."""
+    where: list[ColumnElement[bool]] = []
+    for bound in bounds:
+        low, high = bound.value, bound.upper
+        inside = and_(column >= low, column < high) if high > low else column == low
+        where.append(
+            {
+                "eq": inside,
+                "ne": not_(inside),
+                "gt": column >= high if high > low else column > low,
+                "lt": column < low,
+                "ge": column >= low,
+                "le": column < high if high > low else column <= low,
+                "sa": column >= high if high > low else column > low,
+                "eb": column < low,
+            }[bound.op]
+        )
+    return where
 
 
 def _conditions(query: Query) -> list[ColumnElement[bool]]:
@@ -223,8 +268,8 @@ def _conditions(query: Query) -> list[ColumnElement[bool]]:
         if system:
             ids = ids.where(IdentifierRow.system == system)
         where.append(row.id.in_(ids))
-    where += _date_conditions(row.date, query.date)
-    where += _date_conditions(row.last_updated, query.last_updated)
+    where += _interval_conditions(row.date, row.date_end, query.date)
+    where += _instant_conditions(row.last_updated, query.last_updated)
     for more in query.also:
         where += _conditions(more)
     if query.within:

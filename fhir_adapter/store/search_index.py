@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # resource type -> (patient path, encounter path, code path, date paths)
@@ -65,6 +65,9 @@ class SearchColumns:
     code: str | None
     business_status: str | None
     date: datetime | None
+    # The end (exclusive) of the date's precision: a day for "2026-03-01", a second for a time;
+    # None with `date` set is an open period (CarePlan.period without an end).
+    date_end: datetime | None
     identifiers: tuple[tuple[str, str], ...]
 
 
@@ -101,6 +104,9 @@ def _first_coding(value: Any) -> tuple[str | None, str | None]:
 
 
 _FRACTION = re.compile(r"(\.[0-9]{6})[0-9]+")
+_TIME = re.compile(r"T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.([0-9]+))?)?")
+_UTC_MAX = datetime.max.replace(tzinfo=UTC)
+_UTC_MIN = datetime.min.replace(tzinfo=UTC)
 
 
 def parse_datetime(value: str) -> datetime:
@@ -109,20 +115,65 @@ def parse_datetime(value: str) -> datetime:
     A time within hours of the calendar's edge (9999-12-31T23:00-05:00) is clamped to the
     edge instead of overflowing.
     """
+    return parse_range(value)[0]
+
+
+def parse_range(value: str) -> tuple[datetime, datetime]:
+    """The interval [start, end) a FHIR date, dateTime or instant stands for, in UTC: a year,
+    a month or a day for a partial date, a second (or the given fraction) for a time, as FHIR
+    search reads precision. Clamped at the calendar's edges."""
     # Python reads at most microseconds; FHIR allows more digits.
     text = _FRACTION.sub(r"\1", value.replace("Z", "+00:00"))
     if len(text) == 4:
-        text += "-01-01"
-    elif len(text) == 7:
-        text += "-01"
+        start = datetime(int(text), 1, 1, tzinfo=UTC)
+        return start, _shift(start, years=1)
+    if len(text) == 7:
+        start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        return start, _shift(start, months=1)
     parsed = datetime.fromisoformat(text)
+    time = _TIME.search(text)
+    if time is None:
+        step = timedelta(days=1)
+    elif time[1] is None:
+        step = timedelta(minutes=1)
+    elif time[3] is None:
+        step = timedelta(seconds=1)
+    else:
+        step = timedelta(microseconds=10 ** (6 - len(time[3])))
     if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
+        parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.astimezone(UTC)
+        start = parsed.astimezone(UTC)
     except OverflowError:
-        edge = datetime.max if parsed.year == datetime.max.year else datetime.min
-        return edge.replace(tzinfo=UTC)
+        return (_UTC_MAX, _UTC_MAX) if parsed.year == datetime.max.year else (_UTC_MIN, _UTC_MIN)
+    try:
+        return start, start + step
+    except OverflowError:
+        return start, _UTC_MAX
+
+
+def _shift(start: datetime, years: int = 0, months: int = 0) -> datetime:
+    """`start` (the first of a month) moved on by whole years or months; the edge at 9999."""
+    month = start.month - 1 + months
+    year = start.year + years + month // 12
+    if year > datetime.max.year:
+        return _UTC_MAX
+    return start.replace(year=year, month=month % 12 + 1)
+
+
+def _date_range(
+    body: dict[str, Any], path: str, raw: str
+) -> tuple[datetime | None, datetime | None]:
+    """[start, end) of the date at `path`; a Period (`x.start`) runs to the end of `x.end`, or
+    stays open (end None) without one."""
+    try:
+        start, end = parse_range(raw)
+        if path.endswith(".start"):
+            period_end = _walk(body, path.removesuffix(".start") + ".end")
+            return start, parse_range(period_end)[1] if isinstance(period_end, str) else None
+        return start, end
+    except ValueError:
+        return None, None
 
 
 def extract(body: dict[str, Any]) -> SearchColumns:
@@ -142,14 +193,11 @@ def extract(body: dict[str, Any]) -> SearchColumns:
     system = code = None
     for path in paths.get("code", ()):
         system, code = _first_coding(_walk(body, path))
-    date = None
+    date = date_end = None
     for path in paths.get("date", ()):
         raw = _walk(body, path)
         if isinstance(raw, str):
-            try:
-                date = parse_datetime(raw)
-            except ValueError:
-                date = None
+            date, date_end = _date_range(body, path, raw)
             break
     _, business_status = _first_coding(body.get("businessStatus"))
     identifiers = tuple(
@@ -166,5 +214,6 @@ def extract(body: dict[str, Any]) -> SearchColumns:
         code=code,
         business_status=business_status,
         date=date,
+        date_end=date_end,
         identifiers=identifiers,
     )

@@ -11,6 +11,7 @@ from sqlalchemy import inspect
 
 from fhir_adapter.store import Store, open_store, outbox, resources, work
 from fhir_adapter.store.resources import DateBound, Query
+from fhir_adapter.store.search_index import parse_range
 
 SYSTEM = "https://homework-fhir.org/fhir/sid/task"
 
@@ -103,10 +104,11 @@ def test_search_by_patient_status_code_and_dates(store: Store) -> None:
         assert total == 3
         _, total = resources.search(s, Query("Task", code=[("http://other", "journal")]))
         assert total == 0
-        when = datetime(2026, 3, 2, 10, tzinfo=UTC)
-        _, total = resources.search(s, Query("Task", date=[DateBound("ge", when)]))
+        # The search value's precision is its range (FHIR search): the second 10:00:00.
+        when, second_later = parse_range("2026-03-02T10:00:00Z")
+        _, total = resources.search(s, Query("Task", date=[DateBound("ge", when, second_later)]))
         assert total == 3
-        _, total = resources.search(s, Query("Task", date=[DateBound("gt", when)]))
+        _, total = resources.search(s, Query("Task", date=[DateBound("gt", when, second_later)]))
         assert total == 0
         _, total = resources.search(s, Query("Task", identifier=(SYSTEM, "c")))
         assert total == 1
