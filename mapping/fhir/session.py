@@ -109,7 +109,14 @@ def build_session_resources(
     now: datetime,
     options: NoteOptions = NoteOptions(),  # noqa: B008 - frozen dataclass, never mutated
 ) -> SessionResources:
-    """All resources for one session: `now` is the processing time (recorded, authoredOn)."""
+    """All resources for one session.
+
+    Dates are the session's, never the clock's: homework is authored when the session starts,
+    the note, the message and a review settled by this session date from its end. `now`, the
+    processing time, is only the Provenance's `recorded` (the store stamps meta.lastUpdated).
+    A backfill of last year's sessions carries last year's dates.
+    """
+    set_at, written_at = ctx.period_start, ctx.period_end
     homework = homework_detections(detections)
     seen: dict[str, Detection] = {}
     for detection in homework:
@@ -122,10 +129,14 @@ def build_session_resources(
             )
         seen[key] = detection
     plan_id = careplan_id(ctx)
-    tasks = tuple(build_task(ctx, d, careplan_id=plan_id, now=now) for d in homework)
-    careplan = build_careplan(ctx, tasks, device_id=device_id(model), now=now) if tasks else None
+    tasks = tuple(build_task(ctx, d, careplan_id=plan_id, now=set_at) for d in homework)
+    careplan = (
+        build_careplan(ctx, tasks, device_id=device_id(model), now=set_at) if tasks else None
+    )
     reviewed = tuple(
-        _reviewed(ctx, item, now) for item in earlier if item.outcome is not ReviewStatus.AWAITING
+        _reviewed(ctx, item, written_at)
+        for item in earlier
+        if item.outcome is not ReviewStatus.AWAITING
     )
     for task in reviewed:
         if not task.id:
@@ -147,8 +158,8 @@ def build_session_resources(
         device=build_device(model),
         model_card=build_model_card(model),
         provenance=provenance,
-        note=build_note(ctx, summary, now=now, options=options),
-        communication=build_communication(ctx, summary, now=now, options=options),
+        note=build_note(ctx, summary, now=written_at, options=options),
+        communication=build_communication(ctx, summary, now=written_at, options=options),
     )
 
 

@@ -243,7 +243,8 @@ def test_review_outputs_in_review_case() -> None:
         assert after["identifier"] == before["task"]["identifier"]
         assert after["id"] == before["task"]["id"]
         assert after["input"] == before["task"]["input"]
-        assert after["lastModified"] == "2024-05-02T18:00:00Z"
+        # Settled by this session: dated from its end, not from when the pipeline ran.
+        assert after["lastModified"] == data["context"]["period_end"]
     assert codes(reviewed["businessStatus"], CS_REVIEW_STATUS) == {"reviewed"}
     assert codes(not_reviewed["businessStatus"], CS_REVIEW_STATUS) == {"not-reviewed"}
     outputs = {o["type"]["coding"][0]["code"]: o for o in reviewed["output"]}
@@ -293,7 +294,7 @@ def test_two_detections_for_one_turn_are_refused() -> None:
         build_session_resources(args["ctx"], twice, args["model"], now=args["now"])
 
 
-def test_now_must_be_passed_and_changes_only_times() -> None:
+def test_dates_are_the_sessions_and_now_is_only_the_provenance_time() -> None:
     data = golden.load(AREA, "two-homework")
     args = load_case(data)
     a = build_session_resources(args["ctx"], args["detections"], args["model"], now=args["now"])
@@ -301,4 +302,11 @@ def test_now_must_be_passed_and_changes_only_times() -> None:
         args["ctx"], args["detections"], args["model"], now=datetime(2030, 1, 1, tzinfo=UTC)
     )
     assert [t.id for t in a.tasks] == [t.id for t in b.tasks]
-    assert as_json(a.tasks[0])["authoredOn"] != as_json(b.tasks[0])["authoredOn"]
+    start, end = data["context"]["period_start"], data["context"]["period_end"]
+    for built in (a, b):  # processed now or in 2030: the same session dates
+        assert {as_json(t)["authoredOn"] for t in built.tasks} == {start}
+        assert built.careplan is not None and as_json(built.careplan)["created"] == start
+        assert as_json(built.note)["date"] == end
+        assert as_json(built.communication)["sent"] == end
+    assert a.provenance is not None and b.provenance is not None
+    assert as_json(a.provenance)["recorded"] != as_json(b.provenance)["recorded"]
