@@ -14,6 +14,8 @@ _TYPES = {
     "patient": "reference",
     "subject": "reference",
     "encounter": "reference",
+    "requester": "reference",
+    "author": "reference",
 }
 
 
@@ -23,6 +25,7 @@ def capability_statement(base_url: str, version: str) -> dict[str, Any]:
         {"name": "_lastUpdated", "type": "date"},
         {"name": "identifier", "type": "token"},
         {"name": "_count", "type": "number"},
+        {"name": "_summary", "type": "token", "documentation": "count only"},
     ]
     resources = [
         {

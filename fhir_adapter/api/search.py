@@ -39,6 +39,7 @@ PARAMETERS: dict[str, dict[str, str]] = {
         "code": "code",
         "business-status": "business_status",
         "authored-on": "date",
+        "requester": "practitioner",
     },
     "Observation": {
         "patient": "patient",
@@ -55,6 +56,7 @@ PARAMETERS: dict[str, dict[str, str]] = {
         "status": "status",
         "type": "code",
         "date": "date",
+        "author": "practitioner",
     },
     "Communication": {
         "patient": "patient",
@@ -172,6 +174,11 @@ def parse_query(resource_type: str, params: Iterable[tuple[str, str]]) -> Query:
             continue
         if name in ("_format", "_pretty"):
             continue
+        if name == "_summary":
+            if value != "count":
+                raise ApiError(400, "not-supported", "_summary: only _summary=count is supported")
+            query.count = 0  # the total alone
+            continue
         field = known.get(name)
         if field is None:
             raise ApiError(
@@ -197,6 +204,8 @@ def _apply(query: Query, name: str, field: str, value: str) -> None:
         query.patient = _reference(name, value, "Patient")
     elif field == "encounter":
         query.encounter = _reference(name, value, "Encounter")
+    elif field == "practitioner":
+        query.practitioner = _reference(name, value, "Practitioner")
     elif field == "status":
         query.status = [_value(name, v) for v in values]
     elif field == "business_status":

@@ -66,12 +66,14 @@ class ResourceRow(Base):
     date: Mapped[datetime | None]
     # The end (exclusive) of `date`'s precision or period; NULL with a date: open-ended.
     date_end: Mapped[datetime | None]
+    practitioner: Mapped[str | None] = mapped_column(String(256))
 
     __table_args__ = (
         Index("ix_resource_type_updated", "resource_type", "last_updated"),
         Index("ix_resource_type_date", "resource_type", "date"),
         Index("ix_resource_type_business_status", "resource_type", "business_status"),
         Index("ix_resource_type_code", "resource_type", "code"),
+        Index("ix_resource_type_practitioner", "resource_type", "practitioner"),
     )
 
 

@@ -111,6 +111,7 @@ def _index(
     row.business_status = columns.business_status
     row.date = columns.date
     row.date_end = columns.date_end
+    row.practitioner = columns.practitioner
     session.flush()
     session.add(
         ResourceVersionRow(
@@ -174,6 +175,7 @@ class Query:
     ids: Sequence[str] = ()
     patient: str | None = None
     encounter: str | None = None
+    practitioner: str | None = None
     status: Sequence[str] = ()
     code: Sequence[tuple[str | None, str]] = ()
     business_status: Sequence[str] = ()
@@ -247,6 +249,8 @@ def _conditions(query: Query) -> list[ColumnElement[bool]]:
         where.append(row.patient == query.patient)
     if query.encounter:
         where.append(row.encounter == query.encounter)
+    if query.practitioner:
+        where.append(row.practitioner == query.practitioner)
     if query.status:
         where.append(row.status.in_(query.status))
     if query.business_status:

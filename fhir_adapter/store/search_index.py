@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-# resource type -> (patient path, encounter path, code path, date paths)
+# resource type -> (patient path, encounter path, code path, date paths, practitioner path)
 _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
     "CarePlan": {
         "patient": ("subject",),
@@ -25,6 +25,7 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "encounter": ("encounter",),
         "code": ("code",),
         "date": ("authoredOn",),
+        "practitioner": ("requester",),
     },
     "Observation": {
         "patient": ("subject",),
@@ -37,6 +38,7 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "encounter": ("context.encounter",),
         "code": ("type",),
         "date": ("date",),
+        "practitioner": ("author",),
     },
     "Communication": {
         "patient": ("subject",),
@@ -68,6 +70,8 @@ class SearchColumns:
     # The end (exclusive) of the date's precision: a day for "2026-03-01", a second for a time;
     # None with `date` set is an open period (CarePlan.period without an end).
     date_end: datetime | None
+    # The treating practitioner (Task.requester, the note's author): fidelity by therapist.
+    practitioner: str | None
     identifiers: tuple[tuple[str, str], ...]
 
 
@@ -187,6 +191,9 @@ def extract(body: dict[str, Any]) -> SearchColumns:
             )
         else:
             patient = _reference(_walk(body, path), want_patient=True)
+    practitioner = None
+    for path in paths.get("practitioner", ()):
+        practitioner = _reference(_walk(body, path), want_patient=False)
     encounter = None
     for path in paths.get("encounter", ()):
         encounter = _reference(_walk(body, path), want_patient=False)
@@ -215,5 +222,6 @@ def extract(body: dict[str, Any]) -> SearchColumns:
         business_status=business_status,
         date=date,
         date_end=date_end,
+        practitioner=practitioner,
         identifiers=identifiers,
     )

@@ -109,3 +109,17 @@ def test_the_migration_fills_the_ranges_of_stored_resources(
             text("SELECT id, date_end FROM resource WHERE resource_type = 'Task'")
         ).all()
     assert len(ends) == len(DATES) and all(end is not None for _, end in ends)
+
+
+def test_by_practitioner_and_summary_count(store: Store) -> None:
+    with store.session() as s:
+        for i, who in enumerate(["Practitioner/lee", "Practitioner/lee", "Practitioner/ana"]):
+            body = task(f"t{i}", "Patient/p2", "reviewed", "2026-05-01")
+            resources.put(s, {**body, "requester": {"reference": who}})
+    with TestClient(app_over(store)) as client:
+        assert found(client, "requester=Practitioner/lee") == {"t0", "t1"}
+        assert found(client, "requester=ana") == {"t2"}
+        counted = client.get("/fhir/Task?requester=lee&_summary=count", headers=bearer()).json()
+        assert counted["total"] == 2 and not counted.get("entry")
+        refused = client.get("/fhir/Task?_summary=true", headers=bearer())
+        assert refused.status_code == 400
