@@ -47,6 +47,7 @@ from mapping.fhir.references import reference_id
 from mapping.fhir.session import SessionResources, build_session_resources
 from mapping.fhir.supersede import revoked_careplan, superseded_task
 from mapping.fhir.validate import as_json
+from mapping.review_matching import match_reviews
 from mapping.scores import build_observation, score_resource
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _earlier_tasks(
     session: Session, patient: str, before: datetime, detections: list[Detection],
     connection: str,
 ) -> list[EarlierTask]:  # fmt: skip
-    reviews = sorted((d for d in detections if d.review), key=lambda d: -d.review_confidence)
+    reviews = [d for d in detections if d.review]
     earlier_encounters = {
         row.encounter
         for row in work.patient_encounters(session, connection, patient)
@@ -108,15 +109,12 @@ def _earlier_tasks(
         session,
         Query("Task", patient=patient, business_status=[ReviewStatus.AWAITING.value], count=1000),
     )
-    items = []
-    for task in awaiting:
-        if (task.get("encounter") or {}).get("reference") not in earlier_encounters:
-            continue
-        if reviews:
-            items.append(EarlierTask(task, ReviewStatus.REVIEWED, reviews[0]))
-        else:
-            items.append(EarlierTask(task, ReviewStatus.NOT_REVIEWED))
-    return items
+    waiting = [
+        task for task in awaiting
+        if (task.get("encounter") or {}).get("reference") in earlier_encounters
+    ]  # fmt: skip
+    # Per task: a review turn settles the homework it is about (mapping.review_matching).
+    return match_reviews(waiting, reviews)
 
 
 def _superseded(session: Session, encounter: str, built: SessionResources) -> list[dict[str, Any]]:
