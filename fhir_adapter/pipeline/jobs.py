@@ -62,6 +62,7 @@ async def run_once(
             log.error("connection %s: %s", conn.name, exc)
             summary.connections_failed += 1
             summary.errors.append(f"connection {conn.name}: {type(exc).__name__}: {exc}")
+    await asyncio.to_thread(runtime.store.refresh_statistics)
     return summary
 
 
@@ -121,6 +122,7 @@ async def ingest_resources(
     name, staged = await stage_resources(runtime, resources, connection)
     summary = RunSummary(encounters_new=staged.encounters_new)
     await _process(runtime, name, summary, progress)
+    await asyncio.to_thread(runtime.store.refresh_statistics)
     return summary
 
 

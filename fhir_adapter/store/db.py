@@ -62,6 +62,16 @@ class Store:
         with self._sessions.begin() as session:
             yield session
 
+    def refresh_statistics(self) -> None:
+        """Let SQLite's planner know the tables' sizes (PostgreSQL's autovacuum does this for
+        it): without statistics every search read all rows of its type (115 ms at 100 k
+        resources, 4 ms after). Sampled, so cheap; run at open and after each pass."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql("PRAGMA analysis_limit=1000")
+            connection.exec_driver_sql("ANALYZE")
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
@@ -86,4 +96,6 @@ def open_store(url: str) -> Store:
         config = alembic_config(url)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-    return Store(engine)
+    store = Store(engine)
+    store.refresh_statistics()
+    return store

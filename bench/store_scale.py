@@ -1,0 +1,137 @@
+"""The built-in FHIR store as it fills: write time per resource and fidelity searches, at
+1 k, 10 k and 100 k stored Tasks, on SQLite and PostgreSQL.
+
+For each database: a fresh store; Tasks are written (`resources.put`, 500 a transaction) for
+patients of 5 therapists, 4 a patient a month over a year, a third of them reviewed; at each
+size the last batch's milliseconds per put are recorded, then each search runs 40 times
+(p50, p95):
+
+- `Task?patient=P` (one patient's homework)
+- `Task?requester=R&authored-on=ge..&authored-on=lt..&business-status=reviewed&_summary=count`
+  (a therapist's reviewed Tasks in a quarter: the fidelity question)
+- `Task?authored-on=2026-03&_count=50` (a month, one page)
+
+    .venv/bin/python bench/store_scale.py [--sizes 1000,10000,100000] [--json out.json]
+
+Needs PostgreSQL on 127.0.0.1 (as the tests do). Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fhir_adapter.api.search import parse_query
+from fhir_adapter.store import Store, open_store, resources
+from tests.databases import postgres_database
+
+THERAPISTS = 5
+BATCH = 500
+RUNS = 40
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def task(n: int) -> dict[str, Any]:
+    patient, visit = divmod(n, 48)
+    authored = START + timedelta(days=visit * 7.5 % 365, hours=n % 9)
+    return {
+        "resourceType": "Task",
+        "identifier": [{"system": "urn:bench", "value": f"t{n}"}],
+        "status": "draft",
+        "intent": "proposal",
+        "for": {"reference": f"Patient/p{patient}"},
+        "requester": {"reference": f"Practitioner/r{patient % THERAPISTS}"},
+        "encounter": {"reference": f"Encounter/e{patient}-{visit}"},
+        "code": {"coding": [{"system": "urn:hw", "code": ("practice", "journal")[n % 2]}]},
+        "businessStatus": {"coding": [{"code": ("reviewed", "awaiting-review", "x")[n % 3]}]},
+        "authoredOn": authored.isoformat().replace("+00:00", "Z"),
+    }
+
+
+SEARCHES: dict[str, list[tuple[str, str]]] = {
+    "one patient": [("patient", "Patient/p7")],
+    "therapist quarter reviewed, count": [
+        ("requester", "Practitioner/r2"), ("authored-on", "ge2026-04-01"),
+        ("authored-on", "lt2026-07-01"), ("business-status", "reviewed"), ("_summary", "count"),
+    ],
+    "a month, one page": [("authored-on", "2026-03"), ("_count", "50")],
+}
+
+
+def timed(fn: Callable[[], Any], runs: int) -> dict[str, float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    ordered = sorted(samples)
+    return {"p50_ms": statistics.median(ordered), "p95_ms": ordered[int(0.95 * (runs - 1))]}
+
+
+def measure(store: Store, sizes: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    written = 0
+    for size in sizes:
+        put_ms = 0.0
+        while written < size:
+            batch = range(written, min(size, written + BATCH))
+            start = time.perf_counter()
+            with store.session() as session:
+                for n in batch:
+                    resources.put(session, task(n))
+            put_ms = (time.perf_counter() - start) * 1000 / len(batch)
+            written = batch.stop
+        # Statistics as the service keeps them: SQLite after each pass (refresh_statistics),
+        # PostgreSQL by autovacuum, which a bench cannot wait for.
+        store.refresh_statistics()
+        if store.engine.dialect.name == "postgresql":
+            with store.engine.begin() as connection:
+                connection.exec_driver_sql("ANALYZE")
+        row: dict[str, Any] = {"tasks": size, "put_ms_last_batch": put_ms}
+        for name, params in SEARCHES.items():
+            query = parse_query("Task", params)
+
+            def run(query: Any = query) -> None:
+                with store.session() as session:
+                    resources.search(session, query)
+
+            row[name] = timed(run, RUNS)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as root:
+        store = open_store(f"sqlite:///{root}/bench.db")
+        results["sqlite"] = measure(store, sizes)
+        store.close()
+    database = postgres_database()
+    try:
+        store = open_store(next(database))
+        results["postgresql"] = measure(store, sizes)
+        store.close()
+    finally:
+        database.close()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
