@@ -141,6 +141,8 @@ async def _attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> 
 # default) and retries 429s itself; a handful keeps a busy EHR's queue short while most of a
 # write's time is spent waiting on the network (measured: bench/README.md, pipeline load).
 WRITE_CONCURRENCY = 4
+# Passes of one flush over what is due: a write a pass leaves due is sent by the next.
+MAX_PASSES = 4
 # Writes go out in waves, each wave's writes concurrently: what others point at first
 # (the model's Device and card, the CarePlan, the note), then the Tasks (they point at the
 # CarePlan), then every Provenance (it points at all of them, and the note's at the note's
@@ -169,54 +171,66 @@ async def flush(
     are in flight at once, wave by wave (`WAVES`).
     """
     summary = FlushSummary()
-    with store.session() as session:
-        due = [(row.id, row.resource_type) for row in outbox.due(session, connection, limit=10_000)]
     slots = asyncio.Semaphore(concurrency)
+    again: list[int] = []
 
     async def one(row_id: int) -> None:
         async with slots:
-            await _send(store, row_id, clients, summary)
+            if not await _send(store, row_id, clients, summary):
+                again.append(row_id)
 
-    for wave in range(len(WAVES) + 1):
-        await asyncio.gather(*(one(i) for i, rtype in due if _wave(rtype) == wave))
+    # A write this pass left due (its payload changed while it was in flight, or it waited on
+    # another write) is sent by this process, now: no other process may flush after it.
+    for attempt in range(MAX_PASSES):
+        if attempt:
+            await asyncio.sleep(0.2 * attempt)  # let a write another process holds land
+        with store.session() as session:
+            due = [(r.id, r.resource_type) for r in outbox.due(session, connection, limit=10_000)]
+        again.clear()
+        for wave in range(len(WAVES) + 1):
+            await asyncio.gather(*(one(i) for i, rtype in due if _wave(rtype) == wave))
+        if not again:
+            break
     return summary
 
 
 async def _send(
     store: Store, row_id: int, clients: Mapping[str, FhirClient], summary: FlushSummary
-) -> None:
-    """Claim, send and record one write."""
+) -> bool:
+    """Claim, send and record one write; False when it is left due now (to send again)."""
     with store.session() as session:
         row = outbox.claim(session, row_id)
         if row is None:
-            return
+            return True  # another process has it, or it is no longer due
         client = clients.get(row.target)
         if client is None:
             outbox.mark_failed(session, row, f"no client configured for target {row.target}")
             summary.failed += 1
-            return
+            return True
         try:
             note_ref = (
                 _note_reference(session, row) if row.identifier_system == NOTE_PROVENANCE else None
             )
         except NotYet:
             outbox.release(session, row)
-            return
+            return False
     # `row` stays readable detached (the store's sessions do not expire on commit).
     outcome = await _attempt(client, row, note_ref)
     WRITES.labels(outcome=outcome.kind).inc()
     with store.session() as session:
         current = session.get(OutboxRow, row_id)
         if current is None:
-            return
+            return True
         if outcome.kind == "done":
             stored = outcome.stored
             server_id = str(stored["id"]) if stored.get("id") else None
-            if outbox.mark_sent(session, current, row.payload, server_id, _version(stored)):
-                summary.done += 1
+            if not outbox.mark_sent(session, current, row.payload, server_id, _version(stored)):
+                return False  # changed in flight: the newer payload goes out next pass
+            summary.done += 1
         elif outcome.kind == "retry":
             outbox.mark_retry(session, current, outcome.error, outcome.delay)
             summary.retrying += 1
         else:
             outbox.mark_failed(session, current, outcome.error)
             summary.failed += 1
+    return True

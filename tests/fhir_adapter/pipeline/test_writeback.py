@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from fhir_adapter.connections import open_clients
+from fhir_adapter.pipeline import writeback
 from fhir_adapter.pipeline.writeback import flush
 from fhir_adapter.settings import EhrConnection
 from fhir_adapter.store import Store, outbox
@@ -165,3 +166,31 @@ async def test_a_target_without_a_client_is_failed_not_dropped(
             "failed",
             "no client configured for target somewhere-else",
         )
+
+
+async def test_a_payload_changed_in_flight_goes_out_in_the_same_flush(
+    sekmet_server: SekmetServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's draft updates a Task while this one is sending it: the newer payload
+    is sent before this flush returns (no process may flush after it, as with `run --once`)."""
+    clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
+    conn = connection(sekmet_server, clinic, care_plan_store="ehr")
+    value = uuid.uuid4().hex
+    row_id = _enqueue(store, CARE_PLAN_STORE, _task(clinic, value, "Awaiting review"))
+    real_attempt = writeback._attempt
+    calls = 0
+
+    async def attempt_then_update(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        outcome = await real_attempt(*args, **kwargs)
+        if calls == 1:  # the other process's update lands while the first write is in flight
+            _enqueue(store, CARE_PLAN_STORE, _task(clinic, value, "Reviewed"))
+        return outcome
+
+    monkeypatch.setattr(writeback, "_attempt", attempt_then_update)
+    assert await _flush(store, conn) == (1, 0, 0)
+    assert calls == 2
+    [task] = _by_identifier(sekmet_server, "Task", value)
+    assert task["businessStatus"]["text"] == "Reviewed"
+    assert _row(store, row_id).status == "done"
