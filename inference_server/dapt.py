@@ -175,7 +175,7 @@ def pretrain(
     decoder = _decoder(config.decoder_layers)
     decoder_params = [p for p in decoder.parameters() if p.requires_grad]
     # The softmax runs over the tokens the texts use (a few thousand of MiniLM's 30,522): the
-    # targets are always among them, so the loss is exact for this text and ~6x cheaper.
+    # targets are always among them, so the loss is exact for this text and much cheaper.
     vocab = sorted(
         {i for ids in tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
          for i in ids}

@@ -8,7 +8,8 @@ headline scores on the corpus and real-talk splits as JSON. With the defaults it
 shipped weights (seeded; deterministic on one machine). A faster 4-layer student is `--out DIR
 --set encoder_layers=4 --set lora_layers=4 --set distill_weight=0.9`, distilled from the teacher
 in `--teacher` (default: the shipped model). Frozen-encoder embeddings are cached under
-`--cache` so that re-running is fast.
+`--cache` so that re-running is fast. `--dapt FILE` fine-tunes the encoder as adapted by a
+domain-adaptive pre-training delta (`homework-fhir dapt`) and writes it beside the weights.
 """
 
 from __future__ import annotations
