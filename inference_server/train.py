@@ -68,7 +68,14 @@ from inference_server.dataset import (
 from inference_server.decision import OperatingPoint, choose_points
 from inference_server.evaluate import Report, by_group, full_report, label_scores
 from inference_server.labels import LABELS
-from inference_server.lora import LORA_FILE, add_lora, lora_state
+from inference_server.lora import (
+    DAPT_FILE,
+    LORA_FILE,
+    add_lora,
+    lora_state,
+    merge_file,
+    read_lora,
+)
 from inference_server.realtalk import SOURCES, RealTalk, trainable_sources
 from inference_server.windows import NONE_INDEX, Expanded, expand, reduce
 
@@ -176,12 +183,15 @@ def encoder_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def load_encoder(layers: int | None = None) -> tuple[nn.Module, Any]:
-    """The bundled encoder (its first `layers` layers; all by default) and its tokenizer."""
+def load_encoder(layers: int | None = None, dapt: Path | None = None) -> tuple[nn.Module, Any]:
+    """The bundled encoder (its first `layers` layers; all by default), with the domain-adaptive
+    pre-training delta `dapt` merged in (dapt.py), and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
     encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
+    if dapt is not None:
+        merge_file(encoder, dapt)
     if layers is not None:
         truncate_encoder(encoder, layers)
     return encoder.eval(), tokenizer
@@ -227,11 +237,15 @@ def pooled_embeddings(
     texts: Sequence[str],
     cache_dir: Path | None,
     progress: bool = False,
+    dapt: Path | None = None,
 ) -> torch.Tensor:
-    """Mean-pooled frozen-encoder embeddings [N, dim], cached on disk by encoder and texts."""
+    """Mean-pooled frozen-encoder embeddings [N, dim], cached on disk by encoder (and the DAPT
+    delta merged into it, `dapt`) and texts."""
     key = hashlib.sha256()
     layers = _num_layers(encoder)
     key.update(f"{encoder_fingerprint()}|{layers}|{MAX_TOKENS}|{EVAL_BATCH_SIZE}".encode())
+    if dapt is not None:
+        key.update(b"|dapt:" + hashlib.sha256(dapt.read_bytes()).hexdigest().encode())
     for text in texts:
         key.update(b"\0" + text.encode("utf-8"))
     path = cache_dir / f"{key.hexdigest()}.npy" if cache_dir else None
@@ -349,6 +363,7 @@ class Fitted:
     calibrated: Calibrated
     history: list[dict[str, float]]
     best_epoch: int
+    dapt: Path | None = None  # the DAPT delta merged into `encoder` before fine-tuning
 
 
 @dataclass(frozen=True)
@@ -452,11 +467,13 @@ def fit(
     cache_dir: Path | None,
     progress: bool = True,
     teacher_dir: Path = WEIGHTS_DIR,
+    dapt: Path | None = None,
 ) -> Fitted:
     """Train on `train`'s windows; early-stop, calibrate and choose the operating points on
-    `dev` (with distillation, from the model in `teacher_dir`)."""
+    `dev` (with distillation, from the model in `teacher_dir`); on the encoder adapted by the
+    DAPT delta `dapt` where given."""
     seed_everything(config.seed)
-    encoder, tokenizer = load_encoder(config.encoder_layers)
+    encoder, tokenizer = load_encoder(config.encoder_layers, dapt)
     n_layers = _num_layers(encoder)  # == config.encoder_layers; TrainConfig checked lora_layers
     first = n_layers - config.lora_layers
     tr_win, dv_win = Windowed.of(train), Windowed.of(dev)
@@ -473,7 +490,7 @@ def fit(
             config.lora_dropout,
         )
     else:
-        pooled = pooled_embeddings(encoder, tokenizer, texts, cache_dir, progress=progress)
+        pooled = pooled_embeddings(encoder, tokenizer, texts, cache_dir, progress, dapt)
         tr, dv = Features(pooled=pooled[:n_train]), Features(pooled=pooled[n_train:])
         lora_params = []
     for param in encoder.parameters():
@@ -561,7 +578,7 @@ def fit(
     model.load_state_dict(best_state)
     out = _dev_output(model, dv, dv_win)
     calibrated = calibrate(out, dev_labels, dev_review, config.calibrate)
-    return Fitted(model, encoder, calibrated, history, best_epoch)
+    return Fitted(model, encoder, calibrated, history, best_epoch, dapt)
 
 
 @dataclass(frozen=True)
@@ -672,7 +689,8 @@ def _f1(gold: Sequence[bool], pred: Sequence[bool]) -> float:
 
 
 def save_weights(fitted: Fitted, out: Path) -> list[Path]:
-    """Write heads (dev temperatures folded into their last layers) and the LoRA delta."""
+    """Write heads (dev temperatures folded into their last layers), the LoRA delta, and a copy
+    of the DAPT delta the encoder was adapted with (if any)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -697,6 +715,13 @@ def save_weights(fitted: Fitted, out: Path) -> list[Path]:
         written.append(lora_file)
     elif lora_file.exists():
         lora_file.unlink()  # a stale delta from an earlier run would be merged at load
+    dapt_file = out / DAPT_FILE
+    if fitted.dapt is not None:
+        if fitted.dapt.resolve() != dapt_file.resolve():
+            dapt_file.write_bytes(fitted.dapt.read_bytes())
+        written.append(dapt_file)
+    elif dapt_file.exists():
+        dapt_file.unlink()  # likewise
     return written
 
 
@@ -772,12 +797,15 @@ def train(
     on_status: Callable[[str], None] = log.info,
     teacher_dir: Path | None = None,
     realtalk: RealTalk | None = None,
+    dapt: Path | None = None,
 ) -> dict[str, Any]:
     """Train, write weights and `model_card.json` into `out`; return the card.
 
     With `realtalk` (the labelled real dialogue, realtalk.py), its train split's licence-allowed
     sources join the corpus' train split, and every dev choice (epoch, temperatures, operating
     points) is made on its dev split's licence-allowed sources; without it, on the corpus' dev.
+    With `dapt` (a delta from `dapt.pretrain`), the encoder is adapted by it before fine-tuning,
+    and the delta is written beside the other weights.
     """
     config = config or TrainConfig()
     out = out or WEIGHTS_DIR
@@ -814,7 +842,7 @@ def train(
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        fitted = fit(train_set, select_on, config, cache_dir, progress, teacher_dir)
+        fitted = fit(train_set, select_on, config, cache_dir, progress, teacher_dir, dapt)
     finally:
         torch.use_deterministic_algorithms(deterministic)
     written = save_weights(fitted, out)
@@ -858,6 +886,7 @@ def train(
             "pooling": "mean",
             "layers": config.encoder_layers,
             "lora_layers": config.lora_layers,
+            "dapt": _dapt_card(dapt),
         },
         "data": {
             "corpus_sha256": corpus_hash(files),
@@ -897,6 +926,20 @@ def train(
     }
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card
+
+
+def _dapt_card(dapt: Path | None) -> dict[str, Any] | None:
+    """What the card records of the domain-adaptive pre-training: its run and its texts."""
+    if dapt is None:
+        return None
+    _, scale, metadata = read_lora(dapt)
+    return {
+        "file": DAPT_FILE,
+        "sha256": hashlib.sha256(dapt.read_bytes()).hexdigest(),
+        "scale": scale,
+        "texts": json.loads(metadata.get("sources", "{}")),
+        "run": json.loads(metadata.get("stats", "{}")),
+    }
 
 
 def _teacher_card(teacher_dir: Path) -> dict[str, Any]:

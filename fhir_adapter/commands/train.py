@@ -8,7 +8,8 @@ headline scores on the corpus and real-talk splits as JSON. With the defaults it
 shipped weights (seeded; deterministic on one machine). A faster 4-layer student is `--out DIR
 --set encoder_layers=4 --set lora_layers=4 --set distill_weight=0.9`, distilled from the teacher
 in `--teacher` (default: the shipped model). Frozen-encoder embeddings are cached under
-`--cache` so that re-running is fast.
+`--cache` so that re-running is fast. `--dapt FILE` fine-tunes the encoder as adapted by a
+domain-adaptive pre-training delta (`homework-fhir dapt`) and writes it beside the weights.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def train(
             "used when distill_weight > 0.",
         ),
     ] = None,
+    dapt: Annotated[
+        Path | None,
+        typer.Option(
+            "--dapt",
+            help="A domain-adaptive pre-training delta (`homework-fhir dapt --out FILE`): "
+            "fine-tune the encoder it adapts, and ship it with the weights.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train the classifier heads (and LoRA delta) and write weights plus model card."""
@@ -110,6 +119,8 @@ def train(
         config = replace(config, seed=seed)
     if epochs is not None:
         config = replace(config, epochs=epochs)
+    if dapt is not None and not dapt.is_file():
+        fail(f"no DAPT delta at {dapt}; make one with `homework-fhir dapt --out {dapt}`")
     if teacher is not None and not config.distill_weight:
         fail("--teacher is read only when distilling; add --set distill_weight=0.9 (or drop it)")
     esconv_dir = None
@@ -130,6 +141,7 @@ def train(
                 progress=not quiet,
                 teacher_dir=teacher,
                 realtalk=realtalk,
+                dapt=dapt,
             )
         except (DatasetError, ESConvError) as exc:
             fail(str(exc))
@@ -150,7 +162,14 @@ def train(
 
 def config_with(config: TrainConfig, settings: list[str]) -> TrainConfig:
     """`config` with NAME=VALUE overrides, each VALUE parsed as its field's type."""
-    from dataclasses import fields, replace
+    from dataclasses import replace
+
+    return replace(config, **parse_settings(config, settings))
+
+
+def parse_settings(config: Any, settings: list[str]) -> dict[str, Any]:
+    """NAME=VALUE overrides of a dataclass' fields, each VALUE parsed as its field's type."""
+    from dataclasses import fields
 
     types = {f.name: f.type for f in fields(config)}
     changes: dict[str, Any] = {}
@@ -172,4 +191,4 @@ def config_with(config: TrainConfig, settings: list[str]) -> TrainConfig:
         except ValueError:
             expected = {"int": "an integer", "float": "a number", "bool": "true or false"}[kind]
             raise ValueError(f"--set {item!r}: {name} takes {expected}, not {raw!r}") from None
-    return replace(config, **changes)
+    return changes
