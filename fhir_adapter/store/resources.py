@@ -203,7 +203,8 @@ def _interval_conditions(
     for bound in bounds:
         low, high = bound.value, bound.upper
         ends_after = or_(end.is_(None), end > high)
-        contained = and_(start >= low, end.is_not(None), end <= high)
+        # `start < high` follows from the rest; said, it bounds the index range on start.
+        contained = and_(start >= low, start < high, end.is_not(None), end <= high)
         clause: ColumnElement[bool] = {
             "eq": contained,
             "ne": not_(contained),

@@ -112,8 +112,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     with_token = _schemathesis(schema, served, 300, f"Authorization: Bearer {token}")
     generated, passed = _counts(with_token)
     assert generated == passed >= 2000, with_token[-2000:]
-    generated, passed = _counts(_schemathesis(schema, served, 100))
-    assert generated == passed >= 500
+    anonymous, anonymous_passed = _counts(_schemathesis(schema, served, 100))
+    assert anonymous == anonymous_passed >= 500
+    print(f"schemathesis: {generated} cases with a token, {anonymous} without, all passed")
 
 
 def _counts(output: str) -> tuple[int, int]:
