@@ -51,9 +51,19 @@ def dev_key(settings: Settings) -> ECKey:
     return key
 
 
-def dev_token(settings: Settings, scopes: str = "system/*.read", lifetime_s: int = 3600) -> str:
+def dev_token(
+    settings: Settings, scopes: str = "system/*.read", lifetime_s: int | None = None
+) -> str:
+    """A development token, living the longest the API accepts unless `lifetime_s` is shorter;
+    SettingsError for a longer one (the API would refuse it)."""
+    longest = settings.api.auth.max_token_lifetime_s
+    if lifetime_s is not None and lifetime_s > longest:
+        raise SettingsError(
+            f"a token living {lifetime_s} s would be refused: the API accepts at most {longest} s "
+            "(api.auth.max_token_lifetime_s)"
+        )
     return issue_token(dev_key(settings), DEV_ISSUER, api_audience(settings), scopes,
-                       lifetime_s=lifetime_s)  # fmt: skip
+                       lifetime_s=lifetime_s or longest)  # fmt: skip
 
 
 def _import_pem(path: Path) -> RSAKey | ECKey:

@@ -102,10 +102,11 @@ def register(app: typer.Typer) -> None:
         typer.echo("")
         for line in drafts:
             typer.echo(line)
-        token = dev_token(settings, "system/*.read", lifetime_s=8 * 3600)
+        token = dev_token(settings, "system/*.read")
+        valid_min = settings.api.auth.max_token_lifetime_s // 60
         base = f"http://127.0.0.1:{port}"
         typer.echo(
-            "\nWhere to look (development token valid 8 h; "
+            f"\nWhere to look (development token valid {valid_min} min; "
             f"new one: homework-fhir token, with HOMEWORK_FHIR_DATA_DIR={data_dir}):\n"
             f"  export TOKEN={token}\n"
             f'  curl -H "Authorization: Bearer $TOKEN" \\\n'

@@ -51,7 +51,11 @@ def register(app: typer.Typer) -> None:
     def token(
         config: ConfigOption = None,
         scope: Annotated[str, typer.Option(help="Space-separated SMART scopes.")] = "system/*.read",
-        lifetime: Annotated[int, typer.Option(help="Seconds the token is valid.", min=60)] = 3600,
+        lifetime: Annotated[
+            int | None,
+            typer.Option(help="Seconds the token is valid (default and most: "
+                         "api.auth.max_token_lifetime_s).", min=60),
+        ] = None,
     ) -> None:
         """Print a bearer token for the API in development mode (api.auth.mode=dev-embedded)."""
         from fhir_adapter.service import dev_token
@@ -60,4 +64,9 @@ def register(app: typer.Typer) -> None:
         if settings.api.auth.mode != "dev-embedded":
             fail("tokens are minted here only with api.auth.mode = 'dev-embedded' (development); "
                  "in production get one from your identity provider")  # fmt: skip
-        typer.echo(dev_token(settings, scope, lifetime))
+        from fhir_adapter.settings import SettingsError
+
+        try:
+            typer.echo(dev_token(settings, scope, lifetime))
+        except SettingsError as exc:
+            fail(str(exc))

@@ -15,7 +15,7 @@ from joserfc.jwk import ECKey
 
 from fhir_adapter.pipeline.staging import stage
 from fhir_adapter.pipeline.steps import Step
-from fhir_adapter.service import token_verifier
+from fhir_adapter.service import dev_token, token_verifier
 from fhir_adapter.settings import ApiAuthSettings, ApiSettings, SettingsError, load_settings
 from fhir_adapter.store import open_store
 from tests.security.support import EC_KEY, MAX_BODY, bearer, signed
@@ -307,3 +307,15 @@ def test_staging_survives_ids_and_references_outside_the_grammar(database_url: s
         assert summary.unlinked == 1
     finally:
         store.close()
+
+
+def test_development_tokens_live_no_longer_than_the_api_accepts(tmp_path: Path) -> None:
+    """`homework-fhir token` and the demo mint tokens the same server accepts (the demo's
+    8-hour token was refused once lifetimes were bounded)."""
+    auth = ApiAuthSettings(mode="dev-embedded")
+    settings = load_settings(environment="development", data_dir=tmp_path,
+                             api=ApiSettings(auth=auth))  # fmt: skip
+    verifier = token_verifier(settings)
+    assert verifier.claims(f"Bearer {dev_token(settings)}")["scope"] == "system/*.read"
+    with pytest.raises(SettingsError, match="max_token_lifetime_s"):
+        dev_token(settings, lifetime_s=8 * 3600)
