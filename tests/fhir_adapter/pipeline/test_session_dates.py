@@ -31,7 +31,8 @@ async def test_a_backfill_carries_the_sessions_dates(tmp_path: Path) -> None:
         model=ModelSettings(backend="in-process"),
         api=ApiSettings(auth=ApiAuthSettings(mode="dev-embedded")),
     )
-    started = datetime.now(UTC)
+    # Instants are written to the second: the run's start, to the second.
+    started = datetime.now(UTC).replace(microsecond=0)
     async with open_runtime(settings) as runtime:
         await ingest_resources(runtime, [r for kind in by_type.values() for r in kind])
         with runtime.store.session() as s:
