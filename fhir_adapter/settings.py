@@ -385,9 +385,9 @@ class PipelineSettings(_Model):
     the reason on the encounter, never cut short silently; `work retry` runs it again once the
     bound is raised."""
 
-    # Characters of transcript text (a 50-minute session is about 50,000).
+    # Characters of transcript text.
     max_transcript_chars: int = Field(400_000, ge=1000)
-    # Micro-dialogues (therapist turns) of one session (a 50-minute session has about 150).
+    # Micro-dialogues (therapist turns) of one session.
     max_micro_dialogues: int = Field(3000, ge=10)
 
 

@@ -22,10 +22,10 @@ from fhir_adapter.log_redaction import redacted_traceback
 from fhir_adapter.pipeline import draft
 from fhir_adapter.samples.build import build_resources
 from fhir_adapter.service import build_service, dev_token
-from fhir_adapter.settings import ApiAuthSettings, ApiSettings, ModelSettings, load_settings
 from fhir_adapter.store import work
 from fhir_adapter.store.models import EncounterRow
 from mapping.transcripts import read_document
+from tests.fhir_adapter.pipeline.support import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -77,13 +77,7 @@ def test_no_log_line_of_a_pipeline_run_carries_transcript_text(
     by_type = build_resources()
     pushed = [r for kind in by_type.values() for r in kind]
     phrases = _phrases(by_type["DocumentReference"])
-    settings = load_settings(
-        environment="development",
-        data_dir=tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'store.db'}",
-        model=ModelSettings(backend="in-process"),
-        api=ApiSettings(auth=ApiAuthSettings(mode="dev-embedded")),
-    )
+    settings = settings_for(tmp_path, [])
     bundle = {"resourceType": "Bundle", "type": "collection",
               "entry": [{"resource": r} for r in pushed]}  # fmt: skip
     auth = {"Authorization": f"Bearer {dev_token(settings, 'system/Bundle.c')}"}

@@ -13,29 +13,16 @@ import pytest
 from fhir_adapter.pipeline.jobs import ingest_resources
 from fhir_adapter.runtime import open_runtime
 from fhir_adapter.samples.build import build_resources
-from fhir_adapter.settings import (
-    ApiAuthSettings,
-    ApiSettings,
-    ModelSettings,
-    PipelineSettings,
-    Settings,
-    load_settings,
-)
+from fhir_adapter.settings import PipelineSettings, Settings
 from fhir_adapter.store import resources, work
 from fhir_adapter.store.resources import Query
+from tests.fhir_adapter.pipeline.support import settings_for
 
 pytestmark = pytest.mark.integration
 
 
 def _settings(tmp_path: Path, **limits: Any) -> Settings:
-    return load_settings(
-        environment="development",
-        data_dir=tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'store.db'}",
-        model=ModelSettings(backend="in-process"),
-        api=ApiSettings(auth=ApiAuthSettings(mode="dev-embedded")),
-        pipeline=PipelineSettings(**limits),
-    )
+    return settings_for(tmp_path, [], pipeline=PipelineSettings(**limits))
 
 
 async def test_sessions_over_the_bounds_are_set_aside_with_the_reason(tmp_path: Path) -> None:

@@ -136,8 +136,10 @@ def settings_for(
     *,
     database_url: str | None = None,
     triton: TritonHandle | None = None,
+    **more: Any,
 ) -> Settings:
-    """Development settings (dev-embedded API tokens) with the shipped model."""
+    """Development settings (dev-embedded API tokens) with the shipped model; `more` sets
+    further sections (pipeline=...)."""
     shipped_weights()
     model = (
         ModelSettings(backend="triton", triton_url=triton.url)
@@ -151,6 +153,7 @@ def settings_for(
         model=model,
         api=ApiSettings(auth=ApiAuthSettings(mode="dev-embedded")),
         ehr={c.name: c for c in conns},
+        **more,
     )
 
 

@@ -13,10 +13,10 @@ import pytest
 from fhir_adapter.pipeline.jobs import ingest_resources
 from fhir_adapter.runtime import open_runtime
 from fhir_adapter.samples.build import build_resources
-from fhir_adapter.settings import ApiAuthSettings, ApiSettings, ModelSettings, load_settings
 from fhir_adapter.store import resources
 from fhir_adapter.store.resources import DateBound, Query
 from fhir_adapter.store.search_index import parse_datetime, parse_range
+from tests.fhir_adapter.pipeline.support import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +24,7 @@ pytestmark = pytest.mark.integration
 async def test_a_backfill_carries_the_sessions_dates(tmp_path: Path) -> None:
     by_type = build_resources()
     periods = {f"Encounter/{e['id']}": e["period"] for e in by_type["Encounter"]}
-    settings = load_settings(
-        environment="development",
-        data_dir=tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'store.db'}",
-        model=ModelSettings(backend="in-process"),
-        api=ApiSettings(auth=ApiAuthSettings(mode="dev-embedded")),
-    )
+    settings = settings_for(tmp_path, [])
     # Instants are written to the second: the run's start, to the second.
     started = datetime.now(UTC).replace(microsecond=0)
     async with open_runtime(settings) as runtime:
