@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.databases",
     "tests.fhir_adapter.sekmet_server",
+    "tests.fhir_adapter.quality.samples",
     "tests.inference_server.triton_fixtures",
 ]

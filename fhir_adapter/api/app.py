@@ -28,6 +28,7 @@ from fhir_adapter.api.bundle import ingest_resources
 from fhir_adapter.api.capability import capability_statement
 from fhir_adapter.api.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from fhir_adapter.api.outcome import ApiError, operation_outcome
+from fhir_adapter.api.quality import quality_router
 from fhir_adapter.api.search import PARAMETERS, parse_query, searchset
 from fhir_adapter.api.security import Grant, TokenVerifier
 from fhir_adapter.store import Store, resources
@@ -169,6 +170,8 @@ def create_app(
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)
     for router in public_routers:
         app.include_router(router)
+    # Before the generic FHIR routes, which would take /fhir/Measure for a stored type.
+    app.include_router(quality_router(active))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

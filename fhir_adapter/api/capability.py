@@ -41,6 +41,21 @@ def capability_statement(base_url: str, version: str) -> dict[str, Any]:
         }
         for rtype, params in PARAMETERS.items()
     ]
+    resources.append(
+        {
+            "type": "Measure",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [{"name": "_id", "type": "token"}, {"name": "url", "type": "uri"}],
+            "operation": [
+                {
+                    "name": "evaluate-measure",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure",
+                    "documentation": "periodStart, periodEnd, reportType (population, summary, "
+                    "subject-list), practitioner, and clinic (an Organization; ours)",
+                }
+            ],
+        }
+    )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

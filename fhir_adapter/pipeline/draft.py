@@ -81,7 +81,7 @@ def _context(
         raise MappingError(
             f"{row_encounter} names no Practitioner participant; the note needs an author"
         )
-    provider = (enc.get("serviceProvider") or {}).get("reference")
+    provider = enc.get("serviceProvider") or {}
     return EncounterContext(
         patient=Ref(row_patient, (enc.get("subject") or {}).get("display")),
         encounter=Ref(row_encounter),
@@ -90,7 +90,12 @@ def _context(
         # A finished encounter without an end is taken to end when it started.
         period_end=end or start,
         transcript=Ref(transcript),
-        organization=Ref(provider) if provider else None,
+        # The display names the clinic for quality teams (fidelity by clinic).
+        organization=(
+            Ref(provider["reference"], provider.get("display"))
+            if provider.get("reference")
+            else None
+        ),
         source=source,
     )
 

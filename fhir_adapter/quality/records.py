@@ -1,0 +1,66 @@
+"""Read fidelity records (sessions, homework items, scores) out of the built-in store.
+
+Rows are narrowed in SQL by type and date (indexed) with a day's margin on each side, since
+the indexed date is not always the one a record is dated by (a note is indexed by its end);
+`mapping.quality` then applies the exact period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fhir_adapter.store import Store
+from fhir_adapter.store.models import ResourceRow
+from mapping.quality.records import (
+    ScoreRecord,
+    SessionRecord,
+    TaskRecord,
+    score_record,
+    session_record,
+    task_record,
+)
+
+R = TypeVar("R")
+_MARGIN = timedelta(days=1)
+_BATCH = 500  # rows fetched per round trip: bodies are large, memory stays flat
+
+
+@dataclass(frozen=True)
+class Records:
+    sessions: list[SessionRecord]
+    tasks: list[TaskRecord]
+    scores: list[ScoreRecord]
+
+
+def _rows(
+    session: Session,
+    resource_type: str,
+    start: date | None,
+    end: date | None,
+    read: Callable[[dict[str, Any]], R | None],
+) -> Iterator[R]:
+    query = select(ResourceRow.body).where(ResourceRow.resource_type == resource_type)
+    if start is not None:
+        query = query.where(ResourceRow.date >= datetime.combine(start, time(), UTC) - _MARGIN)
+    if end is not None:
+        query = query.where(ResourceRow.date < datetime.combine(end, time(), UTC) + 2 * _MARGIN)
+    for body in session.scalars(query.execution_options(yield_per=_BATCH)):
+        found = read(body)
+        if found is not None:
+            yield found
+
+
+def load(store: Store, start: date | None = None, end: date | None = None) -> Records:
+    """Every session, homework item and score dated within [start - 1 day, end + 1 day]."""
+    with store.session() as session:
+        return Records(
+            sessions=list(_rows(session, "DocumentReference", start, end, session_record)),
+            tasks=list(_rows(session, "Task", start, end, task_record)),
+            scores=list(_rows(session, "Observation", start, end, score_record)),
+        )

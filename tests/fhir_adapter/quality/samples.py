@@ -1,0 +1,47 @@
+"""The bundled sample sessions, processed once by the real pipeline (`homework-fhir demo`),
+and copied into a fresh store per test (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fhir_adapter.store import Store, open_store, resources
+
+
+@pytest.fixture(scope="session")
+def sample_resources(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Every resource the demo's backfill of the samples wrote (model, pipeline and all)."""
+    data_dir = tmp_path_factory.mktemp("demo")
+    done = subprocess.run(
+        [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "demo",
+         "--data-dir", str(data_dir), "--no-serve"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    demo = open_store(f"sqlite:///{data_dir / 'demo.sqlite3'}")
+    try:
+        with demo.session() as session:
+            found, _ = resources.search(session, resources.Query("Task", count=10_000))
+            bodies = list(found)
+            for resource_type in ("DocumentReference", "Observation", "CarePlan"):
+                more, _ = resources.search(session, resources.Query(resource_type, count=10_000))
+                bodies.extend(more)
+    finally:
+        demo.close()
+    assert len(bodies) > 40, "the demo wrote fewer resources than the samples hold"
+    return bodies
+
+
+@pytest.fixture
+def sample_store(database_url: str, sample_resources: list[dict[str, Any]]) -> Iterator[Store]:
+    store = open_store(database_url)
+    with store.session() as session:
+        for body in sample_resources:
+            resources.put(session, body)
+    yield store
+    store.close()
