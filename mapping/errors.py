@@ -4,7 +4,8 @@
     ├── TranscriptError          a transcript that cannot be read (names the line/cue/segment)
     │   └── AttachmentNotInlineError  a FHIR attachment holds only a url: the adapter must fetch it
     ├── QuestionnaireError       a PHQ-9/GAD-7 response that cannot be scored
-    └── ResourceError            a FHIR resource that cannot be read or would not validate
+    ├── ResourceError            a FHIR resource that cannot be read or would not validate
+    └── ViewError                a SQL on FHIR ViewDefinition that cannot run (names the element)
 
 The CLI turns any MappingError into a one-line message and exit code 2.
 """
@@ -43,3 +44,9 @@ class QuestionnaireError(MappingError):
 
 class ResourceError(MappingError):
     """A FHIR resource is not of the expected type or shape."""
+
+
+class ViewError(MappingError):
+    """A ViewDefinition is invalid (a missing resource, bad FHIRPath, an undefined constant,
+    mismatched unionAll columns), or cannot run on a resource (several values for a column
+    without `collection: true`, a `where` that is not boolean). The message names the element."""
