@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_adapter.api.bundle import ingest_resources
 from fhir_adapter.api.capability import capability_statement
+from fhir_adapter.api.includes import included, parse_includes
 from fhir_adapter.api.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.quality import quality_router
@@ -245,10 +246,19 @@ def create_app(
         grant = active().verifier.require(authorization, resource_type, "read")
         params = list(request.query_params.multi_items())
         query = parse_query(resource_type, params)
+        includes = parse_includes(resource_type, params)
         query.within = scope_limits(resource_type, grant)
+
+        def limits(other: str) -> list[Query]:
+            """Included resources obey the token as matches do (403 for an unreadable type)."""
+            return scope_limits(other, active().verifier.require(authorization, other, "read"))
+
         with active().store.session() as session:
             found, total = resources.search(session, query)
-        return _fhir(searchset(base_url(request), resource_type, params, query, found, total))
+            extra = included(session, found, includes, limits) if includes else []
+        return _fhir(
+            searchset(base_url(request), resource_type, params, query, found, total, extra)
+        )
 
     def _readable(resource_type: str, rid: str, authorization: str | None) -> None:
         """The token may read `resource_type`/`rid`: 404 for an id outside its scope

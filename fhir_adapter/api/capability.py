@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_adapter.api.includes import INCLUDE, REVINCLUDE
 from fhir_adapter.api.search import PARAMETERS
 
 _TYPES = {
@@ -17,6 +18,15 @@ _TYPES = {
     "requester": "reference",
     "author": "reference",
 }
+
+
+def _includes(resource_type: str) -> dict[str, list[str]]:
+    """searchInclude / searchRevInclude where there are any (FHIR has no empty arrays)."""
+    out = {
+        "searchInclude": [v for (t, v) in INCLUDE if t == resource_type],
+        "searchRevInclude": [v for (t, v) in REVINCLUDE if t == resource_type],
+    }
+    return {k: v for k, v in out.items() if v}
 
 
 def capability_statement(base_url: str, version: str) -> dict[str, Any]:
@@ -38,6 +48,7 @@ def capability_statement(base_url: str, version: str) -> dict[str, Any]:
             "versioning": "versioned",
             "searchParam": common
             + [{"name": name, "type": _TYPES.get(name, "token")} for name in params],
+            **_includes(rtype),
         }
         for rtype, params in PARAMETERS.items()
     ]

@@ -8,7 +8,7 @@ answer to a quality team's question).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -172,8 +172,8 @@ def parse_query(resource_type: str, params: Iterable[tuple[str, str]]) -> Query:
         if name == "_offset":
             query.offset = _integer(name, value, 0, 10**9)
             continue
-        if name in ("_format", "_pretty"):
-            continue
+        if name in ("_format", "_pretty", "_include", "_revinclude"):
+            continue  # _include/_revinclude: fhir_adapter.api.includes
         if name == "_summary":
             if value != "count":
                 raise ApiError(400, "not-supported", "_summary: only _summary=count is supported")
@@ -227,8 +227,10 @@ def searchset(
     query: Query,
     resources: list[dict[str, Any]],
     total: int,
+    included: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """A searchset Bundle with self/next/previous links that keep the caller's parameters."""
+    """A searchset Bundle with self/next/previous links that keep the caller's parameters;
+    `included` resources (`_include`, `_revinclude`) follow the matches."""
     kept = [(k, v) for k, v in params if k not in ("_offset", "_count")]
 
     def link(relation: str, offset: int) -> dict[str, str]:
@@ -249,8 +251,9 @@ def searchset(
             {
                 "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
                 "resource": r,
-                "search": {"mode": "match"},
+                "search": {"mode": mode},
             }
-            for r in resources
+            for mode, found in (("match", resources), ("include", included))
+            for r in found
         ],
     }

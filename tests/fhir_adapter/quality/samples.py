@@ -28,7 +28,8 @@ def sample_resources(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str,
         with demo.session() as session:
             found, _ = resources.search(session, resources.Query("Task", count=10_000))
             bodies = list(found)
-            for resource_type in ("DocumentReference", "Observation", "CarePlan"):
+            for resource_type in ("DocumentReference", "Observation", "CarePlan", "Provenance",
+                                  "Communication", "Device"):
                 more, _ = resources.search(session, resources.Query(resource_type, count=10_000))
                 bodies.extend(more)
     finally:
