@@ -391,6 +391,14 @@ class PipelineSettings(_Model):
     max_micro_dialogues: int = Field(3000, ge=10)
 
 
+class QualitySettings(_Model):
+    """Fidelity for quality teams."""
+
+    # Bring the SQL views (homework_sessions, homework_tasks, homework_scores) up to date after
+    # each pipeline pass that changed something; off: run `homework-fhir quality views`.
+    refresh_views: bool = True
+
+
 class ApiSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -443,6 +451,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     ehr: Annotated[dict[str, EhrConnection], BeforeValidator(_named_connections)] = Field(
         default_factory=dict
     )

@@ -63,7 +63,6 @@ def register(app: typer.Typer) -> None:
         from fhir_adapter.bulk import BulkExportError, read_export
         from fhir_adapter.pipeline.jobs import ingest_resources
         from fhir_adapter.pipeline.runner import ModelUnavailableError, RunSummary
-        from fhir_adapter.quality.views import materialise
         from fhir_adapter.samples import sample_export_dir
         from fhir_adapter.service import build_service, dev_token
 
@@ -93,8 +92,6 @@ def register(app: typer.Typer) -> None:
         async def backfill() -> tuple[RunSummary, list[str]]:
             async with open_runtime_or_exit(settings) as runtime:
                 summary = await ingest_resources(runtime, resources)
-                # The SQL views quality teams query (homework-fhir quality sql ...).
-                await asyncio.to_thread(materialise, runtime.store)
                 return summary, _drafts(runtime.store)
 
         try:

@@ -130,12 +130,18 @@ def register(app: typer.Typer) -> None:
         _write_csv(rows)
 
     @quality_app.command("views")
-    def views(config: ConfigOption = None) -> None:
-        """Rebuild the SQL tables (homework_sessions, homework_tasks, homework_scores) from the
-        store's resources; run after each pipeline run, or on a schedule."""
+    def views(
+        full: Annotated[
+            bool, typer.Option("--full", help="Rebuild every table whole, not only changes.")
+        ] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Bring the SQL tables (homework_sessions, homework_tasks, homework_scores) up to date
+        with the store (the pipeline does it after each pass unless quality.refresh_views is
+        off)."""
         from tqdm import tqdm
 
-        from fhir_adapter.quality.views import materialise
+        from fhir_adapter.quality.views import ViewsBusyError, materialise
 
         with store_only(load_settings_or_exit(config)) as store:
             bar = tqdm(desc="rows", unit="row", disable=not sys.stderr.isatty())
@@ -145,8 +151,12 @@ def register(app: typer.Typer) -> None:
                 bar.update(rows - seen.get(name, 0))
                 seen[name] = rows
 
-            written = materialise(store, progress)
-            bar.close()
+            try:
+                written = materialise(store, progress, full=full)
+            except ViewsBusyError as exc:
+                fail(str(exc), 1)
+            finally:
+                bar.close()
         for name, rows in written.items():
             typer.echo(f"{name}: {rows} rows")
 

@@ -19,6 +19,7 @@ from fhir_adapter.pipeline import fetch
 from fhir_adapter.pipeline.runner import Progress, RunSummary, process_waiting, write_back
 from fhir_adapter.pipeline.staging import StageSummary, stage
 from fhir_adapter.pipeline.steps import Step
+from fhir_adapter.quality.views import ViewsBusyError, materialise
 from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import SettingsError
 from fhir_adapter.store import leases, outbox, work
@@ -63,7 +64,23 @@ async def run_once(
             summary.connections_failed += 1
             summary.errors.append(f"connection {conn.name}: {type(exc).__name__}: {exc}")
     await asyncio.to_thread(runtime.store.refresh_statistics)
+    await refresh_views(runtime, summary)
     return summary
+
+
+async def refresh_views(runtime: Runtime, summary: RunSummary) -> None:
+    """The quality views, brought up to date after a pass that changed something. Another
+    process refreshing them is fine (its refresh reads the same changes); a failure is logged
+    and left to the next pass: the views are a copy, and the pass's work is done."""
+    changed = summary.encounters_processed or summary.writes_done or summary.observations
+    if not runtime.settings.quality.refresh_views or not changed:
+        return
+    try:
+        await asyncio.to_thread(materialise, runtime.store)
+    except ViewsBusyError:
+        log.info("quality views: another process is refreshing them")
+    except Exception:
+        log.exception("quality views: refresh failed; `homework-fhir quality views` retries it")
 
 
 async def _process(
@@ -123,6 +140,7 @@ async def ingest_resources(
     summary = RunSummary(encounters_new=staged.encounters_new)
     await _process(runtime, name, summary, progress)
     await asyncio.to_thread(runtime.store.refresh_statistics)
+    await refresh_views(runtime, summary)
     return summary
 
 

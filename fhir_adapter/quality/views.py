@@ -1,18 +1,23 @@
 """Our ViewDefinitions materialised as tables in the store's database, and as CSV/Parquet.
 
 A quality team points its BI tool at `homework_sessions`, `homework_tasks` and
-`homework_scores` (SQLite or PostgreSQL). `materialise` rebuilds each table from the current
+`homework_scores` (SQLite or PostgreSQL). `materialise` builds each table from the current
 resources: rows go into `<name>__new`, which then replaces `<name>` in one transaction, so a
-reader sees the old table or the new one, never a half-filled one. Times are ISO 8601 text
-(ours are UTC, `Z`), which both databases and every BI tool compare as written.
+reader sees the old table or the new one, never a half-filled one. Later refreshes replace only
+the rows of resources changed since (by `last_updated`), so the pipeline refreshes after every
+pass. Times are ISO 8601 text (ours are UTC, `Z`), which both databases and every BI tool
+compare as written.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-from collections.abc import Callable, Iterator
-from datetime import date
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -27,15 +32,20 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    delete,
+    func,
     insert,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
-from fhir_adapter.store import Store
+from fhir_adapter.store import Store, leases
 from fhir_adapter.store.models import ResourceRow
+from fhir_adapter.store.work import get_cursor, set_cursor
 from mapping.quality.viewdef import Column as ViewColumn
 from mapping.quality.viewdef import CompiledView, compile_view
 from mapping.quality.views import VIEW_NAMES, view_definition
@@ -43,6 +53,7 @@ from mapping.quality.views import VIEW_NAMES, view_definition
 __all__ = [
     "QUERIES",
     "ExportFormat",
+    "ViewsBusyError",
     "compiled_views",
     "export",
     "materialise",
@@ -61,6 +72,12 @@ _SQL_TYPES: dict[str, Callable[[], TypeEngine[Any]]] = {
     "boolean": Boolean,
 }
 Progress = Callable[[str, int], None]  # (view name, rows so far)
+CURSOR = "quality-views"  # cursor rows: (CURSOR, view name) -> fingerprint|watermark
+VIEWS_LEASE = "quality-views"
+VIEWS_LEASE_TTL = timedelta(hours=1)  # a full rebuild of a large store can take minutes
+# Changes re-read before the watermark: a write stamped before it may commit after it (a
+# long transaction); re-reading a row is harmless, missing one is not.
+OVERLAP = timedelta(minutes=10)
 
 
 def compiled_views() -> list[tuple[str, CompiledView]]:
@@ -79,19 +96,19 @@ def _table(view: CompiledView, name: str, metadata: MetaData) -> Table:
     return Table(name, metadata, *(Column(c.name, _sql_type(c)) for c in view.columns))
 
 
-def _rows(connection: Connection, view: CompiledView) -> Iterator[dict[str, Any]]:
-    query = (
-        select(ResourceRow.body)
-        .where(ResourceRow.resource_type == view.resource)
-        .order_by(ResourceRow.id)
-        .execution_options(yield_per=_BATCH)
-    )
+def _rows(
+    connection: Connection, view: CompiledView, since: datetime | None = None
+) -> Iterator[dict[str, Any]]:
+    query = select(ResourceRow.body).where(ResourceRow.resource_type == view.resource)
+    if since is not None:
+        query = query.where(ResourceRow.last_updated >= since)
+    query = query.order_by(ResourceRow.id).execution_options(yield_per=_BATCH)
     for body in connection.execute(query).scalars():
         yield from view.rows(body)
 
 
-def _batches(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
+def _batches(rows: Iterable[Any]) -> Iterator[list[Any]]:
+    batch: list[Any] = []
     for row in rows:
         batch.append(row)
         if len(batch) == _BATCH:
@@ -101,27 +118,120 @@ def _batches(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield batch
 
 
-def materialise(store: Store, progress: Progress | None = None) -> dict[str, int]:
-    """Rebuild every view's table; returns the rows written per view."""
-    written: dict[str, int] = {}
-    for name, view in compiled_views():
-        metadata = MetaData()
-        staging = _table(view, f"{name}__new", metadata)
-        final = _table(view, name, metadata)
-        count = 0
-        with store.engine.begin() as connection:
-            staging.drop(connection, checkfirst=True)
-            staging.create(connection)
-            for batch in _batches(_rows(connection, view)):
-                connection.execute(insert(staging), batch)
-                count += len(batch)
-                if progress:
-                    progress(name, count)
-            final.drop(connection, checkfirst=True)
-            connection.exec_driver_sql(f'ALTER TABLE "{name}__new" RENAME TO "{name}"')
-        written[name] = count
-    store.refresh_statistics()
-    return written
+class ViewsBusyError(RuntimeError):
+    """Another process is refreshing the views."""
+
+
+@dataclass(frozen=True)
+class _State:
+    """What a table was built from: the definition's fingerprint and the newest change read."""
+
+    fingerprint: str
+    watermark: datetime
+
+    def encode(self) -> str:
+        return f"{self.fingerprint}|{self.watermark.isoformat()}"
+
+    @staticmethod
+    def decode(value: str | None) -> _State | None:
+        fingerprint, _, when = (value or "").partition("|")
+        try:
+            return _State(fingerprint, datetime.fromisoformat(when)) if when else None
+        except ValueError:
+            return None
+
+
+def _fingerprint(name: str) -> str:
+    canonical = json.dumps(view_definition(name), sort_keys=True).encode()
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def _newest(connection: Connection, resource_type: str) -> datetime:
+    found = connection.execute(
+        select(func.max(ResourceRow.last_updated)).where(ResourceRow.resource_type == resource_type)
+    ).scalar()
+    return found if isinstance(found, datetime) else datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _rebuild(
+    connection: Connection, name: str, view: CompiledView, progress: Progress | None
+) -> int:
+    """Fill `<name>__new` and swap it in (one transaction: readers see old or new)."""
+    metadata = MetaData()
+    staging = _table(view, f"{name}__new", metadata)
+    final = _table(view, name, metadata)
+    staging.drop(connection, checkfirst=True)
+    staging.create(connection)
+    count = 0
+    for batch in _batches(_rows(connection, view)):
+        connection.execute(insert(staging), batch)
+        count += len(batch)
+        if progress:
+            progress(name, count)
+    final.drop(connection, checkfirst=True)
+    connection.exec_driver_sql(f'ALTER TABLE "{name}__new" RENAME TO "{name}"')
+    return count
+
+
+def _update(
+    connection: Connection, name: str, view: CompiledView, since: datetime,
+    progress: Progress | None,
+) -> int:  # fmt: skip
+    """Replace the rows of resources changed since `since`: a changed resource's rows are
+    deleted, then its current rows inserted (it may have left the view)."""
+    table = _table(view, name, MetaData())
+    changed = select(ResourceRow.id).where(
+        ResourceRow.resource_type == view.resource, ResourceRow.last_updated >= since
+    )
+    for ids in _batches(connection.execute(changed).scalars().all()):
+        keys = [f"{view.resource}/{rid}" for rid in ids]
+        connection.execute(delete(table).where(table.c.id.in_(keys)))
+    count = 0
+    for batch in _batches(_rows(connection, view, since)):
+        connection.execute(insert(table), batch)
+        count += len(batch)
+        if progress:
+            progress(name, count)
+    return count
+
+
+def materialise(
+    store: Store,
+    progress: Progress | None = None,
+    *,
+    full: bool = False,
+    overlap: timedelta = OVERLAP,
+) -> dict[str, int]:
+    """Bring every view's table up to date; returns the rows written per view.
+
+    A table is built whole the first time, when its ViewDefinition changed, or with `full`;
+    otherwise only the rows of resources changed since the last refresh are replaced (read
+    with an overlap, so a write committed late is not missed). One process at a time: another
+    one's refresh raises ViewsBusyError.
+    """
+    owner = f"views:{uuid.uuid4().hex}"
+    if not leases.acquire(store, VIEWS_LEASE, owner, ttl=VIEWS_LEASE_TTL):
+        raise ViewsBusyError("another process is refreshing the views; try again later")
+    try:
+        written: dict[str, int] = {}
+        tables = set(inspect(store.engine).get_table_names())
+        for name, view in compiled_views():
+            with store.engine.begin() as connection:
+                session = Session(connection)
+                state = _State.decode(get_cursor(session, CURSOR, name))
+                newest = _newest(connection, view.resource)
+                fingerprint = _fingerprint(name)
+                if full or name not in tables or state is None or state.fingerprint != fingerprint:
+                    written[name] = _rebuild(connection, name, view, progress)
+                else:
+                    since = state.watermark - overlap
+                    written[name] = _update(connection, name, view, since, progress)
+                set_cursor(session, CURSOR, name, _State(fingerprint, newest).encode())
+                session.flush()
+        store.refresh_statistics()
+        return written
+    finally:
+        leases.release(store, VIEWS_LEASE, owner)
 
 
 def _csv_cell(value: Any) -> Any:

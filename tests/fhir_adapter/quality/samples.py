@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ from fhir_adapter.store import Store, open_store, resources
 
 
 @pytest.fixture(scope="session")
-def sample_resources(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """Every resource the demo's backfill of the samples wrote (model, pipeline and all)."""
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`homework-fhir demo --no-serve` run once: its data dir holds demo.sqlite3."""
     data_dir = tmp_path_factory.mktemp("demo")
     done = subprocess.run(
         [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "demo",
@@ -23,13 +24,25 @@ def sample_resources(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str,
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    demo = open_store(f"sqlite:///{data_dir / 'demo.sqlite3'}")
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def sample_resources(demo_dir: Path) -> list[dict[str, Any]]:
+    """Every resource the demo's backfill of the samples wrote (model, pipeline and all)."""
+    demo = open_store(f"sqlite:///{demo_dir / 'demo.sqlite3'}")
     try:
         with demo.session() as session:
             found, _ = resources.search(session, resources.Query("Task", count=10_000))
             bodies = list(found)
-            for resource_type in ("DocumentReference", "Observation", "CarePlan", "Provenance",
-                                  "Communication", "Device"):
+            for resource_type in (
+                "DocumentReference",
+                "Observation",
+                "CarePlan",
+                "Provenance",
+                "Communication",
+                "Device",
+            ):
                 more, _ = resources.search(session, resources.Query(resource_type, count=10_000))
                 bodies.extend(more)
     finally:

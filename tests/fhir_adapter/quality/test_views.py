@@ -5,16 +5,17 @@ on the samples the real pipeline processed."""
 from __future__ import annotations
 
 import csv
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 from sqlalchemy import inspect, text
 
-from fhir_adapter.quality import MeasureRequest, evaluate_measure
+from fhir_adapter.quality import MeasureRequest, evaluate_measure, views
 from fhir_adapter.quality.views import QUERIES, export, materialise, run_query
-from fhir_adapter.store import Store, resources
+from fhir_adapter.store import Store, leases, open_store, resources
 
 Q1 = (date(2025, 1, 1), date(2025, 3, 31))
 
@@ -101,18 +102,64 @@ def test_a_period_with_no_sessions(sample_store: Store) -> None:
     assert row["tasks"] == 0 and row["review_rate"] is None
 
 
-def test_rebuilding_picks_up_changes(sample_store: Store) -> None:
-    materialise(sample_store)
+def task_rows(store: Store) -> dict[str, str]:
+    with store.engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, review_status FROM homework_tasks"))
+        return {r.id: r.review_status for r in rows}
+
+
+def test_refresh_replaces_only_what_changed(sample_store: Store) -> None:
+    first = materialise(sample_store)
+    before = task_rows(sample_store)
     with sample_store.session() as session:
         found, _ = resources.search(
-            session, resources.Query("Task", business_status=["reviewed"], count=1)
+            session, resources.Query("Task", business_status=["awaiting-review"], count=2)
         )
-        cancelled = {**found[0], "status": "cancelled"}
+        settled = found[0]
+        settled["businessStatus"]["coding"][0]["code"] = "not-reviewed"
+        resources.put(session, settled)
+        cancelled = {**found[1], "status": "cancelled"}
         resources.put(session, cancelled)
-    materialise(sample_store)
-    with sample_store.engine.connect() as connection:
-        ids = set(connection.execute(text("SELECT id FROM homework_tasks")).scalars())
-    assert f"Task/{cancelled['id']}" not in ids  # a cancelled draft is not homework
+    # Without the overlap, only the changed Tasks are read again (and the newest resource of
+    # each type at the last refresh: the watermark is inclusive).
+    again = materialise(sample_store, overlap=timedelta(0))
+    assert again["homework_tasks"] <= 2 and again["homework_sessions"] <= 1
+    assert again["homework_tasks"] < first["homework_tasks"] // 4
+    after = task_rows(sample_store)
+    assert after[f"Task/{settled['id']}"] == "not-reviewed"
+    assert f"Task/{cancelled['id']}" not in after  # a cancelled draft is not homework
+    assert len(after) == len(before) - 1 == first["homework_tasks"] - 1
+    # With the overlap (the default), recent changes are read again: nothing is lost.
+    assert materialise(sample_store)["homework_tasks"] == len(after)
+    assert task_rows(sample_store) == after
+
+
+def test_a_changed_definition_or_full_rebuilds(
+    sample_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = materialise(sample_store)
+    assert materialise(sample_store, full=True) == first
+    monkeypatch.setattr(views, "_fingerprint", lambda name: "changed")
+    assert materialise(sample_store, overlap=timedelta(0)) == first
+
+
+def test_one_refresh_at_a_time(sample_store: Store) -> None:
+    assert leases.acquire(sample_store, views.VIEWS_LEASE, "another-process")
+    with pytest.raises(views.ViewsBusyError):
+        materialise(sample_store)
+    leases.release(sample_store, views.VIEWS_LEASE, "another-process")
+    assert materialise(sample_store)["homework_tasks"] > 0
+
+
+def test_the_pipeline_refreshes_the_views(demo_dir: Path) -> None:
+    """The demo's backfill (the pipeline's ingest) leaves the views up to date."""
+    demo = open_store(f"sqlite:///{demo_dir / 'demo.sqlite3'}")
+    try:
+        with demo.session() as session:
+            _, tasks = resources.search(session, resources.Query("Task", count=0))
+        assert len(task_rows(demo)) == tasks > 0
+    finally:
+        demo.close()
 
 
 def test_exports(sample_store: Store, tmp_path: Path) -> None:
