@@ -112,6 +112,7 @@ def register(app: typer.Typer) -> None:
             f'  curl -H "Authorization: Bearer $TOKEN" \\\n'
             f'       "{base}/fhir/Task?business-status=reviewed"\n'
             f'  curl -H "Authorization: Bearer $TOKEN" "{base}/fhir/CarePlan?patient=pat-1"\n'
+            f"  dashboard: {base}/dashboard (log in with the token)\n"
             f"  store: {data_dir / 'demo.sqlite3'}"
         )
         if not serve:
