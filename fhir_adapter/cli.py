@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fhir_adapter.commands.serve",
     "fhir_adapter.commands.demo",
     "fhir_adapter.commands.ops",
+    "fhir_adapter.commands.quality",
 )
 
 for _name in COMMAND_MODULES:

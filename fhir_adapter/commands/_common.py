@@ -16,6 +16,7 @@ from mapping.errors import MappingError
 
 if TYPE_CHECKING:
     from fhir_adapter.settings import Settings
+    from fhir_adapter.store import Store
     from mapping.domain import Transcript
 
 EXIT_BAD_INPUT = 2
@@ -88,6 +89,24 @@ def load_settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
         return load_settings(config, **overrides)
     except SettingsError as exc:
         fail(str(exc))
+
+
+@contextmanager
+def store_only(settings: Settings) -> Iterator[Store]:
+    """The store alone, for commands that need no model and no EHR; exit 1 when the
+    database cannot be opened."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fhir_adapter.store import open_store
+
+    try:
+        store = open_store(settings.database_url)
+    except SQLAlchemyError as exc:
+        fail(f"cannot open the database: {type(exc).__name__}; check database_url", 1)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def progress_bar(description: str) -> Callable[[Iterable[str], int], Iterable[str]]:

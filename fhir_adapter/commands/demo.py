@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         from fhir_adapter.bulk import BulkExportError, read_export
         from fhir_adapter.pipeline.jobs import ingest_resources
         from fhir_adapter.pipeline.runner import ModelUnavailableError, RunSummary
+        from fhir_adapter.quality.views import materialise
         from fhir_adapter.samples import sample_export_dir
         from fhir_adapter.service import build_service, dev_token
 
@@ -92,6 +93,8 @@ def register(app: typer.Typer) -> None:
         async def backfill() -> tuple[RunSummary, list[str]]:
             async with open_runtime_or_exit(settings) as runtime:
                 summary = await ingest_resources(runtime, resources)
+                # The SQL views quality teams query (homework-fhir quality sql ...).
+                await asyncio.to_thread(materialise, runtime.store)
                 return summary, _drafts(runtime.store)
 
         try:
@@ -112,6 +115,12 @@ def register(app: typer.Typer) -> None:
             f'  curl -H "Authorization: Bearer $TOKEN" \\\n'
             f'       "{base}/fhir/Task?business-status=reviewed"\n'
             f'  curl -H "Authorization: Bearer $TOKEN" "{base}/fhir/CarePlan?patient=pat-1"\n'
+            f'  curl -H "Authorization: Bearer $TOKEN" \\\n'
+            f'       "{base}/fhir/Measure/homework-review-rate/\\$evaluate-measure'
+            f'?periodStart=2025-01"\n'
+            f"  HOMEWORK_FHIR_ENVIRONMENT=development \\\n"
+            f"  HOMEWORK_FHIR_DATABASE_URL={settings.database_url} \\\n"
+            f"       homework-fhir quality sql review_rate_by_therapist\n"
             f"  dashboard: {base}/dashboard (log in with the token)\n"
             f"  store: {data_dir / 'demo.sqlite3'}"
         )

@@ -6,18 +6,17 @@ Exit status everywhere: 0 fine, 1 something needs an operator, 2 bad input or co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from fhir_adapter.commands._common import configure_logging, fail, load_settings_or_exit
-
-if TYPE_CHECKING:
-    from fhir_adapter.settings import Settings
-    from fhir_adapter.store import Store
+from fhir_adapter.commands._common import (
+    configure_logging,
+    fail,
+    load_settings_or_exit,
+    store_only,
+)
 
 ConfigOption = Annotated[
     Path | None,
@@ -26,23 +25,6 @@ ConfigOption = Annotated[
 ConnectionOption = Annotated[
     str | None, typer.Option("--connection", help="Only this EHR connection.")
 ]
-
-
-@contextmanager
-def _store(settings: Settings) -> Iterator[Store]:
-    """The store alone (these commands need no model and no EHR)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from fhir_adapter.store import open_store
-
-    try:
-        store = open_store(settings.database_url)
-    except SQLAlchemyError as exc:
-        fail(f"cannot open the database: {type(exc).__name__}; check database_url", 1)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _when(value: object) -> str:
@@ -110,7 +92,7 @@ def register(app: typer.Typer) -> None:
                 wanted = outbox.OutboxStatus(status)
             except ValueError:
                 fail(f"--status {status!r}: use one of pending, done, failed")
-        with _store(settings) as store, store.session() as session:
+        with store_only(settings) as store, store.session() as session:
             counts = outbox.counts(session, connection)
             rows = outbox.listing(session, connection, wanted, limit)
             typer.echo("  ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty")
@@ -137,7 +119,7 @@ def register(app: typer.Typer) -> None:
         from fhir_adapter.store import outbox
 
         settings = load_settings_or_exit(config)
-        with _store(settings) as store, store.session() as session:
+        with store_only(settings) as store, store.session() as session:
             n = outbox.requeue(session, connection, ids or ())
             if pending:
                 n += outbox.requeue(session, connection, ids or (), outbox.OutboxStatus.PENDING)
@@ -164,7 +146,7 @@ def register(app: typer.Typer) -> None:
         for name in step or []:
             if name not in {s.value for s in Step}:
                 fail(f"--step {name!r}: use one of {', '.join(s.value for s in Step)}")
-        with _store(settings) as store, store.session() as session:
+        with store_only(settings) as store, store.session() as session:
             for row in work.listing(session, step or (), connection, limit):
                 failed_at = row.state.get("failed_at")
                 where = f"{row.step} (at {failed_at})" if failed_at else row.step
@@ -189,7 +171,7 @@ def register(app: typer.Typer) -> None:
 
         settings = load_settings_or_exit(config)
         wanted = [e if "/" in e else f"Encounter/{e}" for e in encounters or []]
-        with _store(settings) as store, store.session() as session:
+        with store_only(settings) as store, store.session() as session:
             rows = work.retry(session, Step.FAILED, connection, wanted)
             for row in rows:
                 typer.echo(f"{row.connection}/{row.encounter} -> {row.step}")
