@@ -4,7 +4,8 @@ Everything the routes need (store, token verifier, readiness checks, the ingest 
 comes in `ApiDeps`: given directly (tests build an app over a real store and a test key), or
 opened by the app's lifespan (`create_app(opened=...)`: the service opens its Runtime at
 start-up and closes it at shutdown, once per process). Every route but `/healthz`, `/readyz`
-and the public JWK Set needs a bearer token; errors are answered as FHIR OperationOutcome.
+and the public JWK Set needs a bearer token (the dashboard, `fhir_adapter.web`, takes one at its
+login page and then a session cookie); errors are answered as FHIR OperationOutcome.
 """
 
 from __future__ import annotations
@@ -173,6 +174,10 @@ def create_app(
         app.include_router(router)
     # Before the generic FHIR routes, which would take /fhir/Measure for a stored type.
     app.include_router(quality_router(active))
+    # Imported here: the dashboard reuses the API's search and outcome modules.
+    from fhir_adapter.web import dashboard_router
+
+    app.include_router(dashboard_router(active))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

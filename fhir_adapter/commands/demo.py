@@ -118,6 +118,7 @@ def register(app: typer.Typer) -> None:
             f"  HOMEWORK_FHIR_ENVIRONMENT=development \\\n"
             f"  HOMEWORK_FHIR_DATABASE_URL={settings.database_url} \\\n"
             f"       homework-fhir quality sql review_rate_by_therapist\n"
+            f"  dashboard: {base}/dashboard (log in with the token)\n"
             f"  store: {data_dir / 'demo.sqlite3'}"
         )
         if not serve:
