@@ -128,8 +128,8 @@
   function associationText(name, a) {
     const n = "n = " + a.n + (a.n === 1 ? " patient" : " patients");
     if (a.rho === null) {
-      return name + ": no correlation, " + n +
-        " (it needs 3 patients with scores, and review rates and changes that vary)";
+      return name + ": not computable, " + n +
+        " (rho needs 3 patients with scores, and review rates and changes that vary)";
     }
     const interval = a.low === null || a.high === null
       ? " (no interval: it needs 4 patients)"
