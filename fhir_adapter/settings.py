@@ -378,6 +378,9 @@ class QueueSettings(_Model):
     poll_cron: str = "*/5 * * * *"
     # Jobs one worker process runs at once (the model runs in threads beside them).
     concurrency: int = Field(2, ge=1, le=64)
+    # A worker serves its own Prometheus metrics (step and model timings, writes) on this port
+    # (bearer token required, as on the API); unset: none.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
 class PipelineSettings(_Model):

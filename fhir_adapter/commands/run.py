@@ -20,6 +20,7 @@ from fhir_adapter.commands._common import (
 )
 
 if TYPE_CHECKING:
+    from fhir_adapter.api.security import TokenVerifier
     from fhir_adapter.pipeline.runner import RunSummary
     from fhir_adapter.runtime import Runtime
     from fhir_adapter.settings import Settings
@@ -53,6 +54,31 @@ async def open_runtime_or_exit(settings: Settings) -> AsyncIterator[Runtime]:
         fail(str(exc))
     except ModelVersionMismatchError as exc:
         fail(str(exc))
+
+
+@asynccontextmanager
+async def _metrics_server(
+    port: int | None, verifier: TokenVerifier | None, runtime: Runtime
+) -> AsyncIterator[None]:
+    """A worker's /metrics and /healthz on `port` (none without a port), beside its jobs."""
+    if port is None or verifier is None:
+        yield
+        return
+    import uvicorn
+
+    from fhir_adapter.api.metrics_app import metrics_app
+    from fhir_adapter.metrics import exposition
+
+    app = metrics_app(verifier, lambda: exposition(runtime.store))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, lifespan="off")  # noqa: S104
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
 
 
 def register(app: typer.Typer) -> None:
@@ -125,6 +151,15 @@ def register(app: typer.Typer) -> None:
         concurrency: Annotated[
             int | None, typer.Option(help="Jobs at once (default queue.concurrency).", min=1)
         ] = None,
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(
+                help="Serve /metrics (bearer token) and /healthz on this port "
+                "(default queue.worker_metrics_port).",
+                min=1,
+                max=65535,
+            ),
+        ] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run pipeline jobs from the PostgreSQL queue (queue.backend = "procrastinate").
@@ -143,6 +178,8 @@ def register(app: typer.Typer) -> None:
             work_until_caught_up,
         )
         from fhir_adapter.runtime import Runtime
+        from fhir_adapter.service import token_verifier
+        from fhir_adapter.settings import SettingsError
 
         configure_logging(verbose)
         settings = load_settings_or_exit(config)
@@ -152,8 +189,17 @@ def register(app: typer.Typer) -> None:
                 "and a postgresql+psycopg:// database_url, or use `homework-fhir run`"
             )
 
+        port = metrics_port or settings.queue.worker_metrics_port
+        try:
+            verifier = token_verifier(settings) if port else None
+        except SettingsError as exc:
+            fail(f"worker metrics need the API's token settings: {exc}")
+
         async def work() -> int:
-            async with open_runtime_or_exit(settings) as runtime:
+            async with (
+                open_runtime_or_exit(settings) as runtime,
+                _metrics_server(port, verifier, runtime),
+            ):
                 app = runtime.queue
                 assert app is not None and isinstance(runtime, Runtime)
                 before = await job_counts(app)

@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psycopg
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from fhir_adapter.service import build_service, dev_token
 from fhir_adapter.settings import load_settings
 from fhir_adapter.store import open_store, outbox
 from fhir_adapter.store.models import EncounterRow, LeaseRow, OutboxRow
+from inference_server.triton_server import free_port
 from mapping.fhir.codes import SID_CAREPLAN, SID_NOTE, SID_TASK
 from tests.databases import postgres_database
 from tests.fhir_adapter.pipeline.checks import ehr_side, note_provenance_counts, store_side
@@ -157,7 +159,9 @@ def test_a_worker_killed_mid_job_is_taken_over_and_nothing_is_written_twice(
                                 triton=pipeline_triton)  # fmt: skip
         config = config_toml(tmp_path / "homework-fhir.toml", settings, conn)
         config.write_text(config.read_text() + QUEUE)
-        command = [str(Path(sys.executable).parent / "homework-fhir"), "worker", "-c", str(config)]
+        port = free_port()
+        command = [str(Path(sys.executable).parent / "homework-fhir"), "worker", "-c", str(config),
+                   "--metrics-port", str(port)]  # fmt: skip
         victim = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -170,6 +174,14 @@ def test_a_worker_killed_mid_job_is_taken_over_and_nothing_is_written_twice(
                 assert victim.poll() is None, victim.communicate()[1][-2000:]
                 assert time.monotonic() < deadline, "no job started"
                 time.sleep(0.05)
+            # The worker serves its own metrics, behind a token like the API's.
+            scrape = f"http://127.0.0.1:{port}/metrics"
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            assert httpx.get(scrape).status_code == 401
+            token = {"Authorization": f"Bearer {dev_token(settings)}"}
+            page = httpx.get(scrape, headers=token)
+            assert page.status_code == 200 and "homework_step_seconds" in page.text
+            assert "homework_encounters{" in page.text  # the store's gauges too
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait(timeout=30)
         finally:
