@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
@@ -28,6 +28,7 @@ from fhir_adapter.metrics import exposition
 from fhir_adapter.pipeline.jobs import accept_ingest, ingest_status
 from fhir_adapter.runtime import Runtime, open_runtime
 from fhir_adapter.settings import Settings, SettingsError
+from fhir_adapter.smart import SmartApp
 from fhir_adapter.store import Store
 
 DEV_KEY_FILE = "api-dev-key.json"
@@ -152,9 +153,11 @@ class Service:
         return self.runtime.store
 
 
-def build_service(settings: Settings) -> Service:
+def build_service(settings: Settings, extra_routers: Sequence[APIRouter] = ()) -> Service:
     """The API for `settings`. Token settings are checked now (SettingsError); the runtime
-    (store, model, EHR clients) opens when the app starts and closes when it stops."""
+    (store, model, EHR clients) opens when the app starts and closes when it stops.
+
+    `extra_routers` are served without a token (the demo's development EHR)."""
     verifier = token_verifier(settings)
     service = Service(app=FastAPI())
 
@@ -166,14 +169,19 @@ def build_service(settings: Settings) -> Service:
             # the process: out of the collector's sight, a full collection no longer walks it
             # and stalls the event loop (hundreds of ms under a large ingest).
             gc.freeze()
+            deps = api_deps(runtime, verifier)
+            if any(c.smart_app for c in settings.ehr.values()):
+                deps.smart = SmartApp(settings.ehr)
             try:
-                yield api_deps(runtime, verifier)
+                yield deps
             finally:
                 service.runtime = None
+                if deps.smart is not None:
+                    await deps.smart.aclose()
 
     service.app = create_app(
         opened=opened,
-        public_routers=(jwks_router(settings),),
+        public_routers=(jwks_router(settings), *extra_routers),
         max_body_bytes=settings.api.max_body_bytes,
     )
     return service

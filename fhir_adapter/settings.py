@@ -89,6 +89,7 @@ __all__ = [
     "QueueSettings",
     "Settings",
     "SettingsError",
+    "SmartAppClient",
     "SmartBackendAuth",
     "WriteTargets",
     "load_settings",
@@ -287,12 +288,51 @@ class EncounterPoll(_Model):
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
+# What the clinician app asks for at launch (SMART App Launch 2.x): the launch itself, who the
+# user is, the patient and encounter in context, and read/search of that patient's data.
+SMART_APP_SCOPES = (
+    "launch openid fhirUser launch/patient launch/encounter patient/*.rs online_access"
+)
+
+
+class SmartAppClient(_Model):
+    """The clinician app registered with this EHR (SMART App Launch, confidential client).
+
+    One of `client_secret` (client_secret_basic) or `private_key_file` + `kid`
+    (private_key_jwt, an RS384/ES384 assertion) authenticates us at the token endpoint.
+    `redirect_uri` is the registered `.../smart/callback` of this service.
+    """
+
+    client_id: str
+    client_secret: SecretStr | None = None
+    private_key_file: Path | None = None
+    kid: str | None = None
+    algorithm: Algorithm = "RS384"
+    redirect_uri: HttpUrlStr
+    scopes: Scopes = Field(default_factory=lambda: SMART_APP_SCOPES.split(), min_length=1)
+    # The connection a standalone launch without `iss` uses (at most one may say so).
+    standalone_default: bool = False
+
+    @model_validator(mode="after")
+    def _one_client_auth(self) -> Self:
+        if (self.client_secret is None) == (self.private_key_file is None):
+            raise ValueError(
+                "smart_app: set client_secret (client_secret_basic) or private_key_file and "
+                "kid (private_key_jwt), not both"
+            )
+        if self.private_key_file is not None and not self.kid:
+            raise ValueError("smart_app: private_key_file needs kid")
+        return self
+
+
 class EhrConnection(FhirEndpoint):
     """One EHR: the FHIR endpoint plus what we read from it and write to it."""
 
     name: str
     write: WriteTargets = Field(default_factory=WriteTargets)
     encounter_poll: EncounterPoll = Field(default_factory=EncounterPoll)
+    # The clinician review app launched from this EHR; None: no launch from it.
+    smart_app: SmartAppClient | None = None
 
     @model_validator(mode="after")
     def _poll_fits_vendor(self) -> Self:
@@ -482,12 +522,17 @@ class Settings(BaseSettings):
             object.__setattr__(
                 self, "database_url", f"sqlite:///{self.data_dir / 'homework-fhir.sqlite3'}"
             )
-        if self.queue.backend == "procrastinate" and not self.database_url.startswith(
-            "postgresql"
-        ):
+        if self.queue.backend == "procrastinate" and not self.database_url.startswith("postgresql"):
             raise ValueError(
                 "queue.backend 'procrastinate' keeps its jobs in PostgreSQL: set database_url to "
                 "a postgresql+psycopg:// URL, or use queue.backend = 'in-process'"
+            )
+        defaults = [
+            c.name for c in self.ehr.values() if c.smart_app and c.smart_app.standalone_default
+        ]
+        if len(defaults) > 1:
+            raise ValueError(
+                f"smart_app.standalone_default is set on {', '.join(defaults)}: one at most"
             )
         for name in self.ehr:
             if not NAME_PATTERN.match(name):
@@ -520,6 +565,16 @@ class Settings(BaseSettings):
         for conn in self.ehr.values():
             for label, endpoint in conn.fhir_stores():
                 problems.extend(_auth_problems(label, endpoint))
+            app = conn.smart_app
+            if app is not None:
+                secret = app.client_secret
+                if secret is not None and _is_placeholder(secret.get_secret_value()):
+                    problems.append(f"ehr.{conn.name}.smart_app.client_secret: a placeholder")
+                if app.private_key_file is not None and not app.private_key_file.is_file():
+                    problems.append(
+                        f"ehr.{conn.name}.smart_app.private_key_file: "
+                        f"{app.private_key_file} not found"
+                    )
         auth = self.api.auth
         if auth.mode == "jwt":
             if not auth.public_key_file and not auth.jwks_url:

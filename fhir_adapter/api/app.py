@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +36,9 @@ from fhir_adapter.api.security import Grant, TokenVerifier
 from fhir_adapter.store import Store, resources
 from fhir_adapter.store.resources import Query
 from mapping.fhir.references import is_fhir_id
+
+if TYPE_CHECKING:
+    from fhir_adapter.smart import SmartApp
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class ApiDeps:
     # The Prometheus text page (fhir_adapter.metrics), when the app serves one.
     metrics: Callable[[], bytes] | None = None
     model_card: dict[str, Any] | None = None
+    # The clinician app's SMART launches (fhir_adapter.smart), when EHRs are set up for it.
+    smart: SmartApp | None = None
 
 
 class FhirResponse(JSONResponse):
@@ -175,9 +180,11 @@ def create_app(
     # Before the generic FHIR routes, which would take /fhir/Measure for a stored type.
     app.include_router(quality_router(active))
     # Imported here: the dashboard reuses the API's search and outcome modules.
+    from fhir_adapter.smart import smart_router
     from fhir_adapter.web import dashboard_router
 
     app.include_router(dashboard_router(active))
+    app.include_router(smart_router(active))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -393,9 +400,9 @@ def create_app(
     def schema() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            document.setdefault("components", {}).setdefault("schemas", {})[
-                "OperationOutcome"
-            ] = _OPERATION_OUTCOME_SCHEMA
+            document.setdefault("components", {}).setdefault("schemas", {})["OperationOutcome"] = (
+                _OPERATION_OUTCOME_SCHEMA
+            )
             document["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             }

@@ -8,6 +8,7 @@ drafts can be read with FHIR search.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,9 @@ import typer
 
 from fhir_adapter.commands._common import configure_logging, fail, load_settings_or_exit
 from fhir_adapter.commands.run import open_runtime_or_exit, print_summary
+from fhir_adapter.settings import EhrConnection
+from fhir_adapter.smart.devserver import encode_launch
+from fhir_adapter.smart.routes import launch_link
 
 
 def _drafts(store: Any) -> list[str]:
@@ -39,6 +43,25 @@ def _drafts(store: Any) -> list[str]:
             lines.append(f"  {encounter:<16} {code:<12} {status:<16} {task['description'][:60]}")
     lines.append(f"{len(plans)} CarePlans, {len(tasks)} Tasks, {len(observations)} Observations")
     return lines
+
+
+def dev_ehr_setup(settings: Any, base: str, export: Path) -> tuple[Any, list[Any]]:
+    """The demo's settings with a `dev_ehr` connection whose SMART app is registered with the
+    development EHR (fhir_adapter.smart.devserver), and that EHR's router."""
+    from fhir_adapter.smart.devserver import DevClient, DevEhr, dev_ehr_router
+
+    secret = secrets.token_urlsafe(32)
+    redirect = f"{base}/smart/callback"
+    ehr = DevEhr(f"{base}/dev-ehr", export, DevClient("homework-fhir-demo", secret, redirect))
+    connection = {
+        "base_url": ehr.fhir_base,
+        "smart_app": {"client_id": "homework-fhir-demo", "client_secret": secret,
+                      "redirect_uri": redirect, "standalone_default": True},
+    }  # fmt: skip
+    served = settings.model_copy(
+        update={"ehr": {"dev_ehr": EhrConnection(name="dev_ehr", **connection)}}
+    )
+    return served, [dev_ehr_router(ehr)]
 
 
 def register(app: typer.Typer) -> None:
@@ -125,6 +148,11 @@ def register(app: typer.Typer) -> None:
             return
         import uvicorn
 
-        service = build_service(settings)
+        service = build_service(*dev_ehr_setup(settings, base, source))
+        launch = launch_link(base, f"{base}/dev-ehr/fhir", encode_launch("pat-1", "enc-1-3"))
+        typer.echo(
+            f"\nClinician review app (SMART EHR launch against the development EHR, "
+            f"signing in as Dr. Amara Okafor, patient pat-1, session enc-1-3):\n  {launch}"
+        )
         typer.echo(f"serving the API on {base} (Ctrl-C to stop)")
         uvicorn.run(service.app, host="127.0.0.1", port=port, log_config=None)

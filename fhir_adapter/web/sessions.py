@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -29,6 +30,15 @@ from starlette.responses import Response
 MAX_SESSIONS = 1000
 # Hosts where plain http is the development set-up: the cookie cannot be Secure there.
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+class Expiring(Protocol):
+    @property
+    def expires(self) -> float: ...  # epoch seconds
+
+
+S = TypeVar("S", bound=Expiring)
+SameSite = Literal["strict", "lax"]
 
 
 @dataclass(frozen=True)
@@ -57,9 +67,20 @@ class CookiePolicy:
 
     @property
     def login_csrf(self) -> str:
-        return "__Host-hwf-login-csrf" if self.secure else "hwf-login-csrf"
+        return self.name("hwf-login-csrf")
 
-    def set(self, response: Response, name: str, value: str, max_age: int) -> None:
+    def name(self, base: str) -> str:
+        """`base` as this origin's cookie name (`__Host-` prefixed when Secure)."""
+        return f"__Host-{base}" if self.secure else base
+
+    def set(
+        self,
+        response: Response,
+        name: str,
+        value: str,
+        max_age: int,
+        samesite: SameSite = "strict",
+    ) -> None:
         response.set_cookie(
             name,
             value,
@@ -67,29 +88,29 @@ class CookiePolicy:
             path="/",
             secure=self.secure,
             httponly=True,
-            samesite="strict",
+            samesite=samesite,
         )
 
-    def clear(self, response: Response, name: str) -> None:
-        response.delete_cookie(name, path="/", secure=self.secure, httponly=True, samesite="strict")
+    def clear(self, response: Response, name: str, samesite: SameSite = "strict") -> None:
+        response.delete_cookie(name, path="/", secure=self.secure, httponly=True, samesite=samesite)
 
 
 def _key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-class SessionStore:
-    """Sessions by id, in memory; thread-safe (sync routes run on a thread pool)."""
+class ExpiringStore(Generic[S]):
+    """Values by a random id, in memory, each gone at its `expires`; thread-safe (sync routes
+    run on a thread pool). Only a hash of each id is kept."""
 
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         self._max = max_sessions
-        self._sessions: dict[str, WebSession] = {}
+        self._sessions: dict[str, S] = {}
         self._lock = threading.Lock()
 
-    def start(self, subject: str, expires: float) -> tuple[str, WebSession]:
-        """A new session ending at `expires`; returns its id (for the cookie) and itself."""
-        session_id = new_token()
-        made = WebSession(subject=subject, expires=expires, csrf=new_token())
+    def put(self, made: S, session_id: str | None = None) -> str:
+        """Keep `made` until its expiry; returns its id (random unless given)."""
+        session_id = session_id or new_token()
         now = time.time()
         with self._lock:
             for key in [k for k, s in self._sessions.items() if s.expires <= now]:
@@ -98,9 +119,9 @@ class SessionStore:
                 soonest = min(self._sessions, key=lambda k: self._sessions[k].expires)
                 del self._sessions[soonest]
             self._sessions[_key(session_id)] = made
-        return session_id, made
+        return session_id
 
-    def get(self, session_id: str | None) -> WebSession | None:
+    def get(self, session_id: str | None) -> S | None:
         if not session_id:
             return None
         key = _key(session_id)
@@ -111,6 +132,16 @@ class SessionStore:
                 return None
         return found
 
+    def take(self, session_id: str | None) -> S | None:
+        """The value under `session_id`, removed: a second take finds nothing (single use)."""
+        if not session_id:
+            return None
+        with self._lock:
+            found = self._sessions.pop(_key(session_id), None)
+        if found is not None and found.expires <= time.time():
+            return None
+        return found
+
     def end(self, session_id: str | None) -> None:
         if session_id:
             with self._lock:
@@ -118,6 +149,15 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+class SessionStore(ExpiringStore[WebSession]):
+    """The dashboard's sessions."""
+
+    def start(self, subject: str, expires: float) -> tuple[str, WebSession]:
+        """A new session ending at `expires`; returns its id (for the cookie) and itself."""
+        made = WebSession(subject=subject, expires=expires, csrf=new_token())
+        return self.put(made), made
 
 
 def new_token() -> str:

@@ -1,0 +1,230 @@
+"""SMART launch and the review screen over TestClient, against the development EHR
+(`fhir_adapter.smart.devserver`, authlib's authorization server) reached through the app's own
+ASGI transport, and a store filled by the real pipeline (`homework-fhir demo --no-serve`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from authlib.integrations.httpx_client._compat import httpx2 as oauth_http
+from fastapi.testclient import TestClient
+from joserfc.jwk import KeySet, RSAKey
+
+from fhir_adapter.api import ApiDeps, create_app
+from fhir_adapter.api.security import TokenVerifier
+from fhir_adapter.samples import sample_export_dir
+from fhir_adapter.settings import EhrConnection
+from fhir_adapter.smart import SmartApp
+from fhir_adapter.smart.devserver import DevClient, DevEhr, dev_ehr_router, encode_launch
+from fhir_adapter.store import Store, open_store, resources
+from fhir_adapter.store.resources import Query
+
+BASE = "http://127.0.0.1:8080"
+ISS = f"{BASE}/dev-ehr/fhir"
+SECRET = "a-test-client-secret-that-is-long"
+KEY = RSAKey.generate_key(2048, parameters={"kid": "t"})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    root = tmp_path_factory.mktemp("smart")
+    done = subprocess.run(
+        [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "demo",
+         "--data-dir", str(root), "--no-serve"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    opened = open_store(f"sqlite:///{root / 'demo.sqlite3'}")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+class Tamper(oauth_http.AsyncBaseTransport):  # type: ignore[misc]
+    """The app's own ASGI transport for authlib's token requests (httpx2 or httpx, as authlib
+    uses); optionally rewrites the token response's id_token."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.tamper = False
+
+    async def handle_async_request(self, request: Any) -> Any:
+        response = await self.inner.handle_async_request(request)
+        if self.tamper and request.url.path.endswith("/dev-ehr/token"):
+            await response.aread()
+            body = response.json()
+            header, payload, signature = body["id_token"].split(".")
+            body["id_token"] = f"{header}.{payload}.{signature[::-1]}"
+            return oauth_http.Response(200, json=body)
+        return response
+
+
+@dataclass
+class App:
+    client: TestClient
+    transport: Tamper
+    ehr: DevEhr
+
+
+@pytest.fixture
+def app(store: Store) -> Iterator[App]:
+    redirect = f"{BASE}/smart/callback"
+    ehr = DevEhr(f"{BASE}/dev-ehr", sample_export_dir(), DevClient("demo", SECRET, redirect))
+    conn = EhrConnection(
+        name="dev_ehr",
+        base_url=ISS,
+        smart_app={"client_id": "demo", "client_secret": SECRET, "redirect_uri": redirect},
+    )
+    deps = ApiDeps(store=store, verifier=TokenVerifier(KeySet([KEY]), "i", "a"))
+    made = create_app(deps, public_routers=[dev_ehr_router(ehr)])
+    transport = Tamper(oauth_http.ASGITransport(app=made))
+    deps.smart = SmartApp(
+        {"dev_ehr": conn}, transport=httpx.ASGITransport(app=made), oauth_transport=transport
+    )
+    with TestClient(made, base_url=BASE) as client:
+        yield App(client, transport, ehr)
+
+
+def _field(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', html)
+    assert found, f"no {name} in the page"
+    return found.group(1)
+
+
+def launch(app: App, patient: str = "pat-1", encounter: str | None = "enc-1-3") -> httpx.Response:
+    """From the EHR launch URL through sign-in and consent; the callback's response."""
+    c = app.client
+    context = encode_launch(patient, encounter)
+    started = c.get(
+        "/smart/launch", params={"iss": ISS, "launch": context}, follow_redirects=False
+    )
+    assert started.status_code == 302, started.text
+    authorize = started.headers["location"]
+    assert authorize.startswith(f"{BASE}/dev-ehr/authorize?")
+    assert "code_challenge_method=S256" in authorize and "nonce=" in authorize
+    consent = c.get(authorize)
+    assert consent.status_code == 200 and "Dr. Amara Okafor" in consent.text
+    decided = c.post(
+        "/dev-ehr/authorize",
+        data={"pending": _field(consent.text, "pending"), "csrf": _field(consent.text, "csrf"),
+              "decision": "allow"},
+        headers={"origin": BASE}, follow_redirects=False,
+    )  # fmt: skip
+    assert decided.status_code == 303, decided.text
+    callback = decided.headers["location"]
+    assert callback.startswith(f"{BASE}/smart/callback?code=")
+    return c.get(callback, follow_redirects=False)
+
+
+def tasks(store: Store, patient: str) -> list[dict[str, Any]]:
+    with store.session() as session:
+        found, _ = resources.search(session, Query("Task", patient=patient, count=500))
+    return found
+
+
+def test_ehr_launch_to_review_and_evidence(app: App, store: Store) -> None:
+    done = launch(app)
+    assert done.status_code == 303 and done.headers["location"] == "/smart/review"
+    cookie = done.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+    page = app.client.get("/smart/review")
+    assert page.status_code == 200, page.text[-800:]
+    assert "Content-Security-Policy" in page.headers
+    drafted = [t for t in tasks(store, "Patient/pat-1")
+               if t["encounter"]["reference"] == "Encounter/enc-1-3"]  # fmt: skip
+    assert drafted
+    shown = re.findall(r'<li class="draft" data-task="([^"]+)"', page.text)
+    assert sorted(shown) == sorted(t["id"] for t in drafted)
+    assert page.text.count('class="ai-label"') >= len(drafted)
+    assert "Practitioner/prac-1" in page.text  # fhirUser
+    assert 'id="trend-data"' in page.text
+    # Linked evidence: the quoted turn in its transcript, read from the EHR with the token.
+    evidence = app.client.get(f"/smart/review/tasks/{drafted[0]['id']}")
+    assert evidence.status_code == 200, evidence.text
+    assert 'id="quoted"' in evidence.text
+    assert "evidence-problem" not in evidence.text
+
+
+def test_patient_a_cannot_read_patient_b(app: App, store: Store) -> None:
+    assert launch(app).status_code == 303
+    other = tasks(store, "Patient/pat-2")[0]["id"]
+    assert app.client.get(f"/smart/review/tasks/{other}").status_code == 404
+    assert app.client.get("/smart/review/tasks/..%2F..").status_code == 404
+    page = app.client.get("/smart/review")
+    assert other not in page.text and "Patient/pat-2" not in page.text
+
+
+def test_no_session_explains_to_launch(app: App) -> None:
+    page = app.client.get("/smart/review")
+    assert page.status_code == 401
+    assert "Open the review from the patient" in page.text
+    assert app.client.get("/smart/static/review.js").status_code == 401
+
+
+def test_wrong_iss_is_refused(app: App) -> None:
+    page = app.client.get(
+        "/smart/launch",
+        params={"iss": "https://evil.example/fhir", "launch": "x"},
+        follow_redirects=False,
+    )
+    assert page.status_code == 400
+    assert "not registered" in page.text and "Traceback" not in page.text
+
+
+def test_state_is_single_use_and_expires(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = app.client
+    started = c.get("/smart/launch", params={"iss": ISS, "launch": encode_launch("pat-1")},
+                    follow_redirects=False)  # fmt: skip
+    state = re.search(r"state=([^&]+)", started.headers["location"])
+    assert state
+    # An unknown state, then replay of a used one.
+    assert c.get("/smart/callback", params={"state": "nope", "code": "x"}).status_code == 400
+    first = c.get("/smart/callback", params={"state": state.group(1), "code": "x"})
+    assert first.status_code == 400  # the EHR refuses the made-up code
+    replay = c.get("/smart/callback", params={"state": state.group(1), "code": "x"})
+    assert replay.status_code == 400 and "expired or was already used" in replay.text
+    # Expired: a launch more than 10 minutes old.
+    started = c.get("/smart/launch", params={"iss": ISS}, follow_redirects=False)
+    state = re.search(r"state=([^&]+)", started.headers["location"])
+    assert state
+    later = time.time() + 601
+    monkeypatch.setattr(time, "time", lambda: later)
+    expired = c.get("/smart/callback", params={"state": state.group(1), "code": "x"})
+    assert expired.status_code == 400 and "expired" in expired.text
+
+
+def test_state_bound_to_the_browser(app: App) -> None:
+    started = app.client.get("/smart/launch", params={"iss": ISS}, follow_redirects=False)
+    state = re.search(r"state=([^&]+)", started.headers["location"])
+    assert state
+    other = TestClient(app.client.app, base_url=BASE)
+    refused = other.get("/smart/callback", params={"state": state.group(1), "code": "x"})
+    assert refused.status_code == 400 and "another browser" in refused.text
+
+
+def test_tampered_id_token_is_refused(app: App) -> None:
+    app.transport.tamper = True
+    done = launch(app)
+    assert done.status_code == 401
+    assert "could not be verified" in done.text
+    assert app.client.get("/smart/review").status_code == 401
+
+
+def test_logout_needs_csrf(app: App) -> None:
+    assert launch(app).status_code == 303
+    page = app.client.get("/smart/review")
+    refused = app.client.post("/smart/logout", data={"csrf": "wrong"}, headers={"origin": BASE})
+    assert refused.status_code == 403
+    ok = app.client.post("/smart/logout", data={"csrf": _field(page.text, "csrf")},
+                         headers={"origin": BASE})  # fmt: skip
+    assert ok.status_code == 200
+    assert app.client.get("/smart/review").status_code == 401
