@@ -29,7 +29,14 @@ from fhir_adapter.api.bundle import ingest_resources
 from fhir_adapter.api.capability import capability_statement
 from fhir_adapter.api.includes import included, parse_includes
 from fhir_adapter.api.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
-from fhir_adapter.api.outcome import ApiError, operation_outcome
+from fhir_adapter.api.outcome import (
+    ERRORS,
+    FHIR_JSON,
+    OUTCOME_CONTENT,
+    ApiError,
+    FhirResponse,
+    operation_outcome,
+)
 from fhir_adapter.api.quality import quality_router
 from fhir_adapter.api.search import PARAMETERS, parse_query, searchset
 from fhir_adapter.api.security import Grant, TokenVerifier
@@ -42,7 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FHIR_JSON = "application/fhir+json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 # Encounter steps where processing has ended (fhir_adapter.pipeline.steps; kept as strings so
 # the API does not import the pipeline).
@@ -76,22 +82,12 @@ class ApiDeps:
     smart: SmartApp | None = None
 
 
-class FhirResponse(JSONResponse):
-    media_type = FHIR_JSON
-
-
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
     return FhirResponse(body, status_code=status)
 
 
-_OUTCOME = {"content": {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}}
-# The errors every authenticated route may answer, declared in the OpenAPI document.
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid request (OperationOutcome)", **_OUTCOME},
-    401: {"description": "Missing or invalid bearer token (OperationOutcome)", **_OUTCOME},
-    403: {"description": "The token's scopes do not allow this (OperationOutcome)", **_OUTCOME},
-    404: {"description": "Not found (OperationOutcome)", **_OUTCOME},
-}
+_OUTCOME = OUTCOME_CONTENT
+_ERRORS = ERRORS
 _OPERATION_OUTCOME_SCHEMA = {
     "type": "object",
     "required": ["resourceType", "issue"],

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
-from fhir_adapter.api.outcome import ApiError
+from fhir_adapter.api.outcome import ERRORS, ApiError, FhirResponse
 from fhir_adapter.api.security import TokenVerifier
 from fhir_adapter.quality import MeasureRequest, course_outcomes, evaluate_measure
 from fhir_adapter.quality.evaluate import REPORT_TYPES
@@ -30,7 +30,6 @@ from mapping.fhir.references import is_fhir_id
 from mapping.quality import measures
 
 Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
-FHIR_JSON = "application/fhir+json"
 # Each report reads these types; outcome linkage reads the scores too.
 MEASURE_INPUTS = ("Measure", "Task", "DocumentReference")
 OUTCOME_INPUTS = ("Task", "DocumentReference", "Observation")
@@ -44,7 +43,7 @@ class Deps(Protocol):
 
 
 def _fhir(body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(body, media_type=FHIR_JSON)
+    return FhirResponse(body)
 
 
 def _bound(name: str, value: str, *, end: bool) -> date:
@@ -133,7 +132,7 @@ def quality_router(active: Callable[[], Deps]) -> APIRouter:
     router = APIRouter()
     published = version("homework-fhir")
 
-    @router.get("/fhir/Measure", response_class=JSONResponse)
+    @router.get("/fhir/Measure", response_class=FhirResponse, responses=ERRORS)
     def search_measures(request: Request, authorization: Auth = None) -> JSONResponse:
         active().verifier.require(authorization, "Measure", "read")
         unknown = sorted({k for k in request.query_params if k not in ("_id", "url")})
@@ -166,12 +165,16 @@ def quality_router(active: Callable[[], Deps]) -> APIRouter:
             }
         )
 
-    @router.get("/fhir/Measure/{measure_id}", response_class=JSONResponse)
+    @router.get("/fhir/Measure/{measure_id}", response_class=FhirResponse, responses=ERRORS)
     def read_measure(measure_id: str, authorization: Auth = None) -> JSONResponse:
         active().verifier.require(authorization, "Measure", "read")
         return _fhir(measures.measure_resource(_measure_id(measure_id), published))
 
-    @router.get("/fhir/Measure/{measure_id}/$evaluate-measure", response_class=JSONResponse)
+    @router.get(
+        "/fhir/Measure/{measure_id}/$evaluate-measure",
+        response_class=FhirResponse,
+        responses=ERRORS,
+    )
     async def evaluate(
         request: Request, measure_id: str, authorization: Auth = None
     ) -> JSONResponse:
@@ -183,7 +186,7 @@ def quality_router(active: Callable[[], Deps]) -> APIRouter:
         )
         return _fhir(report)
 
-    @router.get("/quality/outcomes", response_class=JSONResponse)
+    @router.get("/quality/outcomes", responses=ERRORS)
     async def outcomes(request: Request, authorization: Auth = None) -> JSONResponse:
         deps = active()
         require_unrestricted(deps.verifier, authorization, OUTCOME_INPUTS)
