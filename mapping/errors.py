@@ -5,6 +5,7 @@
     │   └── AttachmentNotInlineError  a FHIR attachment holds only a url: the adapter must fetch it
     ├── QuestionnaireError       a PHQ-9/GAD-7 response that cannot be scored
     ├── ResourceError            a FHIR resource that cannot be read or would not validate
+    │   └── DecisionError        a clinician decision the resource's state does not allow
     └── ViewError                a SQL on FHIR ViewDefinition that cannot run (names the element)
 
 The CLI turns any MappingError into a one-line message and exit code 2.
@@ -44,6 +45,12 @@ class QuestionnaireError(MappingError):
 
 class ResourceError(MappingError):
     """A FHIR resource is not of the expected type or shape."""
+
+
+class DecisionError(ResourceError):
+    """A clinician decision (approve, edit, reject) that the resource's current state refuses,
+    such as approving a rejected Task. The message names the resource, its state and what to do
+    instead; the app shows it to the clinician."""
 
 
 class ViewError(MappingError):

@@ -27,10 +27,11 @@ from mapping.fhir.codes import (
 )
 from mapping.fhir.context import EncounterContext
 from mapping.fhir.identifiers import careplan_value, identifier
+from mapping.fhir.summary import Approval, PlanItem
 from mapping.fhir.text import esc, instant, quoted, xhtml_div
 from mapping.fhir.validate import parse
 
-__all__ = ["build_careplan", "careplan_id"]
+__all__ = ["build_careplan", "careplan_id", "reviewed_narrative"]
 
 _ASSESS_PLAN = "Assessment and Plan of Treatment"
 
@@ -49,6 +50,15 @@ def _narrative(ctx: EncounterContext, tasks: Sequence[Task]) -> str:
     return xhtml_div(
         f"<p><b>Between-session homework</b> proposed in the session of {esc(date)} "
         f"(AI draft, awaiting clinician review):</p><ol>{''.join(items)}</ol>"
+    )
+
+
+def reviewed_narrative(session_date: str, items: Sequence[PlanItem], approval: Approval) -> str:
+    """The CarePlan's narrative once a clinician has reviewed its drafts (and added to them)."""
+    rows = "".join(f"<li>{esc(item.line())}</li>" for item in items)
+    return xhtml_div(
+        f"<p><b>Between-session homework</b> agreed in the session of {esc(session_date)}, "
+        f"reviewed by {esc(approval.clinician)} on {esc(approval.day)}:</p><ol>{rows}</ol>"
     )
 
 

@@ -17,6 +17,7 @@ CS_HOMEWORK_CATEGORY: Final = f"{BASE_URL}/CodeSystem/homework-category"
 CS_REVIEW_STATUS: Final = f"{BASE_URL}/CodeSystem/homework-review-status"
 CS_TASK_PARAMETER: Final = f"{BASE_URL}/CodeSystem/homework-task-parameter"
 CS_SCREENING_INTERPRETATION: Final = f"{BASE_URL}/CodeSystem/screening-interpretation"
+CS_CLINICIAN_DECISION: Final = f"{BASE_URL}/CodeSystem/clinician-decision"
 
 # Identifier systems ("sid" as in HL7's naming); values are derived in `identifiers.py`.
 SID_CAREPLAN: Final = f"{BASE_URL}/sid/careplan"
@@ -26,6 +27,8 @@ SID_COMMUNICATION: Final = f"{BASE_URL}/sid/communication"
 SID_DEVICE: Final = f"{BASE_URL}/sid/device"
 SID_MODEL_CARD: Final = f"{BASE_URL}/sid/model-card"
 SID_OBSERVATION: Final = f"{BASE_URL}/sid/observation"
+SID_NOTE_VERSION: Final = f"{BASE_URL}/sid/note-version"  # one value per version of the note
+SID_SMART_LAUNCH: Final = f"{BASE_URL}/sid/smart-launch"
 
 HOMEWORK: Final = "homework"  # the grouping code, used as CarePlan category
 
@@ -45,6 +48,7 @@ P_SOURCE_POSITION: Final = "source-position"
 P_REVIEW_ENCOUNTER: Final = "review-encounter"
 P_REVIEW_QUOTE: Final = "review-quote"
 P_REVIEW_POSITION: Final = "review-position"
+P_MODEL_CATEGORY: Final = "model-category"
 REVIEW_PARAMETERS: Final = frozenset({P_REVIEW_ENCOUNTER, P_REVIEW_QUOTE, P_REVIEW_POSITION})
 
 # External code systems.
@@ -64,6 +68,12 @@ US_CORE_DOCREF_CATEGORY: Final = (
 )
 OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
 COMMUNICATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/communication-category"
+AUDIT_EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL_INTERACTION: Final = "http://hl7.org/fhir/restful-interaction"
+AUDIT_ENTITY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+AUDIT_OBJECT_ROLE: Final = "http://terminology.hl7.org/CodeSystem/object-role"
+AUDIT_SOURCE_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-source-type"
+V3_PARTICIPATION_TYPE: Final = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 DATA_ABSENT_REASON: Final = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 IHE_FORMAT_CODE: Final = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"
 MIME_SUFFICIENT: Final = "urn:ihe:iti:xds:2017:mimeTypeSufficient"
@@ -72,6 +82,12 @@ MIME_SUFFICIENT: Final = "urn:ihe:iti:xds:2017:mimeTypeSufficient"
 AIAST: Final = "AIAST"
 AIAST_DISPLAY: Final = "Artificial Intelligence asserted"
 AI_IG: Final = "http://hl7.org/fhir/uv/aitransparency"
+# The IG's own label codes (CodeSystem "Added Provenance Codes", in its ProvenanceVS for
+# meta.security beside v3-ObservationValue#AIAST): CLINAST_AIRPT, "Clinician Asserted from AI
+# Reported", is content a clinician reviewed and asserted after an AI reported it.
+AI_ADDED_PROVENANCE: Final = f"{AI_IG}/CodeSystem/AddedProvenanceCS"
+CLINAST_AIRPT: Final = "CLINAST_AIRPT"
+CLINAST_AIRPT_DISPLAY: Final = "Clinician Asserted from AI Reported"
 AI_DEVICE_TYPE: Final = f"{AI_IG}/CodeSystem/AIdeviceTypeCS"
 AI_INPUTS: Final = f"{AI_IG}/CodeSystem/AIinputsCS"
 PROFILE_AI_DEVICE: Final = f"{AI_IG}/StructureDefinition/AI-Device"
@@ -109,3 +125,8 @@ def ai_device_type() -> dict[str, str]:
 def ai_asserted() -> dict[str, str]:
     """The meta.security label for resources whose content an AI asserted."""
     return coding(V3_OBSERVATION_VALUE, AIAST, AIAST_DISPLAY)
+
+
+def clinician_asserted_ai_reported() -> dict[str, str]:
+    """The meta.security label once a clinician has reviewed and asserted what an AI drafted."""
+    return coding(AI_ADDED_PROVENANCE, CLINAST_AIRPT, CLINAST_AIRPT_DISPLAY)

@@ -13,6 +13,16 @@ with U+001F (unit separator, which no reference or code contains):
     Device          ("device", model name, model version)
     model card      ("model-card", model name, model version)
     Observation     ("observation", source reference, total LOINC code)
+    Task added by a clinician
+                    ("task-added", encounter, category code, description)
+                    with the description's space collapsed and case folded, so that a double
+                    submit of the same item gives the same Task
+    note version    ("note-version", encounter, digest of the note's text), the masterIdentifier
+                    of each version of the note (the identifier stays the note's, per encounter)
+    clinician Provenance
+                    ("provenance-clinician", decision, clinician, targets sorted)
+    AuditEvent      ("audit-event", decision, outcome, clinician, instant, session, entities
+                    sorted)
 
 `encounter` is `EncounterContext.encounter_key`: the reference made absolute with the EHR's FHIR
 base (so that several EHRs can feed one store), or the bare reference for a local backfill, with
@@ -28,6 +38,7 @@ before the store has seen them. Chart resources
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from mapping.domain import SourcePosition
 
@@ -83,6 +94,38 @@ def model_card_value(model_name: str, model_version: str) -> str:
 
 def observation_value(source: str, total_code: str) -> str:
     return stable_value("observation", normalize_reference(source), total_code)
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def added_task_value(encounter: str, category_code: str, description: str) -> str:
+    return stable_value(
+        "task-added", normalize_reference(encounter), category_code, _folded(description)
+    )
+
+
+def note_version_value(encounter: str, text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return stable_value("note-version", normalize_reference(encounter), digest)
+
+
+def clinician_provenance_value(decision: str, clinician: str, targets: Sequence[str]) -> str:
+    return stable_value("provenance-clinician", decision, clinician.strip(), *sorted(targets))
+
+
+def audit_event_value(
+    decision: str,
+    outcome: str,
+    clinician: str,
+    recorded: str,
+    session: str,
+    entities: Sequence[str],
+) -> str:
+    return stable_value(
+        "audit-event", decision, outcome, clinician.strip(), recorded, session, *sorted(entities)
+    )
 
 
 def identifier(system: str, value: str) -> dict[str, str]:

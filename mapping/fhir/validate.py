@@ -157,6 +157,10 @@ _STATUS: dict[str, dict[str, frozenset[str]]] = {
         ),
     },
     "Device": {"status": frozenset({"active", "inactive", "entered-in-error", "unknown"})},
+    "AuditEvent": {
+        "action": frozenset({"C", "R", "U", "D", "E"}),
+        "outcome": frozenset({"0", "4", "8", "12"}),
+    },
 }
 
 

@@ -10,12 +10,14 @@ from mapping import terminology
 from mapping.errors import ResourceError
 from mapping.fhir.codes import (
     BASE_URL,
+    CS_CLINICIAN_DECISION,
     CS_HOMEWORK_CATEGORY,
     CS_REVIEW_STATUS,
     CS_SCREENING_INTERPRETATION,
     CS_TASK_PARAMETER,
     HOMEWORK,
     LABEL_CODES,
+    P_MODEL_CATEGORY,
     REVIEW_PARAMETERS,
 )
 from mapping.fhir.context import ReviewStatus
@@ -33,9 +35,9 @@ def _codes(concepts: list[dict[str, object]]) -> list[str]:
     return out
 
 
-def test_four_code_systems_and_four_value_sets() -> None:
+def test_five_code_systems_and_five_value_sets() -> None:
     kinds = sorted(r["resourceType"] for r in RESOURCES)
-    assert kinds == ["CodeSystem"] * 4 + ["ValueSet"] * 4
+    assert kinds == ["CodeSystem"] * 5 + ["ValueSet"] * 5
 
 
 @pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r["id"])
@@ -63,8 +65,10 @@ def test_builder_codes_exist() -> None:
     assert "take-action" in LABEL_CODES.values()
     for status in ReviewStatus:
         assert terminology.display(CS_REVIEW_STATUS, status.value)
-    for code in REVIEW_PARAMETERS:
+    for code in [*REVIEW_PARAMETERS, P_MODEL_CATEGORY]:
         assert terminology.display(CS_TASK_PARAMETER, code)
+    for decision in ("approve", "edit", "reject", "add"):
+        assert terminology.display(CS_CLINICIAN_DECISION, decision)
     for inst in instruments():
         for band in inst.bands:
             assert terminology.display(CS_SCREENING_INTERPRETATION, band.code)
