@@ -46,6 +46,7 @@ from mapping.fhir.provenance import build_chart_provenance
 from mapping.fhir.references import reference_id
 from mapping.fhir.session import SessionResources, build_session_resources
 from mapping.fhir.supersede import revoked_careplan, superseded_task
+from mapping.fhir.task import is_homework
 from mapping.fhir.validate import as_json
 from mapping.review_matching import match_reviews
 from mapping.scores import build_observation, score_resource
@@ -114,9 +115,11 @@ def _earlier_tasks(
         session,
         Query("Task", patient=patient, business_status=[ReviewStatus.AWAITING.value], count=1000),
     )
+    # A cancelled (superseded) or rejected draft was never set: nothing to review.
     waiting = [
         task for task in awaiting
         if (task.get("encounter") or {}).get("reference") in earlier_encounters
+        and is_homework(task)
     ]  # fmt: skip
     # Per task: a review turn settles the homework it is about (mapping.review_matching).
     return match_reviews(waiting, reviews)

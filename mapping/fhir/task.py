@@ -43,7 +43,23 @@ from mapping.fhir.identifiers import identifier, task_value
 from mapping.fhir.text import clean, describe_position, instant
 from mapping.fhir.validate import parse
 
-__all__ = ["build_task", "review_outcomes", "review_task", "task_identifier_value"]
+__all__ = [
+    "NOT_HOMEWORK",
+    "build_task",
+    "is_homework",
+    "review_outcomes",
+    "review_task",
+    "task_identifier_value",
+]
+
+# Task statuses that are no homework set for the client: superseded by an amended transcript
+# (cancelled), declined by the clinician (rejected), or recorded in error. Such a Task is never
+# reviewed, nor counted by quality measures.
+NOT_HOMEWORK = frozenset({"cancelled", "rejected", "entered-in-error"})
+
+
+def is_homework(task: Mapping[str, Any]) -> bool:
+    return task.get("status") not in NOT_HOMEWORK
 
 
 def _parameter(code: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ _DEFINITIONS: dict[str, dict[str, Any]] = {
             "(DocumentReference, identifier system {sid}/note, status current), by session start.",
             "denominator": "All sessions of the initial population.",
             "numerator": "Sessions whose encounter has at least one homework Task (identifier "
-            "system {sid}/task, not cancelled).",
+            "system {sid}/task, neither cancelled nor rejected).",
         },
         "strata": {
             "practitioner": "The session's treating practitioner (the note's author).",
@@ -85,7 +85,8 @@ _DEFINITIONS: dict[str, dict[str, Any]] = {
         "subject": "Task",
         "populations": {
             "initial-population": "Homework Tasks drafted by homework-fhir (identifier system "
-            "{sid}/task, not cancelled) set in the period, by the date they were set.",
+            "{sid}/task, neither cancelled nor rejected) set in the period, by the date they "
+            "were set.",
             "denominator": "Items whose patient had a next session (businessStatus reviewed "
             "or not-reviewed); items awaiting their next session are excluded.",
             "numerator": "Items the next session reviewed (businessStatus reviewed).",

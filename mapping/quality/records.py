@@ -4,8 +4,9 @@ A *session* is a chart note we wrote (one per processed encounter: a session wit
 whether or not it set homework); its author is the treating practitioner, its custodian the
 clinic (the encounter's service provider) and `context.period` the session's time. A *task* is
 a homework Task we drafted, with its review status. A *score* is a PHQ-9 or GAD-7 total.
-Resources that are not ours (other identifier systems), superseded notes and cancelled Tasks
-(their transcript was amended) are not records: each reader returns None for them.
+Resources that are not ours (other identifier systems), superseded notes and Tasks that are no
+homework (cancelled by an amended transcript, rejected by the clinician) are not records: each
+reader returns None for them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mapping.fhir.codes import (
     SID_NOTE,
     SID_TASK,
 )
+from mapping.fhir.task import is_homework
 
 __all__ = [
     "INSTRUMENTS",
@@ -170,7 +172,7 @@ def task_record(task: Json) -> TaskRecord | None:
     """The homework item a drafted Task of ours records; None for other or cancelled Tasks."""
     if task.get("resourceType") != "Task" or not _ours(task, SID_TASK):
         return None
-    if task.get("status") in ("cancelled", "entered-in-error"):
+    if not is_homework(task):
         return None
     category = _coding(task.get("code"), CS_HOMEWORK_CATEGORY)
     review = _coding(task.get("businessStatus"), CS_REVIEW_STATUS)
