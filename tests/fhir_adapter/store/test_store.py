@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from fhir_adapter.store import Store, open_store, outbox, resources, work
+from fhir_adapter.store.models import Base
 from fhir_adapter.store.resources import DateBound, Query
 from fhir_adapter.store.search_index import parse_range
 
@@ -57,6 +60,14 @@ def test_migrations_create_every_table(store: Store) -> None:
         "outbox",
         "alembic_version",
     } <= tables
+
+
+def test_the_migrations_build_the_schema_the_models_describe(store: Store) -> None:
+    """Tables, columns, types and indexes: a model change without its migration (or the
+    reverse) shows up here."""
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
 
 
 def test_reopen_is_idempotent(database_url: str) -> None:
@@ -205,3 +216,4 @@ def test_two_processes_storing_the_same_new_resource_both_succeed() -> None:
         finally:
             first.close()
             second.close()
+
