@@ -12,8 +12,10 @@ size the last batch's milliseconds per put are recorded, then each search runs 4
 - `Task?authored-on=2026-03&_count=50` (a month, one page)
 
     .venv/bin/python bench/store_scale.py [--sizes 1000,10000,100000] [--json out.json]
+        [--databases sqlite,postgresql]
 
-Needs PostgreSQL on 127.0.0.1 (as the tests do). Run from the repository root.
+PostgreSQL is the local one the tests use (127.0.0.1, or HOMEWORK_FHIR_TEST_PG_ADMIN_URL), in a
+fresh database dropped afterwards. Run from the repository root.
 """
 
 from __future__ import annotations
@@ -112,23 +114,31 @@ def measure(store: Store, sizes: list[int]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="which of sqlite,postgresql to run"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    databases = args.databases.split(",")
+    if unknown := set(databases) - {"sqlite", "postgresql"}:
+        parser.error(f"unknown databases {sorted(unknown)}; choose sqlite, postgresql")
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as root:
-        store = open_store(f"sqlite:///{root}/bench.db")
-        results["sqlite"] = measure(store, sizes)
-        store.close()
-    database = postgres_database()
-    try:
-        store = open_store(next(database))
-        results["postgresql"] = measure(store, sizes)
-        store.close()
-    finally:
-        database.close()
+    if "sqlite" in databases:
+        with tempfile.TemporaryDirectory() as root:
+            store = open_store(f"sqlite:///{root}/bench.db")
+            results["sqlite"] = measure(store, sizes)
+            store.close()
+    if "postgresql" in databases:
+        database = postgres_database()
+        try:
+            store = open_store(next(database))
+            results["postgresql"] = measure(store, sizes)
+            store.close()
+        finally:
+            database.close()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -1,10 +1,9 @@
 """The draft step: detections -> FHIR resources in our store, review status, queued writes.
 
 Review status: every `awaiting-review` Task of the patient from an earlier session is settled
-by this session. If the model found a review in this session, the Tasks become `reviewed`,
-citing this encounter and the review turn with the highest review probability; otherwise
-`not-reviewed`. (Matching a review to one Task by its wording is not attempted: therapists
-usually ask about "the homework" as a whole, and a wrong match is worse than a general one.)
+by this session, per task (mapping.review_matching): a review turn makes the Task(s) it is about
+`reviewed`, citing this encounter and quoting that turn; a general follow-up ("did you manage
+the things we agreed?") settles those no specific turn did; the rest become `not-reviewed`.
 
 Where resources go (per connection, `write` settings):
 - our store: everything, always (the record of what the service produced, and what the API

@@ -74,6 +74,8 @@ class ResourceRow(Base):
         Index("ix_resource_type_business_status", "resource_type", "business_status"),
         Index("ix_resource_type_code", "resource_type", "code"),
         Index("ix_resource_type_practitioner", "resource_type", "practitioner"),
+        # A therapist's Tasks in a quarter (the fidelity query) by date within the index.
+        Index("ix_resource_type_practitioner_date", "resource_type", "practitioner", "date"),
     )
 
 

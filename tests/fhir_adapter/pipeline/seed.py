@@ -155,6 +155,7 @@ class Clinic:
     patients: dict[str, SeededPatient]
     in_progress: str | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    plans: tuple[PatientPlan, ...] = PLANS  # the patients seeded, in order
     group: str | None = None  # "Group/<id>": the clinic's patients, for per-patient polls
 
     @property
@@ -186,8 +187,13 @@ def _urn() -> str:
     return f"urn:uuid:{uuid.uuid4()}"
 
 
-def seed_clinic(server: SekmetServer, *, sessions: int = 2, in_progress: bool = True) -> Clinic:
-    """Seed the practice, both patients and their first `sessions` sessions."""
+def seed_clinic(
+    server: SekmetServer, *, sessions: int = 2, in_progress: bool = True,
+    plans: Sequence[PatientPlan] = PLANS, now: datetime | None = None,
+) -> Clinic:  # fmt: skip
+    """Seed the practice, its patients (`plans`: Sam and Jordan unless told) and their first
+    `sessions` sessions, dated back from `now` (the present unless told: a past `now` seeds
+    old sessions, for a backfill)."""
     tag = uuid.uuid4().hex[:10]
     org_url = _urn()
     resources: list[dict[str, Any]] = [
@@ -196,7 +202,7 @@ def seed_clinic(server: SekmetServer, *, sessions: int = 2, in_progress: bool = 
          "name": f"Riverside Counselling {tag}"},
     ]  # fmt: skip
     urls: dict[str, tuple[str, str]] = {}
-    for plan in PLANS:
+    for plan in plans:
         patient_url, practitioner_url = _urn(), _urn()
         urls[plan.key] = (patient_url, practitioner_url)
         resources.append(
@@ -212,8 +218,10 @@ def seed_clinic(server: SekmetServer, *, sessions: int = 2, in_progress: bool = 
                        "family": plan.therapist_family}]}
         )  # fmt: skip
     refs = server.seed(resources)
-    clinic = Clinic(tag=tag, organization=refs[0], patients={})
-    for i, plan in enumerate(PLANS):
+    clinic = Clinic(tag=tag, organization=refs[0], patients={}, plans=tuple(plans))
+    if now is not None:
+        clinic.now = now
+    for i, plan in enumerate(plans):
         clinic.patients[plan.key] = SeededPatient(
             key=plan.key,
             patient=refs[1 + 2 * i],
@@ -228,11 +236,12 @@ def seed_clinic(server: SekmetServer, *, sessions: int = 2, in_progress: bool = 
     for number in range(1, sessions + 1):
         seed_session(server, clinic, number)
     if in_progress:
-        sam = clinic.patients["sam"]
+        first = clinic.plans[0]
         start = clinic.now - timedelta(minutes=20)
         [clinic.in_progress] = server.seed(
-            [_encounter(clinic, SAM, sam, start, None, status="in-progress")]
-        )
+            [_encounter(clinic, first, clinic.patients[first.key], start, None,
+                        status="in-progress")]
+        )  # fmt: skip
     return clinic
 
 
@@ -313,8 +322,8 @@ def transcript_document(
 
 
 def seed_session(server: SekmetServer, clinic: Clinic, number: int) -> None:
-    """Seed session `number` (1-based) of both patients: Encounter, transcript, PHQ-9."""
-    for plan in PLANS:
+    """Seed session `number` (1-based) of every patient: Encounter, transcript, PHQ-9."""
+    for plan in clinic.plans:
         seeded = clinic.patients[plan.key]
         session = plan.sessions[number - 1]
         start = clinic.now - timedelta(days=session.days_ago)
