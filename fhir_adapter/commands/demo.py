@@ -16,7 +16,7 @@ import typer
 
 from fhir_adapter.commands._common import configure_logging, fail, load_settings_or_exit
 from fhir_adapter.commands.run import open_runtime_or_exit, print_summary
-from fhir_adapter.settings import EhrConnection
+from fhir_adapter.settings import EhrConnection, Settings
 from fhir_adapter.smart.devserver import encode_launch
 from fhir_adapter.smart.routes import launch_link
 
@@ -64,6 +64,26 @@ def dev_ehr_setup(settings: Any, base: str, export: Path) -> tuple[Any, list[Any
     return served, [dev_ehr_router(ehr)]
 
 
+def demo_settings(data_dir: Path, port: int, triton: str | None = None) -> Settings:
+    """The demo's settings: a SQLite store in `data_dir`, development tokens, no EHR yet."""
+    model = {"backend": "triton", "triton_url": triton} if triton else {}
+    return load_settings_or_exit(
+        None,
+        environment="development",
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'demo.sqlite3'}",
+        api={"auth": {"mode": "dev-embedded"}, "port": port},
+        model=model,
+        ehr={},
+    )
+
+
+def demo_launch_link(base: str) -> str:
+    """The EHR launch `homework-fhir demo` prints: the development EHR opening the review app
+    for patient pat-1 in session enc-1-3."""
+    return launch_link(base, f"{base}/dev-ehr/fhir", encode_launch("pat-1", "enc-1-3"))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
@@ -95,16 +115,7 @@ def register(app: typer.Typer) -> None:
             for leftover in data_dir.glob("demo.sqlite3*"):
                 leftover.unlink()
         data_dir.mkdir(parents=True, exist_ok=True)
-        model = {"backend": "triton", "triton_url": triton} if triton else {}
-        settings = load_settings_or_exit(
-            None,
-            environment="development",
-            data_dir=data_dir,
-            database_url=f"sqlite:///{data_dir / 'demo.sqlite3'}",
-            api={"auth": {"mode": "dev-embedded"}, "port": port},
-            model=model,
-            ehr={},
-        )
+        settings = demo_settings(data_dir, port, triton)
         source = export or sample_export_dir()
         try:
             resources = list(read_export(source))
@@ -149,7 +160,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         service = build_service(*dev_ehr_setup(settings, base, source))
-        launch = launch_link(base, f"{base}/dev-ehr/fhir", encode_launch("pat-1", "enc-1-3"))
+        launch = demo_launch_link(base)
         typer.echo(
             f"\nClinician review app (SMART EHR launch against the development EHR, "
             f"signing in as Dr. Amara Okafor, patient pat-1, session enc-1-3):\n  {launch}"

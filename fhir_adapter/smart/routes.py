@@ -264,6 +264,7 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
                 "session": session,
                 "drafts": found,
                 "trend_json": json.dumps(trend).replace("<", "\\u003c"),
+                "trend": trend,
                 "has_trend": any(trend.values()),
             },
         )
