@@ -101,6 +101,10 @@ def _context(
     )
 
 
+# The clinician's actions build the same context for the session they decide on.
+encounter_context = _context
+
+
 def _earlier_tasks(
     session: Session, patient: str, before: datetime, detections: list[Detection],
     connection: str,
