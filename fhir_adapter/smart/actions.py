@@ -26,6 +26,7 @@ is sent later by the normal write-back (the route kicks it after the commit).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.pipeline.draft import encounter_context
+from fhir_adapter.pipeline.jobs import LOCAL
 from fhir_adapter.settings import EhrConnection, FhirStore
 from fhir_adapter.store import Store, outbox, resources, work
 from fhir_adapter.store.models import FeedbackRow, OutboxRow
@@ -133,19 +135,20 @@ def _encounter_of(task: dict[str, Any]) -> str:
     return str((task.get("encounter") or {}).get("reference", ""))
 
 
-def _context(session: Session, actor: Actor, encounter: str) -> EncounterContext:
-    name = actor.connection.name if actor.connection is not None else None
-    rows = [
-        row
-        for conn in ([name] if name else [])
-        if (row := work.get_encounter(session, conn, encounter)) is not None
-    ]
+def _context(session: Session, actor: Actor, encounter: str) -> tuple[EncounterContext, Actor]:
+    """The session's context from the work filed under the actor's connection, or under
+    `local` (a backfill, the demo): then the actor writes to our store only."""
+    names = [actor.connection.name] if actor.connection is not None else []
     bare = str(reference_id(encounter))
-    enc = work.source(session, name, "Encounter", bare) if name else None
-    if not rows or enc is None or rows[0].patient != actor.patient:
-        raise NotFound(encounter)
-    source = actor.connection.base_url if actor.connection is not None else None
-    return encounter_context(encounter, actor.patient, enc, rows[0].state["transcript"], source)
+    for name in [*names, LOCAL]:
+        row = work.get_encounter(session, name, encounter)
+        enc = work.source(session, name, "Encounter", bare)
+        if row is not None and enc is not None and row.patient == actor.patient:
+            source = actor.connection.base_url if name != LOCAL and actor.connection else None
+            ctx = encounter_context(encounter, actor.patient, enc, row.state["transcript"],
+                                    source)  # fmt: skip
+            return ctx, actor if name != LOCAL else dataclasses.replace(actor, connection=None)
+    raise NotFound(encounter)
 
 
 def _plan_and_tasks(
@@ -287,7 +290,8 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
         if isinstance(action, AddItem):
             kind = "add"
             encounter = actor.encounter or _latest_encounter(session, actor)
-            ctx = _context(session, actor, encounter)
+            ctx, actor = _context(session, actor, encounter)
+            writes.actor = actor
             decision_add = approval.Add(clinician, now, action.category, action.description,
                                         action.due)  # fmt: skip
             task = approval.add(ctx, decision_add)
@@ -313,7 +317,8 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
                 encounter = actor.encounter or _latest_encounter(session, actor)
             else:
                 encounter = _encounter_of(first[0])
-            ctx = _context(session, actor, encounter)
+            ctx, actor = _context(session, actor, encounter)
+            writes.actor = actor
             plan, tasks = _plan_and_tasks(session, actor, encounter)
             if isinstance(action, ApproveItems):
                 kind = "approve"
