@@ -25,7 +25,9 @@ from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.security import TokenVerifier, issue_token
 from fhir_adapter.ehr.jwks import jwks_router
 from fhir_adapter.metrics import exposition
+from fhir_adapter.pipeline import runner
 from fhir_adapter.pipeline.jobs import accept_ingest, ingest_status
+from fhir_adapter.pipeline.runner import RunSummary
 from fhir_adapter.runtime import Runtime, open_runtime
 from fhir_adapter.settings import Settings, SettingsError
 from fhir_adapter.smart import SmartApp
@@ -128,7 +130,21 @@ def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
     def status(job_id: str) -> dict[str, Any] | None:
         return ingest_status(runtime, job_id)
 
+    async def write_back(connection: str) -> None:
+        if runtime.queue is not None:  # the workers flush
+            from fhir_adapter.queue import defer_flush
+
+            await defer_flush(runtime.queue, connection)
+            return
+
+        async def flush_now() -> None:
+            await runner.write_back(runtime, connection, RunSummary())
+
+        runtime.kick(f"write:{connection}", flush_now)
+
     return ApiDeps(
+        write_back=write_back,
+        model=runtime.model,
         store=runtime.store,
         verifier=verifier,
         readiness=[("model", model_ready)],

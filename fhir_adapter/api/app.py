@@ -42,6 +42,7 @@ from fhir_adapter.api.search import PARAMETERS, parse_query, searchset
 from fhir_adapter.api.security import Grant, TokenVerifier
 from fhir_adapter.store import Store, resources
 from fhir_adapter.store.resources import Query
+from mapping.fhir.context import ModelInfo
 from mapping.fhir.references import is_fhir_id
 
 if TYPE_CHECKING:
@@ -80,6 +81,10 @@ class ApiDeps:
     model_card: dict[str, Any] | None = None
     # The clinician app's SMART launches (fhir_adapter.smart), when EHRs are set up for it.
     smart: SmartApp | None = None
+    # The model the drafts name (the clinician's reviewed note names it too).
+    model: ModelInfo | None = None
+    # Starts the write-back of a connection after a clinician's decision committed.
+    write_back: Callable[[str], Awaitable[None]] | None = None
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:

@@ -68,6 +68,7 @@ PARAMETERS: dict[str, dict[str, str]] = {
     },
     "Provenance": {"patient": "patient", "recorded": "date"},
     "Device": {"patient": "patient", "status": "status", "type": "code"},
+    "AuditEvent": {"patient": "patient", "date": "date"},
 }
 assert set(PARAMETERS) == set(SEARCHABLE_TYPES)
 

@@ -73,6 +73,22 @@ def register(app: typer.Typer) -> None:
     outbox_app = typer.Typer(help="The writes waiting for, or refused by, a FHIR server.")
     app.add_typer(outbox_app, name="outbox")
 
+    feedback_app = typer.Typer(help="Clinicians' decisions as labelled data for the model team.")
+    app.add_typer(feedback_app, name="feedback")
+
+    @feedback_app.command("export")
+    def feedback_export(
+        out: Annotated[Path, typer.Argument(help="JSON Lines file to write.")],
+        config: ConfigOption = None,
+    ) -> None:
+        """Write one JSON line per clinician decision on a Task (no patient identifiers)."""
+        from fhir_adapter.smart.feedback import export
+
+        settings = load_settings_or_exit(config)
+        with store_only(settings) as store:
+            count = export(store, out)
+        typer.echo(f"{count} feedback records written to {out}")
+
     @outbox_app.command("list")
     def outbox_list(
         config: ConfigOption = None,

@@ -66,6 +66,10 @@ _EPIC_CAREPLAN = "Epic's FHIR API offers no CarePlan.Create to backend apps"
 _EPIC_TASK = "Epic's FHIR API offers no Task.Create (Task.Update is available)"
 _ORACLE_CAREPLAN = "Oracle Health Millennium offers no CarePlan create"
 _ORACLE_TASK = "Oracle Health Millennium offers no Task create"
+# A reviewed note replaces the drafted one as a new note (relatesTo replaces): neither vendor
+# lets a backend app update a filed clinical note in place.
+_EPIC_NOTE_UPDATE = "Epic lets an app update only its own unsigned notes; file a new version"
+_ORACLE_NOTE_UPDATE = "Oracle Health Millennium offers no DocumentReference update"
 
 PROFILES: Mapping[Vendor, VendorProfile] = {
     "epic": VendorProfile(
@@ -73,6 +77,7 @@ PROFILES: Mapping[Vendor, VendorProfile] = {
         refused={
             ("CarePlan", "create"): _EPIC_CAREPLAN,
             ("Task", "create"): _EPIC_TASK,
+            ("DocumentReference", "update"): _EPIC_NOTE_UPDATE,
         },
         conditional_create=False,
         max_page_size=100,
@@ -87,6 +92,7 @@ PROFILES: Mapping[Vendor, VendorProfile] = {
         refused={
             ("CarePlan", "create"): _ORACLE_CAREPLAN,
             ("Task", "create"): _ORACLE_TASK,
+            ("DocumentReference", "update"): _ORACLE_NOTE_UPDATE,
         },
         conditional_create=False,
         # Millennium's maximum `_count` varies by resource; 100 stays under the ones we read.

@@ -100,6 +100,10 @@ def _context(
     )
 
 
+# The clinician's actions build the same context for the session they decide on.
+encounter_context = _context
+
+
 def _earlier_tasks(
     session: Session, patient: str, before: datetime, detections: list[Detection],
     connection: str,
@@ -124,16 +128,45 @@ def _earlier_tasks(
     return match_reviews(waiting, reviews)
 
 
+# Statuses the model's drafting may (re)write: its own drafts, and what an earlier amendment
+# cancelled or revoked. Anything else a clinician decided (approved, rejected, added).
+_MODEL_OWNED = {"Task": frozenset({"draft", "cancelled"}),
+                "CarePlan": frozenset({"draft", "revoked"})}  # fmt: skip
+
+
+def clinician_decided(resource: dict[str, Any] | None) -> bool:
+    """A stored Task or CarePlan that a clinician approved, rejected or added: drafting leaves
+    it alone (a reprocessed session must not turn the clinician's plan back into drafts)."""
+    if resource is None:
+        return False
+    owned = _MODEL_OWNED.get(str(resource.get("resourceType")))
+    return owned is not None and resource.get("status") not in owned
+
+
 def _superseded(session: Session, encounter: str, built: SessionResources) -> list[dict[str, Any]]:
-    """Tasks and the CarePlan of this encounter in our store that `built` no longer holds."""
+    """Drafts (Tasks, the CarePlan) of this encounter in our store that `built` no longer
+    holds; what a clinician decided stays as it is."""
     kept = {task.id for task in built.tasks}
     tasks, _ = resources.search(session, Query("Task", encounter=encounter, count=1000))
-    out = [
-        superseded_task(t) for t in tasks if t["id"] not in kept and t.get("status") != "cancelled"
-    ]
+    out = [superseded_task(t) for t in tasks if t["id"] not in kept and t.get("status") == "draft"]
     if built.careplan is None:
         plans, _ = resources.search(session, Query("CarePlan", encounter=encounter, count=10))
-        out += [revoked_careplan(p) for p in plans if p.get("status") != "revoked"]
+        out += [revoked_careplan(p) for p in plans if p.get("status") == "draft"]
+    return out
+
+
+def _not_decided(
+    session: Session, encounter: str, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`items` less this encounter's Tasks and CarePlan that a clinician has decided on."""
+    out = []
+    for body in items:
+        mine = body.get("resourceType") in _MODEL_OWNED and (
+            (body.get("encounter") or {}).get("reference") == encounter
+        )
+        if mine and clinician_decided(resources.get(session, body["resourceType"], body["id"])):
+            continue
+        out.append(body)
     return out
 
 
@@ -202,6 +235,7 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
         # A session processed again (its transcript was amended): what the new run no longer
         # drafts is cancelled (Tasks) or revoked (the CarePlan), on every target.
         store_items += _superseded(session, encounter, built)
+        store_items = _not_decided(session, encounter, store_items)
         note, communication = as_json(built.note), as_json(built.communication)
         observations = _scores(session, connection, encounter)
         for body in [*store_items, note, communication, *observations]:

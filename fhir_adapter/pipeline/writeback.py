@@ -4,8 +4,11 @@
   PUT is an update of the same resource, never a duplicate.
 - chart (the EHR): no conditional create, so search by identifier first. Found and never
   confirmed by us: an earlier attempt landed before a crash, so it is recorded, not re-sent.
-  Found and ours (a later change, e.g. an updated note): updated with If-Match. Not found:
-  created.
+  Found and ours (a later change, e.g. an updated note): updated with If-Match. Found but
+  an earlier version of a reviewed note (another `masterIdentifier`): updated too. Not found:
+  created. A reviewed note for a vendor that refuses DocumentReference update is queued under
+  its version's key (`masterIdentifier`, which the `identifier` search also matches), so it is
+  created beside the note it replaces (`relatesTo`), never recorded as that note.
 A temporary failure (429/5xx/network, still failing after the client's bounded retries)
 leaves the row pending with a growing delay; a fatal one (400/403/422, a vendor rule) marks it
 failed: kept, with the error, for an operator to fix and requeue. Nothing is dropped.
@@ -112,8 +115,21 @@ async def _write(client: FhirClient, row: OutboxRow) -> dict[str, Any] | None:
             row.resource_type, row.identifier_system, row.identifier_value
         )
         if found is not None:
+            if _newer_version(payload, found):
+                # A reviewed version of a note whose first write landed unconfirmed: update it.
+                return await client.update({**payload, "id": found["id"]},
+                                           if_match=_version(found))  # fmt: skip
             return found
     return await client.create(payload)
+
+
+def _newer_version(payload: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
+    """A note version (`masterIdentifier`) other than the one the server holds under the same
+    identifier: the server has an earlier version, so recording `found` would lose this one."""
+    wanted = payload.get("masterIdentifier")
+    return wanted is not None and found.get("id") is not None and (
+        found.get("masterIdentifier") != wanted
+    )
 
 
 async def _attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> _Outcome:

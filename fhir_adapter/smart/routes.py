@@ -27,12 +27,21 @@ Session: what the launch established (EHR connection, fhirUser, patient, encount
 token for reading the EHR) lives in this process's memory, never in the cookie, until the access
 token expires. The access token is never logged or shown.
 
-Extension point: approve/edit/reject/add (issue #16 item 3) become POST routes here taking the
-session's CSRF token; the review template marks where their forms go.
+Actions (POST, same Origin and the session's CSRF token, else 403; a Task of another
+patient 404; then 303 back to the review screen):
+
+    POST /smart/review/approve            the whole plan, or the Tasks ticked (`task`)
+    POST /smart/review/tasks/{id}/edit    description, category, due
+    POST /smart/review/tasks/{id}/reject  reason
+    POST /smart/review/add                category, description, due
+
+Each is applied by `fhir_adapter.smart.actions` (store and outbox in one transaction) and the
+connection's write-back is started after the commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -40,6 +49,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -47,7 +57,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from fhir_adapter.smart import review
+from fhir_adapter.smart import actions, review
 from fhir_adapter.smart.client import SmartApp
 from fhir_adapter.smart.errors import LaunchError
 from fhir_adapter.web.dashboard import _WEB, SecuredRoute
@@ -58,6 +68,11 @@ from fhir_adapter.web.sessions import (
     same_origin,
     same_value,
 )
+from mapping import terminology
+from mapping.errors import DecisionError, ResourceError
+from mapping.fhir.audit import LaunchContext
+from mapping.fhir.codes import CS_HOMEWORK_CATEGORY
+from mapping.fhir.context import Ref
 from mapping.fhir.references import is_fhir_id
 
 if TYPE_CHECKING:
@@ -71,6 +86,9 @@ SESSION_COOKIE = "hwf-smart"
 # A session ends with its access token; an EHR that says nothing about expiry gets an hour.
 DEFAULT_TOKEN_S = 3600
 MAX_FORM_BODY = 16 * 1024
+CATEGORIES = tuple((code, terminology.display(CS_HOMEWORK_CATEGORY, code))
+                   for code in ("practice", "take-action", "journal", "learn"))  # fmt: skip
+DONE = {"approve": "approved", "edit": "edited", "reject": "rejected", "add": "added"}
 STATIC = {
     "dashboard.css": ("text/css; charset=utf-8", False),
     "review.css": ("text/css; charset=utf-8", False),
@@ -86,6 +104,7 @@ class PendingLaunch:
     nonce: str
     binding: str  # sha256 of the browser's launch cookie
     expires: float
+    launch: str | None = None  # the EHR's launch id (None: standalone)
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,8 @@ class SmartSession:
     csrf: str
     expires: float
     access_token: str = ""  # never logged, never rendered
+    launch: str | None = None  # the EHR's launch id, for the audit trail
+    audit_key: str = ""  # names this session in AuditEvents (never the cookie value)
 
     def __repr__(self) -> str:  # keep the token out of any repr
         return f"SmartSession(connection={self.connection!r}, patient={self.patient!r})"
@@ -155,7 +176,7 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
             binding = request.cookies.get(policy.name(LAUNCH_COOKIE)) or new_token()
             launches.put(
                 PendingLaunch(conn.name, verifier, nonce, _hash(binding),
-                              time.time() + LAUNCH_TTL_S),
+                              time.time() + LAUNCH_TTL_S, launch),
                 session_id=state,
             )  # fmt: skip
             url = await smart.authorization_url(
@@ -230,6 +251,8 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
             csrf=new_token(),
             expires=time.time() + max(60, lifetime),
             access_token=access,
+            launch=pending.launch,
+            audit_key=new_token(),
         )
         session_id = sessions.put(made)
         logger.info("SMART session for %s (%s) at %s", made.fhir_user, made.patient, conn.name)
@@ -266,6 +289,8 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
                 "trend_json": json.dumps(trend).replace("<", "\\u003c"),
                 "trend": trend,
                 "has_trend": any(trend.values()),
+                "categories": CATEGORIES,
+                "done": DONE.get(request.query_params.get("done", "")),
             },
         )
 
@@ -302,6 +327,90 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
             },
         )
 
+    async def form_of(request: Request, session: SmartSession) -> list[tuple[str, str]] | None:
+        body = await request.body()
+        pairs = parse_qsl(body[:MAX_FORM_BODY].decode("utf-8", "replace"))
+        csrf = next((v for k, v in pairs if k == "csrf"), None)
+        if not same_origin(request) or not same_value(session.csrf, csrf):
+            return None
+        return pairs
+
+    async def act(request: Request, make: Callable[[dict[str, str], list[tuple[str, str]]],
+                                                    actions.Action]) -> Response:  # fmt: skip
+        session = current(request)
+        if session is None:
+            return no_session(request)
+        pairs = await form_of(request, session)
+        if pairs is None:
+            return page(request, 403, "Refused: the form expired or came from elsewhere.",
+                        "Refused")  # fmt: skip
+        deps = active()
+        clinician = _clinician(session.fhir_user)
+        if clinician is None or deps.model is None:
+            return page(request, 403, "Only a practitioner signed in through the EHR can decide "
+                        "on homework.", "Refused")  # fmt: skip
+        conn = deps.smart.connections.get(session.connection) if deps.smart else None
+        actor = actions.Actor(
+            connection=conn,
+            patient=session.patient,
+            encounter=session.encounter,
+            clinician=clinician,
+            launch=LaunchContext(session.audit_key or _hash(session.subject)[:32],
+                                 session.launch,
+                                 Ref(session.encounter) if session.encounter else None),
+            model=deps.model,
+        )  # fmt: skip
+        now = datetime.now(UTC)
+        try:
+            action = make(dict(pairs), pairs)
+            decided = await asyncio.to_thread(actions.decide, deps.store, actor, action, now)
+        except actions.NotFound:
+            return page(request, 404, "No such homework item for this patient.", "Not found")
+        except DecisionError as exc:
+            return page(request, 409, str(exc), "Not possible")
+        except (ResourceError, ValueError) as exc:
+            return page(request, 400, str(exc), "Please check the form")
+        if decided.changed and conn is not None and deps.write_back is not None:
+            await deps.write_back(conn.name)
+        logger.info("clinician %s: %s (%d written)", decided.kind, session.patient,
+                    len(decided.written))  # fmt: skip
+        return RedirectResponse(f"{base(request)}/review?done={decided.kind}", status_code=303)
+
+    @router.post("/review/approve")
+    async def approve(request: Request) -> Response:
+        def make(form: dict[str, str], pairs: list[tuple[str, str]]) -> actions.Action:
+            chosen = tuple(v for k, v in pairs if k == "task")
+            return actions.ApproveItems(None if form.get("all") else chosen)
+
+        return await act(request, make)
+
+    @router.post("/review/tasks/{task_id}/edit")
+    async def edit(request: Request, task_id: str) -> Response:
+        def make(form: dict[str, str], _: list[tuple[str, str]]) -> actions.Action:
+            return actions.EditItem(
+                task_id,
+                form.get("description") or None,
+                form.get("category") or None,
+                _due(form.get("due")),
+            )
+
+        return await act(request, make)
+
+    @router.post("/review/tasks/{task_id}/reject")
+    async def reject(request: Request, task_id: str) -> Response:
+        def make(form: dict[str, str], _: list[tuple[str, str]]) -> actions.Action:
+            return actions.RejectItem(task_id, form.get("reason", ""))
+
+        return await act(request, make)
+
+    @router.post("/review/add")
+    async def add(request: Request) -> Response:
+        def make(form: dict[str, str], _: list[tuple[str, str]]) -> actions.Action:
+            return actions.AddItem(form.get("category", ""), form.get("description", ""),
+                                   _due(form.get("due")))  # fmt: skip
+
+        return await act(request, make)
+
     @router.post("/logout")
     async def logout(request: Request) -> Response:
         policy = CookiePolicy.of(request)
@@ -329,6 +438,19 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         return Response((_WEB / "static" / name).read_bytes(), media_type=media_type)
 
     return router
+
+
+def _due(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+def _clinician(fhir_user: str | None) -> Ref | None:
+    """The fhirUser claim (absolute or relative) as a Practitioner reference."""
+    parts = (fhir_user or "").rstrip("/").split("/")
+    kinds = ("Practitioner", "PractitionerRole")
+    if len(parts) >= 2 and parts[-2] in kinds and is_fhir_id(parts[-1]):
+        return Ref(f"{parts[-2]}/{parts[-1]}")
+    return None
 
 
 def launch_link(base_url: str, iss: str, launch: str) -> str:

@@ -223,3 +223,16 @@ class SourceRow(Base):
     patient: Mapped[str | None] = mapped_column(String(256), index=True)
     body: Mapped[dict[str, Any]]
     received_at: Mapped[datetime]
+
+
+class FeedbackRow(Base):
+    """A clinician's decision on one Task as a labelled example for the model team
+    (`mapping.fhir.approval.feedback_record`): no patient or encounter reference."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(160), index=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    record: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]

@@ -53,6 +53,8 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "date": ("recorded",),
     },
     "Device": {"patient": ("patient",), "encounter": (), "code": ("type",), "date": ()},
+    # A clinician's decision: its first entity is the patient (mapping.fhir.audit).
+    "AuditEvent": {"patient": ("entity.what",), "encounter": (), "code": (), "date": ("recorded",)},
 }
 
 SEARCHABLE_TYPES: tuple[str, ...] = tuple(_PATHS)

@@ -94,6 +94,10 @@ PROFILE_AI_DEVICE: Final = f"{AI_IG}/StructureDefinition/AI-Device"
 PROFILE_AI_PROVENANCE: Final = f"{AI_IG}/StructureDefinition/AI-Provenance"
 PROFILE_AI_MODEL_CARD: Final = f"{AI_IG}/StructureDefinition/AI-ModelCard"
 EXT_AI_CONFIDENCE: Final = f"{AI_IG}/StructureDefinition/AIconfidence"
+# DS4P inline security label: a label on one element (R4B meta.security labels whole resources).
+EXT_INLINE_SECURITY_LABEL: Final = (
+    "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-inline-sec-label"
+)
 EXT_AI_KIND: Final = f"{AI_IG}/StructureDefinition/aitransparency.AIKind"
 EXT_MODEL_CARD: Final = f"{AI_IG}/StructureDefinition/aitransparency.modelCardDescription"
 

@@ -21,10 +21,12 @@ from mapping import terminology
 from mapping.domain import Detection, HomeworkLabel, SourcePosition
 from mapping.errors import ResourceError
 from mapping.fhir.codes import (
+    AIAST,
     CS_HOMEWORK_CATEGORY,
     CS_REVIEW_STATUS,
     CS_TASK_PARAMETER,
     EXT_AI_CONFIDENCE,
+    EXT_INLINE_SECURITY_LABEL,
     LABEL_CODES,
     P_CLIENT_REPLY,
     P_REVIEW_ENCOUNTER,
@@ -159,7 +161,9 @@ def review_task(
     REVIEWED needs the `quote` of the therapist turn that followed the homework up;
     `position` and the model's `confidence` in the review are recorded when given.
     NOT_REVIEWED records the encounter that did not follow it up. Earlier review outputs are
-    replaced, other outputs kept; `lastModified` becomes `now`.
+    replaced, other outputs kept; `lastModified` becomes `now`. A draft is labelled AIAST; a
+    Task a clinician approved (CLINAST_AIRPT) or added (no AI label) keeps its own label and
+    the review outputs carry AIAST as DS4P inline security labels: the review is the model's.
     """
     data: dict[str, Any] = (
         task.model_dump(mode="json", exclude_none=True)
@@ -197,12 +201,25 @@ def review_task(
             outputs.append(
                 {"type": _parameter(P_REVIEW_POSITION), "valueString": describe_position(position)}
             )
+    labels = (data.get("meta") or {}).get("security") or []
+    if data.get("status") == "draft":
+        security = data.setdefault("meta", {}).setdefault("security", [])
+        if ai_asserted() not in security:
+            security.append(ai_asserted())
+    elif not any(label.get("code") == AIAST for label in labels):
+        # A Task a clinician approved (CLINAST_AIRPT) or added (no label) keeps its label: the
+        # review outcome is the model's, so the AI label goes on the review outputs instead,
+        # as an inline security label (R4B has no element-level meta.security).
+        for output in outputs:
+            if any(c.get("system") == CS_TASK_PARAMETER and c.get("code") in REVIEW_PARAMETERS
+                   for c in output.get("type", {}).get("coding", [])):  # fmt: skip
+                extensions = output.setdefault("extension", [])
+                label = {"url": EXT_INLINE_SECURITY_LABEL, "valueCoding": ai_asserted()}
+                if label not in extensions:
+                    extensions.append(label)
     data["output"] = outputs
     data["businessStatus"] = _concept(CS_REVIEW_STATUS, outcome.value)
     data["lastModified"] = instant(now)
-    security = data.setdefault("meta", {}).setdefault("security", [])
-    if ai_asserted() not in security:
-        security.append(ai_asserted())
     return parse(data, Task)
 
 

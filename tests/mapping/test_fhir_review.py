@@ -144,3 +144,29 @@ def test_policy_marks_not_reviewed_without_review_turns_and_skips_settled_tasks(
 def test_reviewed_earlier_task_needs_evidence() -> None:
     with pytest.raises(ResourceError, match="needs the review detection"):
         EarlierTask(earlier_task(), ReviewStatus.REVIEWED)
+
+
+def test_a_clinician_decided_task_keeps_its_label_and_the_review_is_labelled_ai() -> None:
+    from mapping.fhir.codes import AIAST, EXT_INLINE_SECURITY_LABEL, clinician_asserted_ai_reported
+
+    approved = earlier_task()
+    approved["status"], approved["intent"] = "requested", "plan"
+    approved["meta"] = {"security": [clinician_asserted_ai_reported()]}
+    added = copy.deepcopy(approved)
+    added.pop("meta")
+    for task in (approved, added):
+        after = as_json(
+            review_task(task, ReviewStatus.REVIEWED, encounter=LATER, now=NOW, quote="Did you?")
+        )
+        assert problems(after) == []
+        assert after.get("meta", {}).get("security") == task.get("meta", {}).get("security")
+        for output in outputs(after).values():
+            [label] = output["extension"][-1:]
+            assert label["url"] == EXT_INLINE_SECURITY_LABEL
+            assert label["valueCoding"]["code"] == AIAST
+    # A draft keeps the resource-level AI label and no inline one.
+    draft = as_json(
+        review_task(earlier_task(), ReviewStatus.NOT_REVIEWED, encounter=LATER, now=NOW)
+    )
+    assert [s["code"] for s in draft["meta"]["security"]] == [AIAST]
+    assert all("extension" not in o for o in draft["output"])
