@@ -1,8 +1,8 @@
 """clinicians' decisions as labelled feedback for the model team
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-10
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-06
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
