@@ -1,8 +1,8 @@
-"""Build the API service from settings: token verifier, readiness checks, ingest.
+"""Build the API service from settings: token verifier, readiness checks, ingest, CDS Hooks.
 
 The entry points (`serve`, `demo`) call `build_service(settings)` once; the app's lifespan opens
-the process's `Runtime` (store, model backend, EHR clients) at start-up and closes it at
-shutdown.
+the process's `Runtime` (store, model backend, EHR clients) and the CDS Hooks service (its JWK Set
+client) at start-up and closes them at shutdown.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.api.security import TokenVerifier, issue_token
+from fhir_adapter.cds import CdsHooks, open_cds
 from fhir_adapter.ehr.jwks import jwks_router
 from fhir_adapter.metrics import exposition
 from fhir_adapter.pipeline import runner
@@ -38,8 +39,7 @@ DEV_ISSUER = "homework-fhir-dev"
 
 
 def api_audience(settings: Settings) -> str:
-    base = settings.api.public_base_url or f"http://{settings.api.host}:{settings.api.port}"
-    return f"{base}/fhir"
+    return f"{settings.api.base_url()}/fhir"
 
 
 def dev_key(settings: Settings) -> ECKey:
@@ -106,7 +106,7 @@ def token_verifier(settings: Settings) -> TokenVerifier:
                          auth.max_token_lifetime_s)  # fmt: skip
 
 
-def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
+def api_deps(runtime: Runtime, verifier: TokenVerifier, cds: CdsHooks | None = None) -> ApiDeps:
     """What the API's routes need, from the process's runtime."""
 
     async def model_ready() -> None:
@@ -152,6 +152,7 @@ def api_deps(runtime: Runtime, verifier: TokenVerifier) -> ApiDeps:
         ingest_status=status,
         metrics=lambda: exposition(runtime.store),
         model_card=runtime.card,
+        cds=cds,
     )
 
 
@@ -179,13 +180,13 @@ def build_service(settings: Settings, extra_routers: Sequence[APIRouter] = ()) -
 
     @asynccontextmanager
     async def opened() -> AsyncIterator[ApiDeps]:
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings) as runtime, open_cds(settings) as cds:
             service.runtime = runtime
             # What start-up made (the model, the FHIR models, the libraries) lives as long as
             # the process: out of the collector's sight, a full collection no longer walks it
             # and stalls the event loop (hundreds of ms under a large ingest).
             gc.freeze()
-            deps = api_deps(runtime, verifier)
+            deps = api_deps(runtime, verifier, cds)
             if any(c.smart_app for c in settings.ehr.values()):
                 deps.smart = SmartApp(settings.ehr)
             try:

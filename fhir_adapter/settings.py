@@ -76,6 +76,8 @@ __all__ = [
     "ApiAuthSettings",
     "ApiSettings",
     "CarePlanStore",
+    "CdsClient",
+    "CdsSettings",
     "ChartTargets",
     "ClientSecretAuth",
     "EhrConnection",
@@ -451,6 +453,62 @@ class ApiSettings(_Model):
     # Larger request bodies are refused (413) before they are read.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
+    def base_url(self) -> str:
+        """Where the API is reached: `public_base_url`, else http://host:port."""
+        return self.public_base_url or f"http://{self.host}:{self.port}"
+
+
+class CdsClient(_Model):
+    """A CDS Client (an EHR) trusted to call the CDS Hooks service.
+
+    Its JWTs must carry `iss = issuer` and be signed by a key in its JWK Set: the one at
+    `jwks_url`, or the one a token's `jku` header names, which must be listed in `jku`. A `jku`
+    outside the list is refused before anything is fetched.
+    """
+
+    issuer: str = Field(min_length=1)
+    jwks_url: HttpUrlStr | None = None
+    jku: list[HttpUrlStr] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> Self:
+        if not self.jwks_url and not self.jku:
+            raise ValueError(
+                f"cds client {self.issuer!r}: set jwks_url (its JWK Set URL) or jku (the JWK Set "
+                "URLs its tokens may name in their jku header)"
+            )
+        return self
+
+
+class CdsSettings(_Model):
+    """The CDS Hooks service (`GET /cds-services`, `POST /cds-services/{id}`): a card in the
+    EHR when a patient has homework drafts awaiting review, linking to the review app."""
+
+    enabled: bool = False
+    clients: list[CdsClient] = Field(default_factory=list)
+    # The SMART app's launch URL for the card's link; unset: {api base}/smart/launch.
+    launch_url: HttpUrlStr | None = None
+    # Signing algorithms accepted from CDS Clients (CDS Hooks recommends ES384 and RS384).
+    algorithms: list[TokenAlgorithm] = Field(
+        default_factory=lambda: list[TokenAlgorithm](["RS384", "ES384"]), min_length=1
+    )
+    # The longest lifetime (exp - iat) of a CDS Client's JWT (Epic's live 15 minutes); the
+    # replay cache holds each jti this long at most.
+    max_token_lifetime_s: int = Field(3600, ge=60, le=86400)
+    # jti values remembered at once; past it calls are refused (503) rather than forgotten.
+    replay_cache_size: int = Field(100_000, ge=100)
+    # How long a fetched JWK Set is used before it is fetched again (an unknown kid refetches
+    # sooner, at most once a minute per URL).
+    jwks_cache_s: int = Field(3600, ge=60)
+
+    @model_validator(mode="after")
+    def _one_client_per_issuer(self) -> Self:
+        issuers = [c.issuer for c in self.clients]
+        twice = sorted({i for i in issuers if issuers.count(i) > 1})
+        if twice:
+            raise ValueError(f"cds.clients: issuer(s) {twice} listed twice; list each once")
+        return self
+
 
 class PublishedKey(_Model):
     """A public key for our JWK Set beyond the connections' own: the next key before a
@@ -495,6 +553,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    cds: CdsSettings = Field(default_factory=CdsSettings)
     ehr: Annotated[dict[str, EhrConnection], BeforeValidator(_named_connections)] = Field(
         default_factory=dict
     )
@@ -587,6 +646,18 @@ class Settings(BaseSettings):
                 value = getattr(auth, field)
                 if value is None or _is_placeholder(value):
                     problems.append(f"api.auth.{field}: not set")
+        if self.cds.enabled and not self.cds.clients:
+            problems.append(
+                "cds.clients: none configured; the CDS Hooks service would refuse every call "
+                "(add the EHR's issuer and JWK Set URL, or set cds.enabled = false)"
+            )
+        for i, client in enumerate(self.cds.clients):
+            for url in [client.jwks_url or "", *client.jku]:
+                if url.startswith("http://"):
+                    problems.append(
+                        f"cds.clients[{i}]: {url} is plain http; a CDS Client's keys must come "
+                        "over https (anyone on the path could swap them)"
+                    )
         password = _url_password(self.database_url)
         if password is not None and _is_placeholder(password):
             problems.append("database_url: the password is a placeholder")

@@ -46,6 +46,7 @@ from mapping.fhir.context import ModelInfo
 from mapping.fhir.references import is_fhir_id
 
 if TYPE_CHECKING:
+    from fhir_adapter.cds import CdsHooks
     from fhir_adapter.smart import SmartApp
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class ApiDeps:
     model: ModelInfo | None = None
     # Starts the write-back of a connection after a clinician's decision committed.
     write_back: Callable[[str], Awaitable[None]] | None = None
+    # The CDS Hooks service (fhir_adapter.cds), when enabled; its routes answer 404 without.
+    cds: CdsHooks | None = None
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
@@ -180,12 +183,15 @@ def create_app(
         app.include_router(router)
     # Before the generic FHIR routes, which would take /fhir/Measure for a stored type.
     app.include_router(quality_router(active))
-    # Imported here: the dashboard reuses the API's search and outcome modules.
+    # Imported here: the dashboard, the clinician app and CDS Hooks reuse the API's search and
+    # outcome modules.
+    from fhir_adapter.cds import cds_router
     from fhir_adapter.smart import smart_router
     from fhir_adapter.web import dashboard_router
 
     app.include_router(dashboard_router(active))
     app.include_router(smart_router(active))
+    app.include_router(cds_router(active))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
