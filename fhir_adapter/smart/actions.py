@@ -111,6 +111,9 @@ Action = ApproveItems | EditItem | RejectItem | AddItem
 class Decided:
     kind: DecisionKind
     written: tuple[str, ...]  # "Type/id" of what changed; empty for a rerun
+    # The connection whose outbox the decision queued rows for (None: our store only, as for
+    # work filed under `local`): the one to write back.
+    queued_for: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -360,7 +363,8 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
                         observer=Ref(f"Device/{device_id(actor.model)}"))
         )  # fmt: skip
         resources.put(session, event, now=now)  # ours only: the EHR keeps its own audit
-        return Decided(kind, tuple(writes.written))
+        conn = actor.connection
+        return Decided(kind, tuple(writes.written), conn.name if conn is not None else None)
 
 
 def _latest_encounter(session: Session, actor: Actor) -> str:
