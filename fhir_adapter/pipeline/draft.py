@@ -170,6 +170,15 @@ def _not_decided(
     return out
 
 
+def _clinician_reviewed(session: Session, encounter: str) -> bool:
+    """Whether a clinician decided on any of this encounter's Tasks or its CarePlan."""
+    for rtype in ("Task", "CarePlan"):
+        found, _ = resources.search(session, Query(rtype, encounter=encounter, count=1000))
+        if any(clinician_decided(body) for body in found):
+            return True
+    return False
+
+
 def _scores(session: Session, connection: str, encounter: str) -> list[dict[str, Any]]:
     observations = []
     for rtype in ("QuestionnaireResponse", "Observation"):
@@ -187,15 +196,15 @@ def _queue_writes(
     session: Session,
     conn: EhrConnection,
     store_items: list[dict[str, Any]],
-    note: dict[str, Any],
+    note: dict[str, Any] | None,
     communication: dict[str, Any],
     note_provenance: dict[str, Any],
 ) -> None:
     chart = conn.write.chart
     for wanted, body in ((chart.note, note), (chart.communication, communication)):
-        if wanted:
+        if wanted and body is not None:
             outbox.enqueue(session, conn.name, CHART, outbox_key(body), body)
-    if chart.note and chart.provenance:
+    if chart.note and chart.provenance and note is not None:
         system, value = outbox_key(note)
         key = (NOTE_PROVENANCE, f"{system}|{value}")
         outbox.enqueue(session, conn.name, CHART, key, note_provenance)
@@ -235,14 +244,19 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
         # A session processed again (its transcript was amended): what the new run no longer
         # drafts is cancelled (Tasks) or revoked (the CarePlan), on every target.
         store_items += _superseded(session, encounter, built)
+        reviewed_note = _clinician_reviewed(session, encounter)
         store_items = _not_decided(session, encounter, store_items)
         note, communication = as_json(built.note), as_json(built.communication)
         observations = _scores(session, connection, encounter)
-        for body in [*store_items, note, communication, *observations]:
+        # A session a clinician already reviewed keeps its reviewed note (what they approved);
+        # the next decision on the review screen writes the note anew.
+        notes = [] if reviewed_note else [note]
+        for body in [*store_items, *notes, communication, *observations]:
             resources.put(session, body, now=now)
         if conn is not None:
             provenance = as_json(build_chart_provenance(ctx, model, UNASSIGNED_NOTE, now=now))
-            _queue_writes(session, conn, store_items, note, communication, provenance)
+            _queue_writes(session, conn, store_items, None if reviewed_note else note,
+                          communication, provenance)  # fmt: skip
         reviewed = sum(1 for e in earlier if e.outcome is ReviewStatus.REVIEWED)
         work.advance(
             session,

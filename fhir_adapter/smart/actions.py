@@ -111,6 +111,9 @@ Action = ApproveItems | EditItem | RejectItem | AddItem
 class Decided:
     kind: DecisionKind
     written: tuple[str, ...]  # "Type/id" of what changed; empty for a rerun
+    # The connection whose outbox the decision queued rows for (None: our store only, as for
+    # work filed under `local`): the one to write back.
+    queued_for: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -236,6 +239,11 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
         superseding_note({**ours, "id": replaces or previous_id}, ctx, summary,
                          clinician=actor.clinician, now=now, options=options)
     )  # fmt: skip
+    pending = _unsent_version(session, conn.name, value) if conn is not None and chart else None
+    if pending is not None:
+        # A reviewed version not yet in the EHR (write-back pending or retrying): this one takes
+        # its place, under its key, so the chart gets one new note, not one per decision.
+        new["masterIdentifier"] = {**new["masterIdentifier"], "value": pending}
     in_place = {k: v for k, v in new.items() if k != "relatesTo"}
     # Our store: the note updated in place (its history keeps the drafted version).
     stored = resources.put(session, {**in_place, "id": ours["id"]}, now=now)
@@ -251,6 +259,25 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
         # A new note replacing the latest written version, keyed by its own version.
         key = (SID_NOTE_VERSION, str(new["masterIdentifier"]["value"]))
         outbox.enqueue(session, conn.name, CHART, key, new)
+
+
+def _unsent_version(session: Session, connection: str, value: str) -> str | None:
+    """The key (masterIdentifier) of a reviewed version of the note `value` queued as a new
+    note and not yet written to the EHR, if any."""
+    rows = session.scalars(
+        select(OutboxRow).where(
+            OutboxRow.connection == connection,
+            OutboxRow.target == CHART,
+            OutboxRow.resource_type == "DocumentReference",
+            OutboxRow.identifier_system == SID_NOTE_VERSION,
+            OutboxRow.server_id.is_(None),
+        )
+    )
+    for row in rows:
+        if any(i.get("system") == SID_NOTE and i.get("value") == value
+               for i in row.payload.get("identifier") or ()):  # fmt: skip
+            return row.identifier_value
+    return None
 
 
 def _latest_written(session: Session, connection: str, value: str) -> str | None:
@@ -360,7 +387,8 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
                         observer=Ref(f"Device/{device_id(actor.model)}"))
         )  # fmt: skip
         resources.put(session, event, now=now)  # ours only: the EHR keeps its own audit
-        return Decided(kind, tuple(writes.written))
+        conn = actor.connection
+        return Decided(kind, tuple(writes.written), conn.name if conn is not None else None)
 
 
 def _latest_encounter(session: Session, actor: Actor) -> str:

@@ -370,8 +370,8 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
             return page(request, 409, str(exc), "Not possible")
         except (ResourceError, ValueError) as exc:
             return page(request, 400, str(exc), "Please check the form")
-        if decided.changed and conn is not None and deps.write_back is not None:
-            await deps.write_back(conn.name)
+        if decided.queued_for is not None and deps.write_back is not None:
+            await deps.write_back(decided.queued_for)
         logger.info("clinician %s: %s (%d written)", decided.kind, session.patient,
                     len(decided.written))  # fmt: skip
         return RedirectResponse(f"{base(request)}/review?done={decided.kind}", status_code=303)
