@@ -187,8 +187,6 @@ async def test_decisions_reach_the_ehr_once(
     sekmet_server: SekmetServer, backend: Backend, database_url: str, tmp_path: Path,
     vendor: str,
 ) -> None:  # fmt: skip
-    if vendor == "epic" and database_url.startswith("postgresql"):
-        pytest.skip("the Epic note path is the same on both databases; SQLite covers it")
     opened: list[Store] = []
     try:
         got = await _process_and_decide(sekmet_server, backend, tmp_path, database_url,
