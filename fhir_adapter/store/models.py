@@ -70,7 +70,8 @@ class ResourceRow(Base):
 
     __table_args__ = (
         Index("ix_resource_type_updated", "resource_type", "last_updated"),
-        Index("ix_resource_type_date", "resource_type", "date"),
+        # date_end too: a date search's filter and total are read from the index.
+        Index("ix_resource_type_date_range", "resource_type", "date", "date_end"),
         Index("ix_resource_type_business_status", "resource_type", "business_status"),
         Index("ix_resource_type_code", "resource_type", "code"),
         Index("ix_resource_type_practitioner", "resource_type", "practitioner"),
