@@ -38,6 +38,23 @@ class Records:
     scores: list[ScoreRecord]
 
 
+# The elements each reader looks at: only these are read out of the JSON, in SQL, so a note's
+# base64 attachments (most of its body) are neither sent by the database nor parsed here.
+_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "DocumentReference": (
+        "resourceType", "identifier", "status", "context", "subject", "date", "author", "custodian",
+    ),
+    "Task": (
+        "resourceType", "id", "identifier", "status", "code", "businessStatus", "encounter",
+        "for", "authoredOn", "requester", "output", "description",
+    ),
+    "Observation": (
+        "resourceType", "status", "code", "subject", "encounter", "effectiveDateTime",
+        "valueInteger",
+    ),
+}  # fmt: skip
+
+
 def _rows(
     session: Session,
     resource_type: str,
@@ -45,12 +62,16 @@ def _rows(
     end: date | None,
     read: Callable[[dict[str, Any]], R | None],
 ) -> Iterator[R]:
-    query = select(ResourceRow.body).where(ResourceRow.resource_type == resource_type)
+    names = _ELEMENTS[resource_type]
+    query = select(*(ResourceRow.body[name] for name in names)).where(
+        ResourceRow.resource_type == resource_type
+    )
     if start is not None:
         query = query.where(ResourceRow.date >= datetime.combine(start, time(), UTC) - _MARGIN)
     if end is not None:
         query = query.where(ResourceRow.date < datetime.combine(end, time(), UTC) + 2 * _MARGIN)
-    for body in session.scalars(query.execution_options(yield_per=_BATCH)):
+    for values in session.execute(query.execution_options(yield_per=_BATCH)):
+        body = {k: v for k, v in zip(names, values, strict=True) if v is not None}
         found = read(body)
         if found is not None:
             yield found
