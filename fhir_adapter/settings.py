@@ -314,6 +314,11 @@ class SmartAppClient(_Model):
     scopes: Scopes = Field(default_factory=lambda: SMART_APP_SCOPES.split(), min_length=1)
     # The connection a standalone launch without `iss` uses (at most one may say so).
     standalone_default: bool = False
+    # Where the EHR's SMART configuration is when its FHIR base does not publish it. SMART App
+    # Launch puts it at {base_url}/.well-known/smart-configuration, and that is what is read
+    # when this is unset; set it only for a deployment whose authorization server sits apart
+    # from the FHIR server and is not advertised there (the launch's `aud` stays base_url).
+    configuration_url: HttpUrlStr | None = None
 
     @model_validator(mode="after")
     def _one_client_auth(self) -> Self:

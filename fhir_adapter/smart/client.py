@@ -3,7 +3,9 @@ exchange and the id_token, with authlib (OAuth 2.0 client, PKCE) and joserfc (JO
 
     SmartApp.connection_for(iss)   the configured EHR connection whose base_url is `iss`;
                                    any other iss is refused (we never talk to an unknown server)
-    SmartApp.discover(conn)        {iss}/.well-known/smart-configuration (cached for an hour)
+    SmartApp.discover(conn)        {iss}/.well-known/smart-configuration (cached for an hour),
+                                   or the connection's `smart_app.configuration_url` where the
+                                   FHIR base does not publish it
     SmartApp.authorization_url()   response_type=code, S256 code challenge, state, nonce, aud=iss
                                    and, for an EHR launch, `launch`
     SmartApp.exchange()            the code (+ code_verifier) for tokens: client_secret_basic
@@ -129,7 +131,10 @@ class SmartApp:
         cached = self._config.get(conn.name)
         if cached is not None and time.time() - cached.fetched < DISCOVERY_TTL_S:
             return cached
-        body = await self._json(f"{conn.base_url}/.well-known/smart-configuration", "discovery")
+        where = self._app(conn).configuration_url
+        body = await self._json(
+            where or f"{conn.base_url}/.well-known/smart-configuration", "discovery"
+        )
         try:
             authorize = str(body["authorization_endpoint"])
             token = str(body["token_endpoint"])

@@ -17,10 +17,19 @@ client side already uses: no Node runtime, no second process to start.
                                  id_token, `patient`, `encounter`
     GET  /dev-ehr/fhir/{type}/{id}   a sample resource of the token's patient (Bearer required)
 
-The `launch` value is the launch context itself, base64url JSON {"patient", "encounter"}, as
-SMART's own development launcher encodes it; the server checks both against the sample data.
-A standalone launch (no `launch`) picks the patient on the consent page. Everything lives in
-this process's memory. Development only: `demo` runs with environment = "development".
+The `launch` value is the launch context itself, base64url JSON {"patient", "encounter",
+"appContext"}, as SMART's own development launcher encodes it; the server checks patient and
+encounter against the sample data. `appContext` is what an EHR keeps from a CDS Hooks card's
+`smart` link (CDS Hooks 2.0: the EHR sends it to the app in the access token response,
+alongside the other launch parameters); the token response carries it as given. A standalone
+launch (no `launch`) picks the patient on the consent page.
+
+`fhir_base` (default: this server's own `/dev-ehr/fhir`) is the FHIR server the tokens are for:
+the `aud` an authorization request must name, and the base of the clinician's `fhirUser`. Given
+another server's base (tests: sekmet-fhir, which has no authorization endpoint of its own), this
+is the authorization server of that EHR, its patients and encounters taken from `export`.
+Everything lives in this process's memory. Development only: `demo` runs with environment =
+"development".
 """
 
 from __future__ import annotations
@@ -63,8 +72,11 @@ SCOPES = [
 ]  # fmt: skip
 
 
-def encode_launch(patient: str, encounter: str | None = None) -> str:
-    body = {"patient": patient, **({"encounter": encounter} if encounter else {})}
+def encode_launch(
+    patient: str, encounter: str | None = None, app_context: str | None = None
+) -> str:
+    body = {"patient": patient, **({"encounter": encounter} if encounter else {}),
+            **({"appContext": app_context} if app_context is not None else {})}  # fmt: skip
     return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
 
 
@@ -119,6 +131,7 @@ class DevCode(AuthorizationCodeMixin):  # type: ignore[misc]
     code_challenge_method: str | None
     patient: str
     encounter: str | None
+    app_context: str | None = None
     auth_time: int = field(default_factory=lambda: int(time.time()))
     expires: float = field(default_factory=lambda: time.time() + CODE_TTL_S)
 
@@ -167,9 +180,18 @@ class _Request(OAuth2Request):  # type: ignore[misc]
 class DevEhr:
     """The dev EHR's state: its client, sample data, signing key, codes and tokens."""
 
-    def __init__(self, base_url: str, export: Path, client: DevClient) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        export: Path,
+        client: DevClient,
+        fhir_base: str | None = None,
+        clinician: dict[str, str] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")  # .../dev-ehr
         self.client = client
+        self._fhir_base = (fhir_base or f"{self.base_url}/fhir").rstrip("/")
+        self.clinician = clinician or CLINICIAN
         self.key = ECKey.generate_key("P-384", parameters={"kid": "dev-ehr-1", "alg": "ES384"})
         self.data: dict[str, dict[str, dict[str, Any]]] = {}
         for resource in read_export(export):
@@ -181,7 +203,8 @@ class DevEhr:
 
     @property
     def fhir_base(self) -> str:
-        return f"{self.base_url}/fhir"
+        """The FHIR server this authorization server issues tokens for (the `aud`)."""
+        return self._fhir_base
 
     def patients(self) -> list[dict[str, Any]]:
         return sorted(self.data.get("Patient", {}).values(), key=lambda p: p["id"])
@@ -248,6 +271,7 @@ class DevEhr:
                     code_challenge_method=data.get("code_challenge_method"),
                     patient=context.get("patient", ""),
                     encounter=context.get("encounter"),
+                    app_context=context.get("appContext"),
                 )
 
             def query_authorization_code(self, code: str, client: DevClient) -> DevCode | None:
@@ -260,7 +284,7 @@ class DevEhr:
                 ehr.codes.pop(authorization_code.code, None)
 
             def authenticate_user(self, authorization_code: DevCode) -> dict[str, str]:
-                return CLINICIAN
+                return ehr.clinician
 
             def create_token_response(self) -> tuple[int, dict[str, Any], Any]:
                 status, token, headers = super().create_token_response()
@@ -268,6 +292,8 @@ class DevEhr:
                 token["patient"] = code.patient
                 if code.encounter:
                     token["encounter"] = code.encounter
+                if code.app_context is not None:
+                    token["appContext"] = code.app_context
                 return status, token, headers
 
         class OpenId(OpenIDCode):  # type: ignore[misc]
@@ -372,7 +398,7 @@ def dev_ehr_router(ehr: DevEhr) -> APIRouter:
                 "base": f"{request.scope.get('root_path', '')}/smart",
                 "pending": pending_id,
                 "csrf": csrf,
-                "clinician": CLINICIAN,
+                "clinician": ehr.clinician,
                 "scopes": args.get("scope", "").split(),
                 "context": context,
                 "patients": ehr.patients() if context is None else [],
@@ -396,6 +422,10 @@ def dev_ehr_router(ehr: DevEhr) -> APIRouter:
                  "title": "Authorization refused", "message": f"{error}: {description}"},
                 status_code=400,
             )  # fmt: skip
+        if (args.get("aud") or "").rstrip("/") != ehr.fhir_base:
+            # SMART: the app names the FHIR server it wants a token for; this server's tokens
+            # are for one (a token for another would be a token leaked to a third party).
+            return _outcome(400, f"aud must be this EHR's FHIR base, {ehr.fhir_base}")
         if args.get("launch") and ehr.context(args["launch"], None) is None:
             return _outcome(400, "unknown launch context")
         pending_id, csrf = new_token(), new_token()
@@ -418,8 +448,8 @@ def dev_ehr_router(ehr: DevEhr) -> APIRouter:
                 return _outcome(400, "choose a patient")
             data["chosen_patient"] = chosen
         oauth = _Request("GET", f"{ehr.base_url}/authorize", request.headers, data)
-        grant = ehr.server.get_consent_grant(request=oauth, end_user=CLINICIAN)
-        user = CLINICIAN if form.get("decision") == "allow" else None
+        grant = ehr.server.get_consent_grant(request=oauth, end_user=ehr.clinician)
+        user = ehr.clinician if form.get("decision") == "allow" else None
         response: Response = ehr.server.create_authorization_response(
             request=oauth, grant_user=user, grant=grant
         )

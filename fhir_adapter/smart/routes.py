@@ -3,6 +3,8 @@
     GET  /smart/launch?iss=&launch=   EHR launch (both) or standalone launch (iss, or neither:
                                       the connection marked standalone_default)
     GET  /smart/callback?code=&state= code exchange, id_token check, session; to /smart/review
+                                      (the encounter: the token's `encounter`, else the one
+                                      in a CDS Hooks card's `appContext` the EHR passed on)
     GET  /smart/review                the session's patient: this session's drafts, earlier
                                       homework and its review, the PHQ-9/GAD-7 trend
     GET  /smart/review/tasks/{id}     one draft's linked evidence: the quoted turn in its
@@ -240,13 +242,16 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
             return page(request, 502, "The EHR sent no access token.")
         lifetime = int(token.get("expires_in") or DEFAULT_TOKEN_S)
         fhir_user = claims.get("fhirUser") or claims.get("profile")
+        encounter = _reference("Encounter", token.get("encounter")) or _app_context_encounter(
+            token.get("appContext")
+        )
         made = SmartSession(
             connection=conn.name,
             iss=conn.base_url,
             subject=str(claims["sub"]),
             fhir_user=str(fhir_user) if fhir_user else None,
             patient=patient,
-            encounter=_reference("Encounter", token.get("encounter")),
+            encounter=encounter,
             scope=str(token.get("scope", "")),
             csrf=new_token(),
             expires=time.time() + max(60, lifetime),
@@ -438,6 +443,20 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         return Response((_WEB / "static" / name).read_bytes(), media_type=media_type)
 
     return router
+
+
+def _app_context_encounter(value: Any) -> str | None:
+    """The encounter a CDS Hooks card put in its link's `appContext` (our cards write
+    `{"encounter": "Encounter/<id>"}`), which the EHR hands back in the token response (CDS
+    Hooks 2.0, Link.appContext). Used when the token names no encounter of its own; anything
+    else in it, or another shape, is ignored."""
+    if not isinstance(value, str) or len(value) > 1024:
+        return None
+    try:
+        body = json.loads(value)
+    except ValueError:
+        return None
+    return _reference("Encounter", body.get("encounter")) if isinstance(body, dict) else None
 
 
 def _due(value: str | None) -> date | None:

@@ -320,13 +320,16 @@ def start_sekmet(
     token_lifetime_s: int = 300,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
     extra_config: Mapping[str, Any] | None = None,
+    auth_types: Sequence[str] = ("smart",),
 ) -> Iterator[SekmetServer]:
     """Start sekmet-fhir in `workdir`, wait until it answers, stop it afterwards.
 
     `extra_config` is merged into sekmet's settings (top-level keys replace ours), e.g.
     `{"server_behaviour": {"absolute_references": True}}` for a server that answers with
-    absolute references as some vendors do. Fails the test (pytest.fail) with the server's
-    log if it does not come up.
+    absolute references as some vendors do. `auth_types` are the inbound schemes sekmet
+    accepts: ("smart", "none") also lets in requests it cannot authenticate, such as those with
+    a clinician's token from another authorization server (sekmet checks only its own). Fails
+    the test (pytest.fail) with the server's log if it does not come up.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     key_dir = workdir / "keys"
@@ -346,7 +349,7 @@ def start_sekmet(
         "simulator": {"enabled": False},
         "validation": {"inbound": "strict"},
         "server_auth": {
-            "types": ["smart"],
+            "types": list(auth_types),
             "token_lifetime": token_lifetime_s,
             "enforce_scopes": True,
             "smart_clients": [c.sekmet_entry() for c in registered],

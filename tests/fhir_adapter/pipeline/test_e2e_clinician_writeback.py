@@ -6,10 +6,10 @@ the breathing practice, rejects the diary with a reason, adds an item the model 
 approves the plan; the normal write-back sends it. Our store on SQLite and PostgreSQL.
 
 The decisions are made with `actions.decide()` and an `Actor` built exactly as the review
-screen's routes build it after the callback: a real SMART launch against sekmet is not
-possible, as sekmet offers SMART Backend Services only (no authorization endpoint in its
-smart-configuration), and the app discovers the authorization server from the `iss` it
-launches for. The launch through the routes is covered in tests/fhir_adapter/smart/.
+screen's routes build it after the callback, to cover both vendors and both stores quickly.
+The same decisions made in a real browser through a SMART launch (sekmet as the EHR's FHIR
+API, the development authorization server as its authorization server, since sekmet offers
+SMART Backend Services only) are test_e2e_clinician_browser.py.
 
 - generic (care_plan_store = "ehr"): the CarePlan, the Tasks (status, label), the rejected and
   the added Task and the clinician's Provenance are in sekmet, one of each; the chart note is

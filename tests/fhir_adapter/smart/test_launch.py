@@ -180,6 +180,21 @@ def test_wrong_iss_is_refused(app: App) -> None:
     assert "not registered" in page.text and "Traceback" not in page.text
 
 
+def test_authorization_for_another_fhir_server_is_refused(app: App) -> None:
+    """The dev EHR issues tokens for its one FHIR base: an `aud` naming another is refused."""
+    started = app.client.get(
+        "/smart/launch", params={"iss": ISS, "launch": encode_launch("pat-1")},
+        follow_redirects=False,
+    )  # fmt: skip
+    authorize = started.headers["location"]
+    assert f"aud={ISS.replace(':', '%3A').replace('/', '%2F')}" in authorize
+    other = authorize.replace("aud=", "aud=https%3A%2F%2Fother.example%2Ffhir&was=")
+    refused = app.client.get(other)
+    assert refused.status_code == 400 and "aud must be this EHR" in refused.text
+    missing = re.sub(r"aud=[^&]*&?", "", authorize)
+    assert app.client.get(missing).status_code == 400
+
+
 def test_state_is_single_use_and_expires(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     c = app.client
     started = c.get("/smart/launch", params={"iss": ISS, "launch": encode_launch("pat-1")},

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from fhir_adapter.api.search import parse_query
 from fhir_adapter.commands.demo import demo_launch_link, demo_settings, dev_ehr_setup
 from fhir_adapter.samples import sample_export_dir
 from fhir_adapter.service import build_service, dev_token
+from fhir_adapter.settings import Settings
 from fhir_adapter.store import Store, open_store, resources
 from inference_server.triton_server import free_port
 from mapping.fhir.codes import P_THERAPIST_QUOTE
@@ -70,36 +72,59 @@ class Served:
     token: str  # a development API token, as the demo prints
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("clinician")
+def demo_store(root: Path) -> None:
+    """`homework-fhir demo --no-serve` into `root`: the samples backfilled with the model."""
     done = subprocess.run(
         [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "demo",
          "--data-dir", str(root), "--no-serve"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings = demo_settings(root, port)
-    service = build_service(*dev_ehr_setup(settings, base, sample_export_dir()))
-    server = uvicorn.Server(
-        uvicorn.Config(service.app, host="127.0.0.1", port=port, log_config=None)
-    )
+
+
+@contextmanager
+def serving(app: Any, port: int, what: str) -> Iterator[None]:
+    """`app` under uvicorn on 127.0.0.1:`port` until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120  # start-up opens the runtime (the in-process model)
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start the demo's app")
+            pytest.fail(f"uvicorn did not start {what}")
         time.sleep(0.05)
-    store = open_store(settings.database_url)
     try:
-        yield Served(base, demo_launch_link(base), store, dev_token(settings, "system/*.read"))
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextmanager
+def serve_demo(
+    root: Path, configure: Callable[[Settings, str], Settings] | None = None
+) -> Iterator[Served]:
+    """The demo's app with the development EHR over a demo store in `root`; `configure`
+    changes its settings (given the settings and the app's base URL) before it starts."""
+    demo_store(root)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = demo_settings(root, port)
+    if configure is not None:
+        settings = configure(settings, base)
+    service = build_service(*dev_ehr_setup(settings, base, sample_export_dir()))
+    store = open_store(settings.database_url)
+    try:
+        with serving(service.app, port, "the demo's app"):
+            yield Served(base, demo_launch_link(base), store, dev_token(settings, "system/*.read"))
+    finally:
         store.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serve_demo(tmp_path_factory.mktemp("clinician")) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
