@@ -401,6 +401,22 @@ def _latest_encounter(session: Session, actor: Actor) -> str:
     return _encounter_of(latest)
 
 
+_KINDS: dict[type, DecisionKind] = {
+    ApproveItems: "approve", EditItem: "edit", RejectItem: "reject", AddItem: "add",
+}  # fmt: skip
+
+
+def refused(store: Store, actor: Actor, action: Action, message: str, now: datetime) -> None:
+    """Audit a decision the Task's state refused: the attempt is an action too."""
+    if isinstance(action, EditItem | RejectItem):
+        entities = [f"Task/{action.task_id}"]
+    elif isinstance(action, ApproveItems) and action.task_ids:
+        entities = [f"Task/{t}" for t in action.task_ids]
+    else:
+        entities = [f"Patient/{actor.patient.removeprefix('Patient/')}"]
+    record_refusal(store, actor, _KINDS[type(action)], entities, message, now)
+
+
 def record_refusal(store: Store, actor: Actor, kind: DecisionKind, entities: list[str],
                    message: str, now: datetime) -> None:  # fmt: skip
     """An AuditEvent (outcome minor failure) for a decision the Task's state refused."""

@@ -372,6 +372,7 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         except actions.NotFound:
             return page(request, 404, "No such homework item for this patient.", "Not found")
         except DecisionError as exc:
+            await asyncio.to_thread(actions.refused, deps.store, actor, action, str(exc), now)
             return page(request, 409, str(exc), "Not possible")
         except (ResourceError, ValueError) as exc:
             return page(request, 400, str(exc), "Please check the form")

@@ -193,3 +193,23 @@ def test_feedback_export(app: App, store: Store, tmp_path: Any) -> None:
     assert count == len(lines) >= 1
     assert any(r["decision"] == "reject" and r["reason"] for r in lines)
     assert "pat-1" not in out.read_text() and "Patient/" not in out.read_text()
+
+
+def test_a_refused_decision_is_audited(app: App, store: Store) -> None:
+    """Approving a rejected item is refused (409) and leaves an AuditEvent saying so (another
+    patient than the other tests', whose decisions share this module's store)."""
+    assert launch(app, "pat-2", "enc-2-3").status_code == 303
+    csrf = _csrf(app)
+    mine = sorted(t["id"] for t in tasks(store, "Patient/pat-2")
+                  if t["encounter"]["reference"] == "Encounter/enc-2-3")  # fmt: skip
+    rejected = _post(app, f"/tasks/{mine[0]}/reject", csrf=csrf, reason="not homework")
+    assert rejected.status_code == 303
+    refused = _post(app, "/approve", csrf=csrf, task=mine[0])
+    assert refused.status_code == 409 and "rejected" in refused.text
+    with store.session() as session:
+        audit, _ = resources.search(session, Query("AuditEvent", patient="Patient/pat-2"))
+    failures = [a for a in audit if a["outcome"] == "4"]
+    assert len(failures) == 1
+    assert failures[0]["subtype"][1]["code"] == "approve"
+    assert {e["what"].get("reference") for e in failures[0]["entity"]} >= {f"Task/{mine[0]}"}
+    assert problems(failures[0]) == []
