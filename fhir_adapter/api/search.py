@@ -30,6 +30,8 @@ PARAMETERS: dict[str, dict[str, str]] = {
         "status": "status",
         "category": "code",
         "date": "date",
+        # Ours (R4 CarePlan has no author parameter): the treating practitioner.
+        "author": "practitioner",
     },
     "Task": {
         "patient": "patient",

@@ -19,6 +19,9 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "encounter": ("encounter",),
         "code": ("category",),
         "date": ("period.start", "created"),
+        # The treating practitioner: the plan's author once a clinician approved it; an AI
+        # draft's author is the model (a Device), and the practitioner is its contributor.
+        "practitioner": ("author", "contributor"),
     },
     "Task": {
         "patient": ("for",),
@@ -182,6 +185,9 @@ def _date_range(
         return None, None
 
 
+_PRACTITIONER_TYPES = (["Practitioner"], ["PractitionerRole"])
+
+
 def extract(body: dict[str, Any]) -> SearchColumns:
     paths = _PATHS.get(body.get("resourceType", ""), {})
     patient = None
@@ -195,7 +201,10 @@ def extract(body: dict[str, Any]) -> SearchColumns:
             patient = _reference(_walk(body, path), want_patient=True)
     practitioner = None
     for path in paths.get("practitioner", ()):
-        practitioner = _reference(_walk(body, path), want_patient=False)
+        found = _reference(_walk(body, path), want_patient=False)
+        if found is not None and found.split("/")[-2:-1] in _PRACTITIONER_TYPES:
+            practitioner = found
+            break
     encounter = None
     for path in paths.get("encounter", ()):
         encounter = _reference(_walk(body, path), want_patient=False)

@@ -94,6 +94,9 @@ def build_careplan(
         "encounter": ctx.encounter.as_json(),
         "created": instant(now),
         "author": {"reference": f"Device/{device_id}"},
+        # The session's treating practitioner(s): whose plan it is, and what quality teams
+        # search by (the model, its author, is named in the Provenance too).
+        "contributor": [p.as_json() for p in ctx.practitioners],
         "activity": [{"reference": {"reference": f"Task/{t.id}"}} for t in tasks],
     }
     return parse(data, CarePlan)

@@ -68,3 +68,14 @@ def test_unsupported_and_unreadable_includes(client: TestClient) -> None:
     assert patients == {"Patient/pat-1"}  # other patients' Tasks are out of reach
     response = client.get("/fhir/Task?_revinclude=Provenance:target", headers=bearer())
     assert response.status_code == 400
+
+
+def test_careplans_by_treating_practitioner(client: TestClient) -> None:
+    """`CarePlan?author=`: the treating practitioner (an AI draft's contributor; its author
+    is the model)."""
+    found = page(client, "CarePlan?author=Practitioner/prac-2")["match"]
+    assert found and {p["subject"]["reference"] for p in found} == {"Patient/pat-3"}
+    for plan in found:
+        assert plan["author"]["reference"].startswith("Device/")
+        assert plan["contributor"][0]["reference"] == "Practitioner/prac-2"
+    assert not page(client, "CarePlan?author=Practitioner/nobody")["match"]
