@@ -22,9 +22,11 @@ from sqlalchemy.orm import Session
 
 from fhir_adapter.pipeline.detect import is_transcript
 from fhir_adapter.pipeline.steps import Step
-from fhir_adapter.store import work
+from fhir_adapter.store import resources, work
+from fhir_adapter.store.resources import Query
 from fhir_adapter.store.search_index import parse_datetime
 from mapping.fhir.references import RESOURCE_TYPE, is_fhir_id, parse_reference
+from mapping.fhir.task import awaiting_again, review_encounter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class StageSummary:
     encounters_not_finished: int = 0
     # Processed sessions whose transcript is new or changed in this batch: processed again.
     encounters_amended: int = 0
+    # Processed sessions after a session charted late (new here, earlier than they): processed
+    # again, so review statuses are settled in session order.
+    encounters_resettled: int = 0
     staged: int = 0
     unlinked: int = 0
     ignored_types: dict[str, int] = field(default_factory=dict)
@@ -172,6 +177,10 @@ def stage(
         summary.encounters.append(ref)
         if created:
             summary.encounters_new += 1
+            if start is not None:
+                summary.encounters_resettled += _resettle_after(
+                    session, connection, patient, ref, start
+                )
         else:
             summary.encounters_known += 1
     for encounter, document in changed_transcripts.items():
@@ -194,6 +203,31 @@ def stage(
         work.stage_source(session, connection, resource, encounter, patient)
         summary.staged += 1
     return summary
+
+
+def _resettle_after(
+    session: Session, connection: str, patient: str, late: str, start: datetime
+) -> int:
+    """A session charted late: the patient's processed sessions after it go back to DETECT
+    (the runner takes them again in session order), and the Tasks those sessions settled go
+    back to awaiting-review, so each Task is settled by its own next session. The targets are
+    updated when the sessions are processed again. Returns the sessions sent back."""
+    later = [
+        row for row in work.patient_encounters(session, connection, patient, (Step.DONE,))
+        if row.period_start is not None and row.period_start > start and row.encounter != late
+    ]  # fmt: skip
+    if not later:
+        return 0
+    again = {row.encounter for row in later}
+    found, _ = resources.search(session, Query("Task", patient=patient, count=10_000))
+    for task in found:
+        if review_encounter(task) in again:
+            resources.put(session, awaiting_again(task))
+    for row in later:
+        work.reopen(session, row, Step.DETECT, f"{late} charted late")
+    log.info("%s charted after %d later session(s) of its patient; settling again in order",
+             late, len(later))  # fmt: skip
+    return len(later)
 
 
 def _nearest_encounter(

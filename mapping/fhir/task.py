@@ -47,8 +47,10 @@ from mapping.fhir.validate import parse
 
 __all__ = [
     "NOT_HOMEWORK",
+    "awaiting_again",
     "build_task",
     "is_homework",
+    "review_encounter",
     "review_outcomes",
     "review_task",
     "task_identifier_value",
@@ -62,6 +64,32 @@ NOT_HOMEWORK = frozenset({"cancelled", "rejected", "entered-in-error"})
 
 def is_homework(task: Mapping[str, Any]) -> bool:
     return task.get("status") not in NOT_HOMEWORK
+
+
+def review_encounter(task: Mapping[str, Any]) -> str | None:
+    """The encounter whose session settled the Task (reviewed or not), if any."""
+    for out in task.get("output") or ():
+        codes = {c.get("code") for c in (out.get("type") or {}).get("coding") or ()}
+        if P_REVIEW_ENCOUNTER in codes:
+            ref = (out.get("valueReference") or {}).get("reference")
+            return ref if isinstance(ref, str) else None
+    return None
+
+
+def awaiting_again(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The Task back to awaiting-review, its review outputs removed: a session charted late
+    came between it and the session that settled it, so the settling is done again, in
+    session order."""
+    data = copy.deepcopy(dict(task))
+    data["output"] = [
+        o for o in data.get("output") or ()
+        if not ({c.get("code") for c in (o.get("type") or {}).get("coding") or ()}
+                & REVIEW_PARAMETERS)
+    ]  # fmt: skip
+    if not data["output"]:
+        del data["output"]
+    data["businessStatus"] = _concept(CS_REVIEW_STATUS, ReviewStatus.AWAITING.value)
+    return data
 
 
 def _parameter(code: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ exactly one review turn (line 3) and no homework.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -333,5 +334,41 @@ async def test_a_backfill_of_old_sessions_reviews_per_task_and_carries_their_dat
         assert all(", set 2025-03-04: " in line for line in lines), lines
         # Only the Provenance records when the backfill ran.
         assert all(parse_datetime(p["recorded"]) >= started for p in stored(store, "Provenance"))
+    finally:
+        store.close()
+
+
+async def test_a_session_charted_late_is_settled_in_session_order(
+    sekmet_server: SekmetServer, backend: Backend, database_url: str, tmp_path: Path
+) -> None:
+    """Session 2 is charted and processed first; session 1 arrives later. Session 2 is then
+    processed again after it, so session 1's homework is settled by session 2 exactly as in
+    order, in our store, the EHR and session 2's note; charting it again changes nothing."""
+    clinic = seed_clinic(
+        sekmet_server, sessions=2, in_progress=False, plans=[ALEX], now=BACKFILL_NOW
+    )
+    export = clinic_resources(sekmet_server, clinic)
+    first, second = clinic.patients["alex"].encounters
+    late = [r for r in export if first.split("/")[-1] in json.dumps(r)]
+    early = [r for r in export if r not in late]
+    assert late and any(r["resourceType"] == "Encounter" for r in late)
+    conn = connection(sekmet_server, clinic, client="rs384", care_plan_store="ehr")
+    settings = settings_for(tmp_path, [conn], database_url=database_url)
+    store = open_store(settings.database_url)
+    try:
+        alone = await ingest_pass(settings, store, backend, early, conn.name)
+        assert (alone.encounters_new, alone.encounters_processed) == (1, 1), alone.errors
+        assert stored(store, "Task", encounter=second) == []
+        charted_late = await ingest_pass(settings, store, backend, late, conn.name)
+        # Session 1, then session 2 again.
+        assert charted_late.encounters_processed == 2, charted_late.errors
+        assert (charted_late.writes_failed, charted_late.writes_retrying) == (0, 0)
+        assert (charted_late.tasks_reviewed, charted_late.tasks_not_reviewed) == (1, 1)
+        _check_per_task_review(sekmet_server, CarePlanTarget("ehr", sekmet_server), store,
+                               clinic)  # fmt: skip
+        versions = {t["id"]: t["meta"]["versionId"] for t in stored(store, "Task")}
+        again = await ingest_pass(settings, store, backend, late, conn.name)
+        assert again.encounters_processed == 0
+        assert {t["id"]: t["meta"]["versionId"] for t in stored(store, "Task")} == versions
     finally:
         store.close()
