@@ -165,8 +165,9 @@ def test_bad_parameters_are_400_naming_the_problem(
 
 
 def test_reports_need_unrestricted_reads(client: TestClient) -> None:
-    assert client.get(REVIEW).status_code == 401
-    assert client.get("/quality/outcomes").status_code == 401
+    for route in (REVIEW, ASSIGNMENT, "/fhir/Measure", "/fhir/Measure/homework-review-rate",
+                  "/quality/outcomes"):  # fmt: skip
+        assert client.get(route).status_code == 401, route
     restricted = bearer(
         "system/Measure.rs system/DocumentReference.rs system/Task.rs?patient=Patient/pat-1"
     )
