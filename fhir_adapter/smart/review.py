@@ -56,6 +56,7 @@ class Item:
     confidence: float | None
     ai_drafted: bool
     status: str
+    ai_label: str | None  # what the AI label says; None for a clinician's own item
     review_status: str
     quote: str | None
     reply: str | None
@@ -110,6 +111,7 @@ def item(task: dict[str, Any]) -> Item:
         confidence=float(confidence) if confidence is not None else None,
         ai_drafted="AIAST" in security,
         status=task.get("status", ""),
+        ai_label=_ai_label(security, task.get("status", "")),
         review_status=business,
         quote=_string(task, P_THERAPIST_QUOTE),
         reply=_string(task, P_CLIENT_REPLY),
@@ -119,6 +121,17 @@ def item(task: dict[str, Any]) -> Item:
         review_quote=_string(task, P_REVIEW_QUOTE, "output"),
         review_position=_string(task, P_REVIEW_POSITION, "output"),
     )
+
+
+def _ai_label(security: set[str | None], status: str) -> str | None:
+    """The AI label an item shows: every item the model drafted keeps one, whatever the
+    clinician decided (a rejected draft is still the model's; an approved one is clinician
+    asserted, AI reported); an item the clinician added has none."""
+    if "CLINAST_AIRPT" in security:
+        return "AI-drafted, clinician-approved"
+    if "AIAST" not in security:
+        return None
+    return "AI draft, rejected" if status == "rejected" else "AI draft"
 
 
 def _search(

@@ -7,6 +7,8 @@
                                       in a CDS Hooks card's `appContext` the EHR passed on)
     GET  /smart/review                the session's patient: this session's drafts, earlier
                                       homework and its review, the PHQ-9/GAD-7 trend
+                                      (these pages without a session: 302 to /smart/launch,
+                                      with the `iss` this browser last signed in through)
     GET  /smart/review/tasks/{id}     one draft's linked evidence: the quoted turn in its
                                       transcript context, read from the EHR with the
                                       clinician's token (404 for a Task of another patient)
@@ -85,6 +87,10 @@ logger = logging.getLogger(__name__)
 LAUNCH_TTL_S = 600
 LAUNCH_COOKIE = "hwf-smart-launch"
 SESSION_COOKIE = "hwf-smart"
+# The EHR connection this browser last signed in through (a name from the settings, no secret):
+# where a browser without a session is sent to launch again.
+EHR_COOKIE = "hwf-smart-ehr"
+EHR_COOKIE_S = 30 * 24 * 3600
 # A session ends with its access token; an EHR that says nothing about expiry gets an hour.
 DEFAULT_TOKEN_S = 3600
 MAX_FORM_BODY = 16 * 1024
@@ -265,7 +271,17 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         policy.set(response, policy.name(SESSION_COOKIE), session_id, max(60, lifetime),
                    samesite="lax")  # fmt: skip
         policy.clear(response, policy.name(LAUNCH_COOKIE), samesite="lax")
+        policy.set(response, policy.name(EHR_COOKIE), conn.name, EHR_COOKIE_S, samesite="lax")
         return response
+
+    def to_launch(request: Request) -> Response:
+        """No session for a page: start a launch (standalone, with the EHR this browser last
+        signed in through where it is still set up), which comes back to the review screen."""
+        known = request.cookies.get(CookiePolicy.of(request).name(EHR_COOKIE))
+        smart = active().smart
+        conn = smart.connections.get(known or "") if smart is not None else None
+        query = f"?{urlencode({'iss': conn.base_url})}" if conn is not None else ""
+        return RedirectResponse(f"{base(request)}/launch{query}", status_code=302)
 
     def no_session(request: Request) -> Response:
         return page(
@@ -280,7 +296,7 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
     def review_page(request: Request) -> Response:
         session = current(request)
         if session is None:
-            return no_session(request)
+            return to_launch(request)
         store = active().store
         found = review.drafts(store, session.patient, session.encounter)
         trend = review.trend(store, session.patient)
@@ -303,7 +319,7 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
     async def evidence_page(request: Request, task_id: str) -> Response:
         session = current(request)
         if session is None:
-            return no_session(request)
+            return to_launch(request)
         shown = (
             review.task(active().store, session.patient, task_id) if is_fhir_id(task_id) else None
         )

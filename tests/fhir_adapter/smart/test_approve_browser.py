@@ -137,9 +137,14 @@ def test_launch_edit_reject_add_approve(
     }
     assert shown[edited] == "requested" and shown[rejected] == "rejected"
     assert "draft" not in shown.values()
-    # The AI label stays on the rejected draft only (the clinician asserted none of it).
-    labelled = page.locator("#drafts > li.draft:has(.ai-label)")
-    assert labelled.evaluate_all("l => l.map(e => e.dataset.task)") == [rejected]
+    # Every item the model drafted keeps an AI label saying what became of it; the
+    # clinician's own item has none.
+    labels = dict(page.locator("#drafts > li.draft").evaluate_all(
+        "l => l.map(e => [e.dataset.task, e.querySelector('.ai-label')?.innerText ?? null])"
+    ))  # fmt: skip
+    assert labels[rejected] == "AI draft, rejected"
+    assert labels[edited] == "AI-drafted, clinician-approved"
+    assert list(labels.values()).count(None) == 1  # the added item
 
     # The store.
     now = {t["id"]: t for t in tasks(served.store, PATIENT)

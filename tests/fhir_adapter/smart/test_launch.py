@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -163,11 +164,23 @@ def test_patient_a_cannot_read_patient_b(app: App, store: Store) -> None:
     assert other not in page.text and "Patient/pat-2" not in page.text
 
 
-def test_no_session_explains_to_launch(app: App) -> None:
-    page = app.client.get("/smart/review")
-    assert page.status_code == 401
-    assert "Open the review from the patient" in page.text
+def test_no_session_redirects_to_launch(app: App) -> None:
+    """A page without a session starts a launch (standalone: the one connection here); the
+    launch comes back to the review screen. A form post or the script without one is 401."""
+    for path in ("/smart/review", "/smart/review/tasks/anything"):
+        sent = app.client.get(path, follow_redirects=False)
+        assert (sent.status_code, sent.headers["location"]) == (302, "/smart/launch"), path
+    started = app.client.get("/smart/launch", follow_redirects=False)
+    assert started.headers["location"].startswith(f"{BASE}/dev-ehr/authorize?")
+    refused = app.client.post("/smart/review/approve", data={"all": "1"},
+                              headers={"origin": BASE}, follow_redirects=False)  # fmt: skip
+    assert refused.status_code == 401 and "Open the review from the patient" in refused.text
     assert app.client.get("/smart/static/review.js").status_code == 401
+    # A browser that signed in before goes back to the same EHR (`iss`) once its session ends.
+    assert launch(app).status_code == 303
+    app.client.cookies.delete("hwf-smart")
+    sent = app.client.get("/smart/review", follow_redirects=False)
+    assert sent.headers["location"] == f"/smart/launch?{urlencode({'iss': ISS})}"
 
 
 def test_wrong_iss_is_refused(app: App) -> None:
@@ -231,7 +244,7 @@ def test_tampered_id_token_is_refused(app: App) -> None:
     done = launch(app)
     assert done.status_code == 401
     assert "could not be verified" in done.text
-    assert app.client.get("/smart/review").status_code == 401
+    assert app.client.get("/smart/review", follow_redirects=False).status_code == 302
 
 
 def test_logout_needs_csrf(app: App) -> None:
@@ -242,4 +255,4 @@ def test_logout_needs_csrf(app: App) -> None:
     ok = app.client.post("/smart/logout", data={"csrf": _field(page.text, "csrf")},
                          headers={"origin": BASE})  # fmt: skip
     assert ok.status_code == 200
-    assert app.client.get("/smart/review").status_code == 401
+    assert app.client.get("/smart/review", follow_redirects=False).status_code == 302
