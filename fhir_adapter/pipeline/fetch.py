@@ -10,11 +10,11 @@ charting with a date filter); re-seen encounters are no-ops: registration is key
 
 from __future__ import annotations
 
-import base64
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir_adapter.ehr.attachments import inline_attachments
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import FatalFhirError
 from fhir_adapter.pipeline.detect import is_transcript
@@ -26,7 +26,6 @@ from fhir_adapter.store import Store, work
 from fhir_adapter.store.models import EncounterRow
 from mapping.errors import MappingError
 from mapping.fhir.references import parse_reference, reference_id
-from mapping.transcripts import attachment_urls
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +98,6 @@ def _belongs(resource: dict[str, Any], row: EncounterRow, low: datetime, high: d
     return when is None or low <= when <= high
 
 
-async def _inline_attachments(client: FhirClient, doc: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `doc` whose transcript attachments given by url carry their data inline."""
-    links = {link.url for link in attachment_urls(doc)}
-    if not links:
-        return doc
-    content = []
-    for item in doc.get("content") or []:
-        attachment = dict(item.get("attachment") or {})
-        if attachment.get("url") in links and not attachment.get("data"):
-            fetched = await client.fetch_attachment(str(attachment["url"]))
-            attachment["data"] = base64.b64encode(fetched.content).decode("ascii")
-            attachment.setdefault("contentType", fetched.content_type)
-        content.append({**item, "attachment": attachment})
-    return {**doc, "content": content}
-
-
 async def fetch_inputs(runtime: Runtime, item: WorkItem) -> None:
     """Read the encounter's transcript(s), its patient and PHQ-9/GAD-7 results; stage them."""
     conn = runtime.connection(item.connection)
@@ -135,7 +118,7 @@ async def fetch_inputs(runtime: Runtime, item: WorkItem) -> None:
         "DocumentReference", [("patient", row.patient), ("encounter", encounter_id)]
     ):
         if _belongs(doc, row, start, end) and is_transcript(doc):
-            resources.append(await _inline_attachments(client, doc))
+            resources.append(await inline_attachments(doc, client.fetch_attachment))
     window = [("date", f"ge{_iso(start - LINK_WINDOW)}"), ("date", f"le{_iso(end + LINK_WINDOW)}")]
     for source in client.vendor.questionnaire_sources:
         try:

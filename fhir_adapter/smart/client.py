@@ -12,6 +12,7 @@ exchange and the id_token, with authlib (OAuth 2.0 client, PKCE) and joserfc (JO
                                    or private_key_jwt
     SmartApp.verify_id_token()     signature against the issuer's JWKS, iss, aud, exp, nonce
     SmartApp.read()                GET a resource from the EHR with the clinician's token
+    SmartApp.fetch_attachment()    an Attachment.url's content, likewise (same origin only)
 
 One `httpx.AsyncClient` for discovery, JWKS and FHIR reads, and one authlib client per EHR
 connection for the token endpoint, both opened once per process and closed by `aclose()`.
@@ -21,6 +22,8 @@ Tokens are never logged: errors name the step and the HTTP status only.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -36,6 +39,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from fhir_adapter.ehr.client import MAX_ATTACHMENT_BYTES, Attachment
 from fhir_adapter.settings import EhrConnection, SmartAppClient
 from fhir_adapter.smart.errors import LaunchError
 
@@ -296,6 +300,45 @@ class SmartApp:
             raise LaunchError(502, f"The EHR answered {response.status_code}.")
         body = response.json()
         return body if isinstance(body, dict) else None
+
+    async def fetch_attachment(self, base_url: str, access_token: str, url: str) -> Attachment:
+        """An Attachment.url's content (`Binary/123`, relative to the EHR's FHIR base, or
+        absolute on the same origin) with the clinician's token; a Binary resource returned
+        instead of the raw content is decoded. Another origin is refused: the token would go
+        to it. LaunchError says why nothing came back."""
+        base = httpx.URL(base_url.rstrip("/") + "/")
+        target = httpx.URL(url) if "://" in url else base.join(url)
+        if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+            raise LaunchError(
+                502, "The transcript is kept on another server, which your EHR sign-in does "
+                "not reach."
+            )  # fmt: skip
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": "*/*"}
+        try:
+            async with self.http.stream("GET", target, headers=headers) as response:
+                if response.status_code in (401, 403, 404, 410):
+                    raise LaunchError(404, "The EHR did not give us this session's transcript.")
+                if response.status_code != 200:
+                    raise LaunchError(502, f"The EHR answered {response.status_code}.")
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) > MAX_ATTACHMENT_BYTES:
+                        raise LaunchError(502, "The transcript is too large to show here.")
+                content_type = response.headers.get("Content-Type", "application/octet-stream")
+        except httpx.HTTPError as exc:
+            raise LaunchError(502, "The EHR did not answer.") from exc
+        if content_type.split(";")[0].strip() in ("application/fhir+json", "application/json"):
+            try:
+                body = json.loads(content)
+                if isinstance(body, dict) and body.get("resourceType") == "Binary":
+                    return Attachment(
+                        base64.b64decode(body.get("data") or "", validate=True),
+                        str(body.get("contentType") or "application/octet-stream"),
+                    )
+            except ValueError as exc:
+                raise LaunchError(502, "The EHR sent a transcript we cannot read.") from exc
+        return Attachment(bytes(content), content_type)
 
     async def aclose(self) -> None:
         for client in self._oauth.values():

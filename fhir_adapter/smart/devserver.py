@@ -15,7 +15,8 @@ client side already uses: no Node runtime, no second process to start.
     POST /dev-ehr/authorize      allow or deny (CSRF: the pending request's own token)
     POST /dev-ehr/token          code + code_verifier (client_secret_basic) -> access token,
                                  id_token, `patient`, `encounter`
-    GET  /dev-ehr/fhir/{type}/{id}   a sample resource of the token's patient (Bearer required)
+    GET  /dev-ehr/fhir/{type}/{id}   a sample resource of the token's patient (Bearer required;
+                                     a Binary by its securityContext's patient)
 
 The `launch` value is the launch context itself, base64url JSON {"patient", "encounter",
 "appContext"}, as SMART's own development launcher encodes it; the server checks patient and
@@ -205,6 +206,21 @@ class DevEhr:
     def fhir_base(self) -> str:
         """The FHIR server this authorization server issues tokens for (the `aud`)."""
         return self._fhir_base
+
+    def owner(self, resource: dict[str, Any], depth: int = 0) -> str | None:
+        """The patient a resource belongs to: itself, its subject or patient, or for a Binary
+        the owner of its `securityContext` (a transcript kept as a Binary belongs to the
+        patient of its DocumentReference)."""
+        kind = resource.get("resourceType")
+        if kind == "Patient":
+            return f"Patient/{resource['id']}"
+        if kind == "Binary" and depth == 0:
+            context = str((resource.get("securityContext") or {}).get("reference") or "")
+            parent_type, _, parent_id = context.partition("/")
+            parent = self.data.get(parent_type, {}).get(parent_id)
+            return self.owner(parent, depth + 1) if parent is not None else None
+        found = (resource.get("subject") or resource.get("patient") or {}).get("reference")
+        return str(found) if found else None
 
     def patients(self) -> list[dict[str, Any]]:
         return sorted(self.data.get("Patient", {}).values(), key=lambda p: p["id"])
@@ -480,13 +496,7 @@ def dev_ehr_router(ehr: DevEhr) -> APIRouter:
         resource = ehr.data.get(resource_type, {}).get(rid)
         if resource is None:
             return _outcome(404, f"{resource_type}/{rid} is not known")
-        patient = f"Patient/{grant.patient}"
-        owner = (
-            f"Patient/{resource['id']}"
-            if resource_type == "Patient"
-            else (resource.get("subject") or resource.get("patient") or {}).get("reference")
-        )
-        if owner != patient:
+        if ehr.owner(resource) != f"Patient/{grant.patient}":
             return _outcome(404, f"{resource_type}/{rid} is not known")
         return JSONResponse(resource, media_type="application/fhir+json")
 

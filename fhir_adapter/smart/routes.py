@@ -11,7 +11,9 @@
                                       with the `iss` this browser last signed in through)
     GET  /smart/review/tasks/{id}     one draft's linked evidence: the quoted turn in its
                                       transcript context, read from the EHR with the
-                                      clinician's token (404 for a Task of another patient)
+                                      clinician's token (the DocumentReference, and its
+                                      Binary where the transcript is given by url; 404 for a
+                                      Task of another patient)
     POST /smart/logout                end the session (CSRF)
     GET  /smart/static/NAME           the review screen's script and stylesheets
 
@@ -61,6 +63,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from fhir_adapter.ehr.attachments import inline_attachments
 from fhir_adapter.smart import actions, review
 from fhir_adapter.smart.client import SmartApp
 from fhir_adapter.smart.errors import LaunchError
@@ -73,7 +76,7 @@ from fhir_adapter.web.sessions import (
     same_value,
 )
 from mapping import terminology
-from mapping.errors import DecisionError, ResourceError
+from mapping.errors import DecisionError, MappingError, ResourceError
 from mapping.fhir.audit import LaunchContext
 from mapping.fhir.codes import CS_HOMEWORK_CATEGORY
 from mapping.fhir.context import Ref
@@ -328,13 +331,23 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         document = None
         problem = None
         if shown.document and shown.document.startswith("DocumentReference/"):
+            smart = app()
             try:
-                document = await app().read(session.iss, session.access_token, shown.document)
+                document = await smart.read(session.iss, session.access_token, shown.document)
+                subject = (document or {}).get("subject", {}).get("reference")
+                if document is not None and subject != session.patient:
+                    document, problem = None, "The transcript belongs to another patient."
+                elif document is not None:
+                    # A transcript given by url (a Binary, as Epic and Oracle Health keep
+                    # note content) is read with the same token.
+                    document = await inline_attachments(
+                        document,
+                        lambda url: smart.fetch_attachment(session.iss, session.access_token, url),
+                    )
             except LaunchError as exc:
-                problem = exc.message
-            subject = (document or {}).get("subject", {}).get("reference")
-            if document is not None and subject != session.patient:
-                document, problem = None, "The transcript belongs to another patient."
+                document, problem = None, exc.message
+            except MappingError as exc:
+                document, problem = None, f"The transcript cannot be read: {exc}"
         found = review.evidence(shown, document)
         return templates.TemplateResponse(
             request,

@@ -155,6 +155,43 @@ def test_ehr_launch_to_review_and_evidence(app: App, store: Store) -> None:
     assert "evidence-problem" not in evidence.text
 
 
+def _url_only(ehr: DevEhr, document: str, url: str | None = None) -> None:
+    """Keep the EHR's transcript `document` as a Binary the DocumentReference points to (as
+    Epic and Oracle Health do), instead of inline data."""
+    doc = ehr.data["DocumentReference"][document.split("/")[1]]
+    attachment = doc["content"][0]["attachment"]
+    binaries = ehr.data.setdefault("Binary", {})
+    binary = binaries.get(f"tx-{doc['id']}") or {
+        "resourceType": "Binary", "id": f"tx-{doc['id']}",
+        "contentType": attachment["contentType"], "data": attachment["data"],
+        "securityContext": {"reference": document},
+    }  # fmt: skip
+    binaries[binary["id"]] = binary
+    doc["content"][0]["attachment"] = {"contentType": attachment["contentType"],
+                                       "url": url or f"Binary/{binary['id']}"}  # fmt: skip
+
+
+def test_evidence_from_a_transcript_given_by_url(app: App, store: Store) -> None:
+    """The transcript's DocumentReference names a Binary (relative or absolute url): the
+    evidence page reads it with the clinician's token; a url on another server is not read
+    (the token would go there) and the page says so."""
+    assert launch(app).status_code == 303
+    drafted = [t for t in tasks(store, "Patient/pat-1")
+               if t["encounter"]["reference"] == "Encounter/enc-1-3"]  # fmt: skip
+    document = next(i["valueReference"]["reference"] for i in drafted[0]["input"]
+                    if "valueReference" in i and "DocumentReference" in
+                    i["valueReference"]["reference"])  # fmt: skip
+    for url in (None, f"{ISS}/Binary/tx-{document.split('/')[1]}"):
+        _url_only(app.ehr, document, url)
+        evidence = app.client.get(f"/smart/review/tasks/{drafted[0]['id']}")
+        assert evidence.status_code == 200, evidence.text
+        assert 'id="quoted"' in evidence.text and "evidence-problem" not in evidence.text, url
+    _url_only(app.ehr, document, "https://elsewhere.example/Binary/x")
+    evidence = app.client.get(f"/smart/review/tasks/{drafted[0]['id']}")
+    assert 'id="quoted"' not in evidence.text
+    assert "another server" in evidence.text and "Traceback" not in evidence.text
+
+
 def test_patient_a_cannot_read_patient_b(app: App, store: Store) -> None:
     assert launch(app).status_code == 303
     other = tasks(store, "Patient/pat-2")[0]["id"]
