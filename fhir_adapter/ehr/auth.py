@@ -34,7 +34,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 
 from fhir_adapter.ehr.errors import AuthError, TemporaryFhirError
-from fhir_adapter.ehr.keys import Algorithm, KeyFileError, load_signing_key
+from fhir_adapter.ehr.keys import Algorithm, KeyFileError, SigningKey, load_signing_key
 from fhir_adapter.settings import ClientSecretAuth as ClientSecretSettings
 from fhir_adapter.settings import FhirEndpoint
 from fhir_adapter.settings import SmartBackendAuth as SmartBackendSettings
@@ -235,6 +235,37 @@ def _raise_for_token_status(response: httpx.Response, what: str) -> None:
     )
 
 
+def sign_client_assertion(
+    key: SigningKey,
+    algorithm: Algorithm,
+    kid: str,
+    client_id: str,
+    audience: str,
+    jwks_url: str | None = None,
+) -> str:
+    """A SMART client assertion (private_key_jwt, RFC 7523) for `audience`, the token
+    endpoint: iss = sub = client_id, a fresh `jti`, `exp` within 5 minutes (SMART's limit,
+    which Epic enforces), `kid` and, where our JWK Set URL is registered, `jku`. Used by the
+    backend services token request and by the clinician app's code exchange."""
+    # Wall-clock time, not an injectable cache clock: the token server checks these.
+    now = int(time.time())
+    header: dict[str, Any] = {"alg": algorithm, "kid": kid, "typ": "JWT"}
+    if jwks_url:
+        header["jku"] = jwks_url
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "jti": secrets.token_urlsafe(32),
+        "iat": now,
+        "exp": now + ASSERTION_LIFETIME_S,
+    }
+    try:
+        return jwt.encode(header, claims, key, algorithms=[algorithm])
+    except JoseError as exc:
+        raise AuthError(f"cannot sign the client assertion: {exc}") from exc
+
+
 class SmartBackendAuth(_TokenAuth):
     """SMART Backend Services (asymmetric client authentication)."""
 
@@ -264,23 +295,9 @@ class SmartBackendAuth(_TokenAuth):
 
     def client_assertion(self, audience: str) -> str:
         """A freshly signed client assertion for `audience` (the token endpoint)."""
-        # Wall-clock time, not the injectable cache clock: the token server checks these.
-        now = int(time.time())
-        header: dict[str, Any] = {"alg": self._algorithm, "kid": self._kid, "typ": "JWT"}
-        if self._jwks_url:
-            header["jku"] = self._jwks_url
-        claims = {
-            "iss": self._client_id,
-            "sub": self._client_id,
-            "aud": audience,
-            "jti": secrets.token_urlsafe(32),
-            "iat": now,
-            "exp": now + ASSERTION_LIFETIME_S,
-        }
-        try:
-            return jwt.encode(header, claims, self._key, algorithms=[self._algorithm])
-        except JoseError as exc:
-            raise AuthError(f"cannot sign the client assertion: {exc}") from exc
+        return sign_client_assertion(
+            self._key, self._algorithm, self._kid, self._client_id, audience, self._jwks_url
+        )
 
     def _credentials_form(self, token_endpoint: str) -> dict[str, str]:
         return {

@@ -1,7 +1,8 @@
 """Our public JWK Set: the keys EHRs use to check our SMART client assertions.
 
 It holds the public half of every SMART Backend key in the settings (each EHR connection,
-and a separate care-plan store) plus `settings.published_keys`. Several `kid`s at once is
+and a separate care-plan store), of every clinician app key (`ehr.NAME.smart_app`,
+private_key_jwt), plus `settings.published_keys`. Several `kid`s at once is
 how keys rotate without an outage: publish the next key, wait for the EHRs' caches of this
 document to expire (we allow an hour), switch the connection to it, and drop the old key
 later.
@@ -39,6 +40,10 @@ def jwks_document(settings: Settings) -> dict[str, Any]:
             if isinstance(endpoint.auth, SmartBackendAuth):
                 auth = endpoint.auth
                 sources.append((f"{label}.auth", auth.private_key_file, auth.algorithm, auth.kid))
+        app = conn.smart_app
+        if app is not None and app.private_key_file is not None and app.kid:
+            sources.append((f"ehr.{conn.name}.smart_app", app.private_key_file, app.algorithm,
+                            app.kid))  # fmt: skip
     for i, key in enumerate(settings.published_keys):
         sources.append((f"published_keys[{i}]", key.file, key.algorithm, key.kid))
     keys: dict[str, dict[str, Any]] = {}

@@ -39,7 +39,9 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from fhir_adapter.ehr.auth import sign_client_assertion
 from fhir_adapter.ehr.client import MAX_ATTACHMENT_BYTES, Attachment
+from fhir_adapter.ehr.keys import Algorithm, KeyFileError, SigningKey, load_signing_key
 from fhir_adapter.settings import EhrConnection, SmartAppClient
 from fhir_adapter.smart.errors import LaunchError
 
@@ -68,6 +70,21 @@ class SmartConfiguration:
 
 def _same_url(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
+
+
+class _ClientAssertion(PrivateKeyJWT):  # type: ignore[misc]
+    """authlib's private_key_jwt client authentication, signing SMART's assertion (5-minute
+    `exp`, fresh `jti`, RS384 or ES384 key with its `kid`) as our backend services token
+    request does: authlib's own signs an hour-long assertion and reads RSA keys only."""
+
+    def __init__(self, key: SigningKey, algorithm: Algorithm, kid: str) -> None:
+        super().__init__(alg=algorithm, headers={"kid": kid})
+        self._key, self._algorithm, self._kid = key, algorithm, kid
+
+    def sign(self, auth: Any, token_endpoint: str) -> str:
+        return sign_client_assertion(
+            self._key, self._algorithm, self._kid, auth.client_id, token_endpoint
+        )
 
 
 class SmartApp:
@@ -175,13 +192,20 @@ class SmartApp:
                     "timeout": TIMEOUT.read,
                     "transport": self._oauth_transport,
                 }
-                if app.private_key_file is not None:
+                if app.private_key_file is not None and app.kid:
+                    try:
+                        key = load_signing_key(app.private_key_file, app.algorithm, app.kid)
+                    except KeyFileError as exc:
+                        logger.warning("SMART app key of %s unusable: %s", conn.name, exc)
+                        raise LaunchError(
+                            500,
+                            "The app's signing key cannot be read; ask your administrator "
+                            "(ehr.NAME.smart_app).",
+                        ) from exc
                     client = AsyncOAuth2Client(
                         app.client_id,
-                        app.private_key_file.read_text(encoding="utf-8"),
-                        token_endpoint_auth_method=PrivateKeyJWT(
-                            config.token_endpoint, alg=app.algorithm, headers={"kid": app.kid}
-                        ),
+                        None,
+                        token_endpoint_auth_method=_ClientAssertion(key, app.algorithm, app.kid),
                         **kwargs,
                     )
                 else:

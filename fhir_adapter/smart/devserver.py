@@ -13,7 +13,8 @@ client side already uses: no Node runtime, no second process to start.
     GET  /dev-ehr/jwks                                   the id_token signing key (ES384)
     GET  /dev-ehr/authorize      sign-in and consent for the sample clinician (Dr. Amara Okafor)
     POST /dev-ehr/authorize      allow or deny (CSRF: the pending request's own token)
-    POST /dev-ehr/token          code + code_verifier (client_secret_basic) -> access token,
+    POST /dev-ehr/token          code + code_verifier (client_secret_basic, or private_key_jwt
+                                 for an app registered with its JWK Set) -> access token,
                                  id_token, `patient`, `encounter`
     GET  /dev-ehr/fhir/{type}/{id}   a sample resource of the token's patient (Bearer required;
                                      a Binary by its securityContext's patient)
@@ -45,16 +46,20 @@ from pathlib import Path
 from typing import Any
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
+from authlib.oauth2.rfc6749.errors import InvalidClientError
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import AuthorizationCodeMixin
 from authlib.oidc.core.grants import OpenIDCode
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from joserfc.jwk import ECKey
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
 
 from fhir_adapter.bulk import read_export
 from fhir_adapter.web.dashboard import _WEB, SecuredRoute
@@ -92,9 +97,14 @@ def _decode_launch(value: str) -> dict[str, str] | None:
 
 @dataclass(frozen=True)
 class DevClient(ClientMixin):  # type: ignore[misc]
+    """The app as registered: a client secret (client_secret_basic), or, with `jwks`, the
+    public JWK Set it signs its client assertions with (private_key_jwt, as Epic and Oracle
+    Health register confidential SMART apps)."""
+
     client_id: str
     client_secret: str
     redirect_uri: str
+    jwks: dict[str, Any] | None = None
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -108,11 +118,14 @@ class DevClient(ClientMixin):  # type: ignore[misc]
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri == self.redirect_uri
 
-    def check_client_secret(self, client_secret: str) -> bool:
-        return hmac.compare_digest(client_secret.encode(), self.client_secret.encode())
-
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return endpoint != "token" or method == "client_secret_basic"
+        registered = "private_key_jwt" if self.jwks is not None else "client_secret_basic"
+        return endpoint != "token" or method == registered
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if self.jwks is not None:
+            return False
+        return hmac.compare_digest(client_secret.encode(), self.client_secret.encode())
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code"
@@ -271,8 +284,46 @@ class DevEhr:
             def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
                 return None
 
+        class ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]
+            """private_key_jwt (RFC 7523, SMART's asymmetric client authentication): the
+            assertion's signature against the client's registered keys; aud the token URL."""
+
+            CLIENT_AUTH_METHOD = "private_key_jwt"
+
+            def __init__(self) -> None:
+                super().__init__(validate_jti=True)
+                self._seen: dict[str, float] = {}
+
+            def process_assertion_claims(self, assertion: str, key: Any) -> Any:
+                # SMART's algorithms (joserfc's default list leaves RS384 and ES384 out).
+                try:
+                    token = jwt.decode(assertion, key, algorithms=["RS384", "ES384"])
+                except JoseError as exc:
+                    raise InvalidClientError(description=exc.description) from exc
+                self.verify_claims(token.claims)
+                # SMART: an assertion expires no more than five minutes after it is made.
+                if float(token.claims["exp"]) > time.time() + 300 + self.leeway:
+                    raise InvalidClientError(description="exp more than 5 minutes ahead")
+                return token.claims
+
+            def get_audiences(self) -> list[str]:
+                return [f"{ehr.base_url}/token"]
+
+            def resolve_client_public_key(self, client: DevClient) -> KeySet:
+                if client.jwks is None:
+                    raise InvalidClientError(description="client registered with a secret")
+                return KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
+
+            def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+                now = time.time()
+                self._seen = {k: v for k, v in self._seen.items() if v > now}
+                if jti in self._seen:
+                    return False
+                self._seen[jti] = float(claims.get("exp") or now + 300)
+                return True
+
         class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
-            TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic",)
+            TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt")
 
             def save_authorization_code(self, code: str, request: Any) -> None:
                 data = request.payload.data
@@ -340,6 +391,7 @@ class DevEhr:
             "default", BearerTokenGenerator(lambda **_: new_token(),
                                             expires_generator=lambda *_: TOKEN_TTL_S)
         )  # fmt: skip
+        server.register_client_auth_method("private_key_jwt", ClientAssertion())
         server.register_grant(CodeGrant, [CodeChallenge(required=True), OpenId(require_nonce=True)])
         return server
 
@@ -373,13 +425,15 @@ def dev_ehr_router(ehr: DevEhr) -> APIRouter:
                 "jwks_uri": f"{ehr.base_url}/jwks",
                 "authorization_endpoint": f"{ehr.base_url}/authorize",
                 "token_endpoint": f"{ehr.base_url}/token",
-                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                          "private_key_jwt"],
                 "grant_types_supported": ["authorization_code"],
                 "scopes_supported": SCOPES,
                 "response_types_supported": ["code"],
                 "code_challenge_methods_supported": ["S256"],
                 "capabilities": [
                     "launch-ehr", "launch-standalone", "client-confidential-symmetric",
+                    "client-confidential-asymmetric",
                     "context-ehr-patient", "context-ehr-encounter", "context-standalone-patient",
                     "sso-openid-connect", "permission-patient", "permission-v2",
                 ],

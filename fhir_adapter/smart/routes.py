@@ -30,8 +30,10 @@ and every form also carries the session's CSRF token (synchronizer) and must com
 Origin. HttpOnly always; Secure and `__Host-` names except for http on loopback.
 
 Session: what the launch established (EHR connection, fhirUser, patient, encounter, the access
-token for reading the EHR) lives in this process's memory, never in the cookie, until the access
-token expires. The access token is never logged or shown.
+token for reading the EHR) lives in the database, shared by every API process, until the access
+token expires; never in the cookie, whose random id is the only key that decrypts it
+(`fhir_adapter.web.sessions`). The access token is never logged or shown. Pending launches are
+kept the same way, so the callback may reach another replica than the launch did.
 
 Actions (POST, same Origin and the session's CSRF token, else 403; a Task of another
 patient 404; then 303 back to the review screen):
@@ -151,8 +153,8 @@ def _reference(kind: str, value: Any) -> str | None:
 def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
     router = APIRouter(prefix="/smart", include_in_schema=False, route_class=SecuredRoute)
     templates = Jinja2Templates(directory=_WEB / "templates")
-    launches: ExpiringStore[PendingLaunch] = ExpiringStore()
-    sessions: ExpiringStore[SmartSession] = ExpiringStore()
+    launches = ExpiringStore("smart-launch", PendingLaunch, lambda: active().store)
+    sessions = ExpiringStore("smart-session", SmartSession, lambda: active().store)
 
     def base(request: Request) -> str:
         return f"{request.scope.get('root_path', '')}/smart"

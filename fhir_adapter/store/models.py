@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -237,3 +238,19 @@ class FeedbackRow(Base):
     decision: Mapped[str] = mapped_column(String(16))
     record: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+
+
+class WebSessionRow(Base):
+    """A browser session (dashboard, clinician app) or a pending SMART launch, shared by every
+    API process, so replicas behind a load balancer need no sticky sessions.
+
+    Keyed by a hash of the id in the browser's cookie; the payload is encrypted with a key
+    derived from that id (`fhir_adapter.web.sessions`), so the table alone (a backup, a
+    replica) gives no session and no EHR access token."""
+
+    __tablename__ = "web_session"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

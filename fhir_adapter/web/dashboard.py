@@ -108,7 +108,7 @@ def dashboard_router(active: Callable[[], ApiDeps]) -> APIRouter:
     """The dashboard's routes over the app's dependencies (store and token verifier)."""
     router = APIRouter(prefix="/dashboard", include_in_schema=False, route_class=SecuredRoute)
     templates = Jinja2Templates(directory=_WEB / "templates")
-    sessions = SessionStore()
+    sessions = SessionStore(lambda: active().store)
 
     def current(request: Request) -> WebSession | None:
         return sessions.get(request.cookies.get(CookiePolicy.of(request).session))

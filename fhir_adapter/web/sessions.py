@@ -3,9 +3,9 @@
 The login form takes a bearer token; once verified, the browser gets a random session id in
 an HttpOnly, SameSite=Strict cookie, and the token itself is dropped (the session keeps the
 subject and the token's expiry, nothing a stolen cookie could replay elsewhere). Sessions live
-in this process's memory, keyed by a hash of the id: at most `max_sessions`, each ending no
-later than its token's `exp`. A restart (or a second process) logs everyone out, which is the
-safe failure.
+in the database (table `web_session`), so every API replica sees them and a restart keeps
+them: keyed by a hash of the id, encrypted under a key derived from the id (only the browser
+holds it), at most `max_sessions` of a kind, each ending no later than its token's `exp`.
 
 CSRF: the logout form carries the session's own token (synchronizer token); the login form,
 made before there is a session, carries a random value that must equal its HttpOnly,
@@ -14,19 +14,31 @@ SameSite=Strict cookie (double submit). Both POSTs also refuse an `Origin` other
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import json
 import secrets
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Generic, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-# What one process keeps at most; the session expiring soonest makes room for a new one.
+from fhir_adapter.store import Store
+from fhir_adapter.store.models import WebSessionRow
+
+# Sessions of one kind kept at most; the one expiring soonest makes room for a new one.
 MAX_SESSIONS = 1000
 # Hosts where plain http is the development set-up: the cookie cannot be Secure there.
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -99,60 +111,121 @@ def _key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-class ExpiringStore(Generic[S]):
-    """Values by a random id, in memory, each gone at its `expires`; thread-safe (sync routes
-    run on a thread pool). Only a hash of each id is kept."""
+def _cipher(session_id: str) -> AESGCM:
+    """The payload's key, derived from the id (which only the browser holds): another HKDF
+    `info` than the lookup hash, so the stored key reveals nothing of it."""
+    derived = HKDF(algorithm=SHA256(), length=32, salt=None, info=b"homework-fhir web session")
+    return AESGCM(derived.derive(session_id.encode()))
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+
+class ExpiringStore(Generic[S]):
+    """Values of one kind (a frozen dataclass of JSON values with `expires`) by a random id,
+    in the database, so every API process sees them; each gone at its `expires`. At most
+    `max_sessions` of the kind: the one expiring soonest makes room (unauthenticated launches
+    cannot fill the table). Only a hash of each id is stored, and the value is encrypted
+    under a key derived from the id (AES-GCM, the kind as associated data)."""
+
+    def __init__(
+        self,
+        kind: str,
+        cls: type[S],
+        store: Callable[[], Store],
+        max_sessions: int = MAX_SESSIONS,
+    ) -> None:
+        self._kind = kind
+        self._cls = cls
+        self._store = store
         self._max = max_sessions
-        self._sessions: dict[str, S] = {}
-        self._lock = threading.Lock()
+
+    def _seal(self, session_id: str, made: S) -> bytes:
+        plain = json.dumps(dataclasses.asdict(made), separators=(",", ":")).encode()  # type: ignore[call-overload]
+        nonce = secrets.token_bytes(12)
+        return nonce + _cipher(session_id).encrypt(nonce, plain, self._kind.encode())
+
+    def _open(self, session_id: str, row: WebSessionRow) -> S | None:
+        try:
+            plain = _cipher(session_id).decrypt(row.payload[:12], row.payload[12:],
+                                                self._kind.encode())  # fmt: skip
+            return self._cls(**json.loads(plain))
+        except (InvalidTag, ValueError, TypeError):  # another version's shape, or tampered
+            return None
 
     def put(self, made: S, session_id: str | None = None) -> str:
         """Keep `made` until its expiry; returns its id (random unless given)."""
         session_id = session_id or new_token()
-        now = time.time()
-        with self._lock:
-            for key in [k for k, s in self._sessions.items() if s.expires <= now]:
-                del self._sessions[key]
-            while len(self._sessions) >= self._max:
-                soonest = min(self._sessions, key=lambda k: self._sessions[k].expires)
-                del self._sessions[soonest]
-            self._sessions[_key(session_id)] = made
+        now = datetime.now(UTC)
+        kind = WebSessionRow.kind == self._kind
+        with self._store().session() as session:
+            session.execute(delete(WebSessionRow).where(kind, WebSessionRow.expires_at <= now))
+            count = session.scalar(select(func.count()).select_from(WebSessionRow).where(kind))
+            if count and count >= self._max:
+                soonest = select(WebSessionRow.key).where(kind)
+                soonest = soonest.order_by(WebSessionRow.expires_at).limit(count - self._max + 1)
+                session.execute(delete(WebSessionRow).where(WebSessionRow.key.in_(soonest)))
+            session.merge(
+                WebSessionRow(
+                    key=_key(session_id),
+                    kind=self._kind,
+                    payload=self._seal(session_id, made),
+                    expires_at=datetime.fromtimestamp(made.expires, UTC),
+                )
+            )
         return session_id
+
+    def _row(self, session: Session, session_id: str) -> WebSessionRow | None:
+        row = session.get(WebSessionRow, _key(session_id))
+        return row if row is not None and row.kind == self._kind else None
 
     def get(self, session_id: str | None) -> S | None:
         if not session_id:
             return None
-        key = _key(session_id)
-        with self._lock:
-            found = self._sessions.get(key)
-            if found is not None and found.expires <= time.time():
-                del self._sessions[key]
+        with self._store().session() as session:
+            row = self._row(session, session_id)
+            if row is None:
                 return None
-        return found
+            if row.expires_at <= datetime.now(UTC):
+                session.delete(row)
+                return None
+            return self._open(session_id, row)
 
     def take(self, session_id: str | None) -> S | None:
-        """The value under `session_id`, removed: a second take finds nothing (single use)."""
+        """The value under `session_id`, removed: a second take, in this process or another,
+        finds nothing (single use)."""
         if not session_id:
             return None
-        with self._lock:
-            found = self._sessions.pop(_key(session_id), None)
-        if found is not None and found.expires <= time.time():
+        with self._store().session() as session:
+            row = self._row(session, session_id)
+            if row is None:
+                return None
+            found = self._open(session_id, row)
+            taken = session.execute(
+                delete(WebSessionRow).where(WebSessionRow.key == row.key)
+            ).rowcount  # type: ignore[attr-defined]
+        if taken != 1 or found is None or found.expires <= time.time():
             return None
         return found
 
     def end(self, session_id: str | None) -> None:
         if session_id:
-            with self._lock:
-                self._sessions.pop(_key(session_id), None)
+            with self._store().session() as session:
+                session.execute(delete(WebSessionRow).where(WebSessionRow.key == _key(session_id)))
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        now = datetime.now(UTC)
+        with self._store().session() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).select_from(WebSessionRow).where(
+                        WebSessionRow.kind == self._kind, WebSessionRow.expires_at > now)
+                ) or 0
+            )  # fmt: skip
 
 
 class SessionStore(ExpiringStore[WebSession]):
     """The dashboard's sessions."""
+
+    def __init__(self, store: Callable[[], Store], max_sessions: int = MAX_SESSIONS) -> None:
+        super().__init__("dashboard", WebSession, store, max_sessions)
 
     def start(self, subject: str, expires: float) -> tuple[str, WebSession]:
         """A new session ending at `expires`; returns its id (for the cookie) and itself."""

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,14 +19,18 @@ import pytest
 from authlib.integrations.httpx_client._compat import httpx2 as oauth_http
 from fastapi.testclient import TestClient
 from joserfc.jwk import KeySet, RSAKey
+from sqlalchemy import select
 
 from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.security import TokenVerifier
+from fhir_adapter.ehr.jwks import jwks_router
+from fhir_adapter.ehr.keys import generate_key_pair, public_jwk
 from fhir_adapter.samples import sample_export_dir
-from fhir_adapter.settings import EhrConnection
+from fhir_adapter.settings import EhrConnection, load_settings
 from fhir_adapter.smart import SmartApp
 from fhir_adapter.smart.devserver import DevClient, DevEhr, dev_ehr_router, encode_launch
 from fhir_adapter.store import Store, open_store, resources
+from fhir_adapter.store.models import WebSessionRow
 from fhir_adapter.store.resources import Query
 
 BASE = "http://127.0.0.1:8080"
@@ -105,9 +110,7 @@ def launch(app: App, patient: str = "pat-1", encounter: str | None = "enc-1-3") 
     """From the EHR launch URL through sign-in and consent; the callback's response."""
     c = app.client
     context = encode_launch(patient, encounter)
-    started = c.get(
-        "/smart/launch", params={"iss": ISS, "launch": context}, follow_redirects=False
-    )
+    started = c.get("/smart/launch", params={"iss": ISS, "launch": context}, follow_redirects=False)
     assert started.status_code == 302, started.text
     authorize = started.headers["location"]
     assert authorize.startswith(f"{BASE}/dev-ehr/authorize?")
@@ -190,6 +193,79 @@ def test_evidence_from_a_transcript_given_by_url(app: App, store: Store) -> None
     evidence = app.client.get(f"/smart/review/tasks/{drafted[0]['id']}")
     assert 'id="quoted"' not in evidence.text
     assert "another server" in evidence.text and "Traceback" not in evidence.text
+
+
+def test_launch_and_session_span_replicas(app: App, store: Store) -> None:
+    """Two API processes on one database, no sticky sessions: the launch starts on one, the
+    EHR's callback lands on the other, and the session works on both. The table holds no
+    access token (the session is encrypted under the cookie's id)."""
+    deps = ApiDeps(store=store, verifier=TokenVerifier(KeySet([KEY]), "i", "a"))
+    made = create_app(deps)
+    ehr_app = app.client.app
+    conn = EhrConnection(
+        name="dev_ehr", base_url=ISS,
+        smart_app={"client_id": "demo", "client_secret": SECRET,
+                   "redirect_uri": f"{BASE}/smart/callback"},
+    )  # fmt: skip
+    smart = SmartApp({"dev_ehr": conn}, transport=httpx.ASGITransport(app=ehr_app),
+                     oauth_transport=Tamper(oauth_http.ASGITransport(app=ehr_app)))  # fmt: skip
+    deps.smart = smart
+    with TestClient(made, base_url=BASE) as other:
+        c = app.client
+        started = c.get("/smart/launch", params={"iss": ISS, "launch": encode_launch("pat-1")},
+                        follow_redirects=False)  # fmt: skip
+        consent = c.get(started.headers["location"])
+        decided = c.post(
+            "/dev-ehr/authorize",
+            data={"pending": _field(consent.text, "pending"),
+                  "csrf": _field(consent.text, "csrf"), "decision": "allow"},
+            headers={"origin": BASE}, follow_redirects=False,
+        )  # fmt: skip
+        other.cookies.update(c.cookies)
+        done = other.get(decided.headers["location"], follow_redirects=False)
+        assert done.status_code == 303, done.text
+        assert other.get("/smart/review").status_code == 200
+        c.cookies.update(other.cookies)
+        assert c.get("/smart/review").status_code == 200
+    with store.session() as session:
+        payloads = session.scalars(select(WebSessionRow.payload)).all()
+    assert payloads and app.ehr.tokens
+    assert not any(t.encode() in p for t in app.ehr.tokens for p in payloads)
+
+
+def test_ehr_launch_with_private_key_jwt(store: Store, tmp_path: Path) -> None:
+    """A confidential app registered by its public key (private_key_jwt, as Epic and Oracle
+    Health register them): the key is in our published JWK Set, the EHR registered that set,
+    and the code exchange authenticates with a signed assertion; an EHR that registered
+    another key refuses the sign-in."""
+    key = generate_key_pair("RS384", tmp_path, "app-2026")
+    redirect = f"{BASE}/smart/callback"
+    settings = load_settings(
+        environment="development",
+        api={"auth": {"mode": "dev-embedded"}},
+        ehr={"dev_ehr": {"base_url": ISS, "smart_app": {
+            "client_id": "demo", "private_key_file": str(key.private_key_file),
+            "kid": "app-2026", "redirect_uri": redirect}}},
+    )  # fmt: skip
+    deps = ApiDeps(store=store, verifier=TokenVerifier(KeySet([KEY]), "i", "a"))
+    ehr = DevEhr(f"{BASE}/dev-ehr", sample_export_dir(), DevClient("demo", "", redirect))
+    made = create_app(deps, public_routers=[dev_ehr_router(ehr), jwks_router(settings)])
+    transport = Tamper(oauth_http.ASGITransport(app=made))
+    deps.smart = SmartApp(settings.ehr, transport=httpx.ASGITransport(app=made),
+                          oauth_transport=transport)  # fmt: skip
+    with TestClient(made, base_url=BASE) as client:
+        published = client.get("/.well-known/jwks.json").json()
+        assert [k["kid"] for k in published["keys"]] == ["app-2026"]
+        assert all("d" not in k for k in published["keys"])
+        ehr.client = DevClient("demo", "", redirect, jwks=published)
+        done = launch(App(client, transport, ehr))
+        assert done.status_code == 303, done.text
+        assert client.get("/smart/review").status_code == 200
+        other = generate_key_pair("RS384", tmp_path / "other", "app-2026")
+        ehr.client = DevClient("demo", "", redirect, jwks={"keys": [
+            public_jwk(other.public_key_file, "RS384", "app-2026")]})  # fmt: skip
+        refused = launch(App(client, transport, ehr))
+        assert refused.status_code == 400 and "invalid_client" in refused.text
 
 
 def test_patient_a_cannot_read_patient_b(app: App, store: Store) -> None:

@@ -313,19 +313,20 @@ def test_standalone_launch(served: Served, watched: Watched, tmp_path: Path) -> 
     assert watched.problems == [], watched.problems
 
 
-def test_no_session_explains(served: Served, watched: Watched, tmp_path: Path) -> None:
+def test_no_session_goes_to_launch(served: Served, watched: Watched, tmp_path: Path) -> None:
+    """A page opened without a session (a bookmark, an expired session) starts a launch: the
+    browser arrives at the EHR's sign-in, and signing in there brings it to the review."""
     page = watched.page
-    for path in ("/smart/review", "/smart/review/tasks/anything"):
-        answered = page.goto(f"{served.url}{path}")
-        assert answered is not None and answered.status == 401
-        assert page.locator("h1").inner_text() == "Launch from your EHR"
-        assert (
-            "Open the review from the patient's chart"
-            in page.locator("#smart-message").inner_text()
-        )
+    for path in ("/smart/review/tasks/anything", "/smart/review"):
+        page.goto(f"{served.url}{path}")
+        page.wait_for_selector("#dev-ehr")
+        assert "/dev-ehr/authorize?" in page.url
     page.screenshot(path=tmp_path / "no-session.png")
-    # The browser logs the 401 answers themselves; nothing else may go wrong.
-    assert all("401" in p for p in watched.problems), watched.problems
+    page.select_option("#patient", "pat-2")
+    page.click("#allow")
+    page.wait_for_url(re.compile(r".*/smart/review$"))
+    assert page.locator("#patient").inner_text() == "Patient/pat-2"
+    assert watched.problems == [], watched.problems
 
 
 def focusable_before_main(page: Page) -> int:

@@ -201,8 +201,9 @@ def test_bad_filters_are_a_400_that_says_which(client: TestClient) -> None:
     assert client.get(f"{JSON_ROUTES[2]}?month=2025-2").status_code == 400
 
 
-def test_sessions_end_with_their_token_and_are_bounded() -> None:
-    sessions = SessionStore(max_sessions=2)
+def test_sessions_end_with_their_token_and_are_bounded(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite3'}")
+    sessions = SessionStore(lambda: store, max_sessions=2)
     short, _ = sessions.start("a", time.time() - 1)
     assert sessions.get(short) is None  # its token has expired
     first, _ = sessions.start("b", time.time() + 60)
@@ -212,3 +213,6 @@ def test_sessions_end_with_their_token_and_are_bounded() -> None:
     assert sessions.get(first) is None  # the one expiring soonest made room
     assert sessions.get(second) is not None and sessions.get(third) is not None
     assert sessions.get("not-an-id") is None and sessions.get(None) is None
+    # Another process on the same database (a replica) sees the same sessions.
+    assert SessionStore(lambda: store).get(second) == sessions.get(second)
+    store.close()
