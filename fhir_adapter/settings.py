@@ -258,6 +258,9 @@ class EncounterPoll(_Model):
     type_codes: list[str] = Field(default_factory=list)  # tokens: "system|code"
     lookback: timedelta = timedelta(days=1)
     extra_params: dict[str, str] = Field(default_factory=dict)
+    # Also ask for transcripts (DocumentReference) changed since the last poll, so that an
+    # amended transcript of a processed session reprocesses it; only with `_lastUpdated`.
+    transcripts: bool = True
 
     @model_validator(mode="after")
     def _group_named(self) -> Self:

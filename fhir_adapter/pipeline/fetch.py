@@ -3,9 +3,11 @@
 Neither Epic nor Oracle Health offers FHIR Subscriptions, so the poller asks for encounters
 changed since the last poll (`_lastUpdated`, or the session date where the vendor's search has
 no `_lastUpdated`), across the server or per patient of a configured Group (Epic and Oracle
-Health search encounters per patient only). The persisted cursor is the time of the last
-successful poll; each poll reaches back `encounter_poll.lookback` before it (clock skew, late
-charting with a date filter); re-seen encounters are no-ops: registration is keyed by encounter.
+Health search encounters per patient only), and, by `_lastUpdated`, for transcripts amended
+since then of sessions already processed, which are processed again. The persisted cursor is
+the time of the last successful poll; each poll reaches back `encounter_poll.lookback` before
+it (clock skew, late charting with a date filter); re-seen encounters are no-ops: registration
+is keyed by encounter.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from fhir_adapter.ehr.attachments import inline_attachments
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import FatalFhirError
 from fhir_adapter.pipeline.detect import is_transcript
-from fhir_adapter.pipeline.staging import LINK_WINDOW, StageSummary, resource_time, stage
+from fhir_adapter.pipeline.staging import (
+    LINK_WINDOW,
+    StageSummary,
+    resource_time,
+    stage,
+    transcript_changed,
+)
 from fhir_adapter.pipeline.steps import Step, WorkItem
 from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import EhrConnection
@@ -67,14 +75,66 @@ async def poll(
             ]
     else:
         encounters = [e async for e in client.search("Encounter", params)]
+    documents = await _amended_transcripts(client, store, conn, since)
     with store.session() as session:
-        summary = stage(session, conn.name, encounters, Step.FETCH)
+        summary = stage(session, conn.name, [*encounters, *documents], Step.FETCH)
         # The cursor moves only once the encounters are registered (same transaction).
         work.set_cursor(session, conn.name, CURSOR_FEED, now.isoformat())
     log.info(
         "polled %s: %d encounters (%d new)", conn.name, len(encounters), summary.encounters_new
     )
     return summary
+
+
+async def _amended_transcripts(
+    client: FhirClient, store: Store, conn: EhrConnection, since: datetime
+) -> list[dict[str, Any]]:
+    """Transcripts changed since the last poll (minus the lookback) of sessions already
+    processed, their Binary inlined: staged with the poll's encounters, each reopens its
+    session (`staging.stage`), whose drafts and note the new transcript supersedes. A new
+    session's transcript is left to its fetch step.
+
+    Asked only where the poll filters on `_lastUpdated` (a DocumentReference's `date` is when
+    it was made, not when it changed) and `encounter_poll.transcripts` is on. A server that
+    refuses the search is logged and the poll goes on: amended transcripts then need a push
+    or a backfill."""
+    poll = conn.encounter_poll
+    if not poll.transcripts or conn.poll_since() != "last-updated":
+        return []
+    params = [("_lastUpdated", f"ge{_iso(since - poll.lookback)}")]
+    found: list[dict[str, Any]] = []
+    try:
+        if poll.scope == "group":
+            assert poll.group is not None  # checked by EncounterPoll
+            for patient in await group_members(client, poll.group):
+                query = [("patient", patient), *params]
+                found += [d async for d in client.search("DocumentReference", query)]
+        else:
+            found = [d async for d in client.search("DocumentReference", params)]
+    except FatalFhirError as exc:
+        log.warning("%s: transcripts changed since the last poll not asked for: %s",
+                    conn.name, exc)  # fmt: skip
+        return []
+    amended: list[dict[str, Any]] = []
+    for doc in found:
+        if not is_transcript(doc):
+            continue
+        encounter = next(
+            (r for r in (_ref_tail(e) for e in (doc.get("context") or {}).get("encounter") or [])
+             if r and r.startswith("Encounter/")),
+            None,
+        )  # fmt: skip
+        if encounter is None:
+            continue
+        with store.session() as session:
+            row = work.get_encounter(session, conn.name, encounter)
+            before = work.source(session, conn.name, "DocumentReference", str(doc.get("id")))
+        if row is None or row.step not in (Step.DONE, Step.SKIPPED):
+            continue
+        if before is not None and not transcript_changed(before, doc):
+            continue
+        amended.append(await inline_attachments(doc, client.fetch_attachment))
+    return amended
 
 
 def _ref_tail(value: Any) -> str | None:

@@ -81,12 +81,14 @@ class Rule:
     method: str
     path_part: str
     faults: deque[Fault]
+    query_part: str = ""  # and, where set, a query string containing it
 
 
 @dataclass(frozen=True)
 class Seen:
     method: str
     path: str
+    query: str  # the query string, "" when none
     fault: str | None  # the fault applied, None when forwarded as is
     status: int | None  # what the client got (None: no answer)
     at: float  # time.monotonic() when the request came in
@@ -126,11 +128,13 @@ class FaultProxy:
 
     # -- plan
 
-    def add(self, method: str, path_part: str, *faults: Fault) -> None:
+    def add(self, method: str, path_part: str, *faults: Fault, query: str = "") -> None:
         """Apply `faults`, one per request, to `method` requests whose path contains
-        `path_part`; later requests are forwarded as they are."""
+        `path_part` (and whose query string contains `query`: e.g. "encounter=" picks a
+        session's transcript search, not the poll's); later requests are forwarded as they
+        are."""
         with self._lock:
-            self._rules.append(Rule(method.upper(), path_part, deque(faults)))
+            self._rules.append(Rule(method.upper(), path_part, deque(faults), query))
 
     def remaining(self) -> int:
         with self._lock:
@@ -143,62 +147,67 @@ class FaultProxy:
         """Let requests held by `forward_then_hang` go (their connections are then closed)."""
         self._release.set()
 
-    def _take(self, method: str, path: str) -> Fault | None:
+    def _take(self, method: str, path: str, query: str) -> Fault | None:
         with self._lock:
             for rule in self._rules:
-                if rule.method == method and rule.path_part in path and rule.faults:
+                if (rule.method == method and rule.path_part in path
+                        and rule.query_part in query and rule.faults):  # fmt: skip
                     return rule.faults.popleft()
         return None
 
     # -- serving
 
     def _record(
-        self, method: str, path: str, fault: Fault | None, code: int | None, at: float
+        self, method: str, target: str, fault: Fault | None, code: int | None, at: float
     ) -> None:
+        path, _, query = target.partition("?")
         with self._lock:
-            self.seen.append(Seen(method, path, fault.kind if fault else None, code, at))
+            self.seen.append(Seen(method, path, query, fault.kind if fault else None, code, at))
 
-    def history(self, method: str, path_part: str) -> list[Seen]:
-        """The requests seen so far for `method` on paths containing `path_part`, in the
-        order they came in."""
+    def history(self, method: str, path_part: str, query: str = "") -> list[Seen]:
+        """The requests seen so far for `method` on paths containing `path_part` (and
+        queries containing `query`), in the order they came in."""
         with self._lock:
-            found = [s for s in self.seen if s.method == method and path_part in s.path]
+            found = [
+                s for s in self.seen
+                if s.method == method and path_part in s.path and query in s.query
+            ]  # fmt: skip
         return sorted(found, key=lambda s: s.at)
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         at = time.monotonic()
         method = handler.command
-        path = handler.path.split("?")[0]
+        path, _, query = handler.path.partition("?")
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        fault = self._take(method, path)
+        fault = self._take(method, path, query)
         if fault is not None and fault.kind == "status":
-            self._record(method, path, fault, fault.status, at)
+            self._record(method, handler.path, fault, fault.status, at)
             self._answer(handler, fault.status, fault.headers, fault.body)
             return
         if fault is not None and fault.kind == "drop":
-            self._record(method, path, fault, None, at)
+            self._record(method, handler.path, fault, None, at)
             self._drop(handler)
             return
         if fault is not None and fault.kind == "delay":
             self._release.wait(fault.delay_s)
         response = self._forward(handler, method, body)
         if fault is not None and fault.kind == "forward-then-drop":
-            self._record(method, path, fault, None, at)
+            self._record(method, handler.path, fault, None, at)
             self._drop(handler)
             return
         if fault is not None and fault.kind == "forward-then-hang":
-            self._record(method, path, fault, None, at)
+            self._record(method, handler.path, fault, None, at)
             assert fault.event is not None
             fault.event.set()
             self._release.wait(120)
             self._drop(handler)
             return
         if fault is not None and fault.kind == "forward-then-body":
-            self._record(method, path, fault, fault.status, at)
+            self._record(method, handler.path, fault, fault.status, at)
             self._answer(handler, fault.status, fault.headers, fault.body)
             return
-        self._record(method, path, fault, response.status_code, at)
+        self._record(method, handler.path, fault, response.status_code, at)
         headers = {
             k: v.replace(self.upstream_root, self.root_url)
             for k, v in response.headers.items()

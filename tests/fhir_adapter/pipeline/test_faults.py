@@ -162,7 +162,8 @@ async def test_timeouts_and_dropped_connections(
     tmp_path: Path,
 ) -> None:
     clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
-    proxy.add("GET", "/DocumentReference", faults.delay(2.5))  # read timeout is 1 s
+    # A session's transcript search (not the poll's); the read timeout is 1 s.
+    proxy.add("GET", "/DocumentReference", faults.delay(2.5), query="encounter=")
     proxy.add("PUT", "/Task/", faults.drop())
     # Created in the EHR, but the answer never arrives: must not be created again.
     proxy.add("POST", "/Communication", faults.forward_then_drop())
@@ -178,7 +179,7 @@ async def test_timeouts_and_dropped_connections(
     assert first.errors == [] and first.encounters_processed == 2
     assert (first.writes_retrying, first.writes_failed) == (3, 0)
     # Reads and PUTs were resent at once; the creates were not (they may have landed).
-    slow, read_again = proxy.history("GET", "/DocumentReference")[:2]
+    slow, read_again = proxy.history("GET", "/DocumentReference", "encounter=")[:2]
     assert (slow.fault, read_again.fault, read_again.status) == ("delay", None, 200)
     # Writes go out several at once: the retry is the next PUT to the dropped Task.
     puts = proxy.history("PUT", "/Task/")
@@ -250,8 +251,8 @@ async def test_a_failed_earlier_session_holds_back_the_later_one(
     clinic = seed_clinic(sekmet_server, in_progress=False)
     outcome = (b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", '
                b'"code": "processing", "diagnostics": "search refused"}]}')  # fmt: skip
-    # Sam's first session is the earliest: the first transcript search is his.
-    proxy.add("GET", "/DocumentReference", faults.status(400, outcome))
+    # Sam's first session is the earliest: the first session's transcript search is his.
+    proxy.add("GET", "/DocumentReference", faults.status(400, outcome), query="encounter=")
     settings = settings_for(tmp_path, [_proxied(sekmet_server, clinic, proxy)],
                             triton=pipeline_triton)  # fmt: skip
     sam, jordan = clinic.patients["sam"], clinic.patients["jordan"]

@@ -93,7 +93,8 @@ async def test_an_encounter_that_keeps_failing_is_dead_lettered_then_retried_by_
         for attempt in range(1, MAX_ATTEMPTS + 1):
             # Sam's first session is the earliest waiting one: each run's first transcript
             # search is its fetch.
-            proxy.add("GET", "/DocumentReference", faults.status(400, outcome))
+            proxy.add("GET", "/DocumentReference", faults.status(400, outcome),
+                      query="encounter=")  # fmt: skip
             summary = await run_pass(settings, store, triton_backend)
             row = _row(store, sam[0])
             if attempt < MAX_ATTEMPTS:

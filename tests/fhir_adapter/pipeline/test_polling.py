@@ -1,18 +1,27 @@
-"""Polling a real FHIR server (sekmet): sessions charted late, and per-patient polls of a
-Group's members (how Epic and Oracle Health must be asked)."""
+"""Polling a real FHIR server (sekmet): sessions charted late, per-patient polls of a Group's
+members (how Epic and Oracle Health must be asked), and transcripts amended in the EHR after
+their session was processed."""
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from fhir_adapter.connections import open_clients
+from fhir_adapter.model_backend import make_backend
 from fhir_adapter.pipeline import fetch
 from fhir_adapter.store import Store, open_store, work
 from tests.fhir_adapter.pipeline.seed import PLANS, _encounter, seed_clinic
-from tests.fhir_adapter.pipeline.support import CONNECTION, connection
+from tests.fhir_adapter.pipeline.support import (
+    CONNECTION,
+    connection,
+    run_pass,
+    settings_for,
+    stored,
+)
 from tests.fhir_adapter.sekmet_server import SekmetServer
 
 
@@ -71,3 +80,60 @@ async def test_a_group_poll_asks_per_patient_and_only_for_members(
     async with open_clients(conn, verify=False) as clients:
         await fetch.poll(clients.ehr, fresh, conn)
     assert _known(fresh) == set(other.patients["sam"].encounters)
+
+
+AMENDED = (
+    "Therapist: How has the week been?\n"
+    "Client: Quiet. Work was fine and the weekend was restful.\n"
+    "Therapist: Good to hear. Tell me more about the weekend.\n"
+    "Client: We went for a long walk by the river.\n"
+)
+
+
+@pytest.mark.parametrize("per_patient", [False, True])
+@pytest.mark.parametrize("transcripts", [True, False])
+async def test_a_transcript_amended_in_the_ehr_is_noticed_by_the_poll(
+    sekmet_server: SekmetServer, tmp_path: Path, per_patient: bool, transcripts: bool
+) -> None:
+    """Sessions processed; then one transcript is amended in the EHR (a new version of the same
+    DocumentReference, docStatus amended, other content). The next pass polls it
+    (`_lastUpdated`, across the server or per Group member), processes that session again and
+    cancels the drafts the new text no longer supports, nothing else. With
+    `encounter_poll.transcripts = false` the poll does not ask, and nothing changes."""
+    clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
+    poll = {**clinic.poll(per_patient=per_patient), "transcripts": transcripts}
+    conn = connection(sekmet_server, clinic, encounter_poll=poll, care_plan_store="builtin")
+    settings = settings_for(tmp_path, [conn])
+    backend = make_backend(settings)
+    store = open_store(settings.database_url)
+    try:
+        first = await run_pass(settings, store, backend)
+        assert (first.encounters_processed, first.errors) == (2, [])
+        sam = clinic.patients["sam"]
+        before = stored(store, "Task", encounter=sam.encounters[0])
+        assert before and {t["status"] for t in before} == {"draft"}
+        # A pass with nothing amended processes nothing (the transcripts are seen, unchanged).
+        assert (await run_pass(settings, store, backend)).encounters_processed == 0
+
+        doc = sekmet_server.admin_get(sam.transcripts[0])
+        data = base64.b64encode(AMENDED.encode()).decode()
+        content = [{"attachment": {"contentType": "text/plain", "data": data}}]
+        amended = {**doc, "docStatus": "amended", "content": content}
+        sekmet_server.seed([amended])
+        second = await run_pass(settings, store, backend)
+        after = stored(store, "Task", encounter=sam.encounters[0])
+        if transcripts:
+            assert (second.encounters_processed, second.errors) == (1, [])
+            assert {t["status"] for t in after} == {"cancelled"}
+            assert stored(store, "CarePlan", encounter=sam.encounters[0])[0]["status"] == (
+                "revoked"
+            )
+        else:
+            assert second.encounters_processed == 0
+            assert {t["status"] for t in after} == {"draft"}
+        # Jordan's session is not touched either way.
+        jordan = clinic.patients["jordan"].encounters[0]
+        assert {t["status"] for t in stored(store, "Task", encounter=jordan)} <= {"draft"}
+    finally:
+        await backend.close()
+        store.close()
