@@ -9,10 +9,10 @@ on a free loopback port, over a store the real pipeline filled (`homework-fhir d
   highlighted; earlier homework carries its review status; the PHQ-9/GAD-7 chart is drawn and
   its numbers are also on the page as text.
 - A standalone launch (no `iss`, no `launch`): the clinician picks the patient at the EHR.
-- No session: the page saying to launch from the EHR.
+- No session: a page opened without one starts a launch and lands at the EHR's sign-in.
 - Keyboard only: Tab to the evidence link, Enter opens it; focus is visible.
 - axe-core (vendored in ./vendor): no serious or critical violations on the review screen, the
-  evidence page, the dev EHR's consent page, the no-session page and the dashboard.
+  evidence page, the dev EHR's consent page, a launch error page and the dashboard.
 
 No console error and no Content-Security-Policy violation on any page of the launch (checked in
 browser contexts that keep the CSP; only the axe run bypasses it, to inject axe).
@@ -421,7 +421,7 @@ def test_accessibility_axe(
             found[name] = serious(page)
 
         check("consent", served.launch, lambda p: p.wait_for_selector("#dev-ehr"))
-        check("no-session", f"{served.url}/smart/review")
+        check("launch-error", f"{served.url}/smart/launch?iss=https%3A%2F%2Fother.example%2Ffhir")
         context.add_cookies(watched.context.cookies())
         check("review", f"{served.url}/smart/review", chart_ready)
         check("evidence", f"{served.url}{task}")
