@@ -180,7 +180,7 @@ def build_service(settings: Settings, extra_routers: Sequence[APIRouter] = ()) -
 
     @asynccontextmanager
     async def opened() -> AsyncIterator[ApiDeps]:
-        async with open_runtime(settings) as runtime, open_cds(settings) as cds:
+        async with open_runtime(settings) as runtime, open_cds(settings, runtime.store) as cds:
             service.runtime = runtime
             # What start-up made (the model, the FHIR models, the libraries) lives as long as
             # the process: out of the collector's sight, a full collection no longer walks it

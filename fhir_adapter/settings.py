@@ -503,7 +503,8 @@ class CdsSettings(_Model):
     # The longest lifetime (exp - iat) of a CDS Client's JWT (Epic's live 15 minutes); the
     # replay cache holds each jti this long at most.
     max_token_lifetime_s: int = Field(3600, ge=60, le=86400)
-    # jti values remembered at once; past it calls are refused (503) rather than forgotten.
+    # jti values remembered at once (in the store, shared by replicas); past it calls are
+    # refused (503) rather than forgotten.
     replay_cache_size: int = Field(100_000, ge=100)
     # How long a fetched JWK Set is used before it is fetched again (an unknown kid refetches
     # sooner, at most once a minute per URL).

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fhir_adapter.api.outcome import ApiError
 from fhir_adapter.cds.drafts import Drafts, awaiting_review, summary
 from fhir_adapter.cds.keys import JwksCache
-from fhir_adapter.cds.trust import ClientVerifier, TrustedClient
+from fhir_adapter.cds.trust import ClientVerifier, StoredReplays, TrustedClient
 from fhir_adapter.settings import Settings
 from fhir_adapter.store import Store
 
@@ -182,9 +182,12 @@ class CdsHooks:
 
 
 @asynccontextmanager
-async def open_cds(settings: Settings) -> AsyncIterator[CdsHooks | None]:
+async def open_cds(
+    settings: Settings, store: Store | None = None
+) -> AsyncIterator[CdsHooks | None]:
     """The CDS Hooks service for the process's lifetime (None when `cds.enabled` is off): one
-    HTTP client for the EHRs' JWK Sets, closed at shutdown."""
+    HTTP client for the EHRs' JWK Sets, closed at shutdown; with `store`, the tokens seen are
+    kept there (a replay to another replica is refused)."""
     cds = settings.cds
     if not cds.enabled:
         yield None
@@ -199,6 +202,9 @@ async def open_cds(settings: Settings) -> AsyncIterator[CdsHooks | None]:
             algorithms=cds.algorithms,
             max_lifetime_s=cds.max_token_lifetime_s,
             replay_cache_size=cds.replay_cache_size,
+            replays=(
+                StoredReplays(lambda: store, cds.replay_cache_size) if store is not None else None
+            ),
         )
         base = settings.api.base_url()
         yield CdsHooks(verifier, base, cds.launch_url or f"{base}{LAUNCH_PATH}")

@@ -9,9 +9,9 @@
 - has `aud` equal to the URL of the endpoint called (a string, or an array holding it);
 - is current (`exp`, `nbf`, `iat` with a minute's leeway) and lives at most
   `max_lifetime_s` (`exp - iat`);
-- carries a `jti` not seen before from that issuer (kept until the token expires, in a
-  bounded in-memory cache: a replay to the same process is refused; with several API
-  processes each keeps its own).
+- carries a `jti` not seen before from that issuer (kept until the token expires: in the
+  database where the API has one (`StoredReplays`), so a replay to another replica is
+  refused too; else in a bounded in-memory cache of this process).
 
 Refusals are `ApiError(401)`; a JWK Set that cannot be fetched or a full replay cache are
 `ApiError(503)`: the caller did nothing wrong, and nothing is let through.
@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from joserfc import jws, jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
@@ -34,6 +34,8 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from fhir_adapter.api.outcome import ApiError
 from fhir_adapter.cds.keys import JwksCache, JwksUnavailable
+from fhir_adapter.store import Store
+from fhir_adapter.web.sessions import ExpiringStore
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,34 @@ class ReplayCache:
             self._until.pop(key, None)
 
 
+class Replays(Protocol):
+    def remember(self, issuer: str, jti: str, until: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class SeenToken:
+    expires: float
+
+
+class StoredReplays:
+    """`(issuer, jti)` pairs until their token expires, in the database: a token replayed to
+    another API replica is refused too (`ReplayCache` sees one process only)."""
+
+    def __init__(self, store: Callable[[], Store], capacity: int = 100_000) -> None:
+        self._seen = ExpiringStore("cds-jti", SeenToken, store)
+        self._capacity = capacity
+
+    def remember(self, issuer: str, jti: str, until: float) -> None:
+        """As `ReplayCache.remember`: 401 for a token seen before, 503 when `capacity` tokens
+        that have not expired are kept (refusing is safe, forgetting one would not be)."""
+        if len(self._seen) >= self._capacity:
+            logger.warning("CDS Hooks replay record full (%d tokens); raise "
+                           "cds.replay_cache_size", self._capacity)  # fmt: skip
+            raise ApiError(503, "transient", "too many recent calls to check for replays; retry")
+        if not self._seen.add_once(SeenToken(until), f"{issuer}\n{jti}"):
+            raise _refused("the token's jti was used before (a replayed token); send a new one")
+
+
 def _refused(why: str) -> ApiError:
     return ApiError(401, "login", f"CDS Client not trusted: {why}")
 
@@ -115,13 +145,15 @@ class ClientVerifier:
         max_lifetime_s: int = 3600,
         replay_cache_size: int = 100_000,
         clock: Callable[[], float] = time.time,
+        replays: Replays | None = None,
     ) -> None:
         self._clients = {c.issuer: c for c in clients}
         self._jwks = jwks
         self._algorithms = list(algorithms)
         self._max_lifetime_s = max_lifetime_s
         self._clock = clock
-        self._seen = ReplayCache(replay_cache_size, clock)
+        # Shared by the API's replicas where given (StoredReplays), else this process's own.
+        self._seen: Replays = replays or ReplayCache(replay_cache_size, clock)
 
     async def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
         """The verified claims of the call's JWT, for a call to `audience` (the full URL of

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
@@ -171,6 +172,29 @@ class ExpiringStore(Generic[S]):
                 )
             )
         return session_id
+
+    def add_once(self, made: S, session_id: str) -> bool:
+        """Keep `made` under `session_id` unless a live value is already there, kept by this
+        process or another: False then (the database's primary key decides a race)."""
+        now = datetime.now(UTC)
+        try:
+            with self._store().session() as session:
+                session.execute(
+                    delete(WebSessionRow).where(
+                        WebSessionRow.kind == self._kind, WebSessionRow.expires_at <= now
+                    )
+                )
+                session.add(
+                    WebSessionRow(
+                        key=_key(session_id),
+                        kind=self._kind,
+                        payload=self._seal(session_id, made),
+                        expires_at=datetime.fromtimestamp(made.expires, UTC),
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
 
     def _row(self, session: Session, session_id: str) -> WebSessionRow | None:
         row = session.get(WebSessionRow, _key(session_id))

@@ -16,7 +16,7 @@ from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
 from fhir_adapter.api.outcome import ApiError
-from fhir_adapter.cds.trust import ReplayCache
+from fhir_adapter.cds.trust import ReplayCache, StoredReplays
 from fhir_adapter.store import Store, open_store
 from tests.fhir_adapter.cds.support import (
     BASE,
@@ -145,6 +145,37 @@ def test_a_replayed_jti_is_401(client: TestClient, server: JwksServer) -> None:
     # Another issuer's jti is its own.
     other = signed(KEY_B, iss=ISS_B, jti=jti, jku=f"{server.url}/ehr-b/jwks.json")
     assert post(client, other).status_code == 200
+
+
+def test_a_jti_replayed_to_another_replica_is_401(store: Store, server: JwksServer) -> None:
+    """Two API processes on one database, as `serve` opens them (the tokens seen kept in the
+    store): a token accepted by one is a replay to the other, and a new one goes through."""
+    replicas = [app_over(store, server, replays=StoredReplays(lambda: store)) for _ in "ab"]
+    with TestClient(replicas[0], base_url=BASE) as one, TestClient(
+        replicas[1], base_url=BASE
+    ) as two:
+        headers = signed()
+        assert post(one, headers).status_code == 200
+        assert "replayed" in refused(post(two, headers))
+        assert "replayed" in refused(post(one, headers))
+        assert post(two, signed()).status_code == 200
+
+
+def test_the_stored_replay_record_is_bounded_and_refuses_rather_than_forgets(
+    store: Store,
+) -> None:
+    replays = StoredReplays(lambda: store, capacity=2)
+    replays.remember(ISS_A, "a", time.time() + 60)
+    replays.remember(ISS_A, "b", time.time() + 60)
+    with pytest.raises(ApiError) as full:
+        replays.remember(ISS_A, "c", time.time() + 60)
+    assert full.value.status == 503
+    # With room (another replica, configured larger): a token seen before is still a replay.
+    other = StoredReplays(lambda: store, capacity=10)
+    other.remember(ISS_A, "c", time.time() + 60)
+    with pytest.raises(ApiError) as replay:
+        other.remember(ISS_A, "a", time.time() + 60)
+    assert replay.value.status == 401
 
 
 def test_a_client_without_a_jwks_url_must_name_an_allowed_jku(client: TestClient) -> None:
