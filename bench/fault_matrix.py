@@ -13,8 +13,14 @@ end and runs one clean `worker --once` (what the next scheduled run would do). I
 Faults: ``ehr-errors`` (429 with Retry-After and 500s on writes and searches), ``ehr-network``
 (timeouts, dropped connections, answers cut mid-body), ``model-down`` (Triton killed mid-run,
 restarted for the clean run), ``kill-worker`` (SIGKILL of one worker after a random delay),
-``overlap`` (two `run --once` beside the workers), ``none`` (the baseline).
-PostgreSQL restarts are not in the matrix: the shared machine's server is not ours to restart.
+``overlap`` (two `run --once` beside the workers), ``pg-restart`` (PostgreSQL restarted, fast
+shutdown, while a patient's job runs: every connection of every worker is cut), ``none`` (the
+baseline). Workers a fault ends are not restarted during the cell: the clean run is what a
+supervisor (Kubernetes, systemd) starting them again would do.
+
+``pg-restart`` runs on a PostgreSQL cluster of the script's own (initdb in a temporary folder,
+run as the `postgres` user on a free port), so the machine's shared server is never restarted;
+the other faults use the shared server, as the tests do.
 
     .venv/bin/python bench/fault_matrix.py --rounds 20                 # the full matrix
     .venv/bin/python bench/fault_matrix.py --workers 2 --faults kill-worker --rounds 3
@@ -28,7 +34,9 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,7 +67,9 @@ from tests.fhir_adapter.pipeline.support import (
 )
 from tests.fhir_adapter.sekmet_server import start_sekmet
 
-FAULTS = ("none", "ehr-errors", "ehr-network", "model-down", "kill-worker", "overlap")
+FAULTS = ("none", "ehr-errors", "ehr-network", "model-down", "kill-worker", "overlap",
+          "pg-restart")  # fmt: skip
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/bin"))
 QUEUE = '\n[queue]\nbackend = "procrastinate"\nconcurrency = 1\n'
 OUTCOME = (b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", '
            b'"code": "transient", "diagnostics": "busy"}]}')  # fmt: skip
@@ -102,6 +112,63 @@ def _wait_for_a_running_job(database_url: str, running: list[subprocess.Popen[st
             time.sleep(0.02)
 
 
+class PrivatePostgres:
+    """A PostgreSQL cluster of this script's own, which a fault may restart."""
+
+    def __init__(self, root: Path) -> None:
+        self.data = root / "pgdata"
+        self.port = _free_port()
+
+    def _as_postgres(self, *args: str) -> None:
+        # No pipes: the server started by pg_ctl would hold them open.
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,  # noqa: S603, S607
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
+
+    def start(self) -> None:
+        if not self.data.exists():
+            self.data.mkdir(parents=True)
+            shutil.chown(self.data, "postgres", "postgres")
+            self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust",
+                              "-U", "postgres")  # fmt: skip
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-w",
+                          "-l", str(self.data / "log"), "start")  # fmt: skip
+
+    def restart(self) -> None:
+        """Fast shutdown (every connection cut, in-flight transactions rolled back), then up."""
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                          "-l", str(self.data / "log"), "restart")  # fmt: skip
+
+    def stop(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                          "stop")  # fmt: skip
+
+    def database(self, name: str) -> str:
+        admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _private_postgres(root: Path) -> Iterator[PrivatePostgres]:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.chown(root, "postgres", "postgres")
+    pg = PrivatePostgres(root)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
 @contextmanager
 def _triton(root: Path) -> Iterator[TritonHandle]:
     repo = build_repository(root / "repository", precision="int8")
@@ -114,7 +181,12 @@ def _triton(root: Path) -> Iterator[TritonHandle]:
 
 
 def one_cell(
-    workers: int, fault: str, seed: int, root: Path, triton: TritonHandle
+    workers: int,
+    fault: str,
+    seed: int,
+    root: Path,
+    triton: TritonHandle,
+    pg: PrivatePostgres | None = None,
 ) -> dict[str, Any]:
     rng = random.Random(seed)  # noqa: S311 - fault timing, not cryptography
     with ExitStack() as stack:
@@ -122,7 +194,11 @@ def one_cell(
         server = stack.enter_context(start_sekmet(root / f"sekmet-{cell}"))
         proxy = stack.enter_context(faults.fault_proxy(server.root_url, server.base_url))
         clinic = seed_clinic(server, in_progress=False)
-        database_url = stack.enter_context(contextmanager(postgres_database)())
+        if fault == "pg-restart":
+            assert pg is not None
+            database_url = pg.database(f"cell_{workers}_{seed}")
+        else:
+            database_url = stack.enter_context(contextmanager(postgres_database)())
         conn = connection(server, clinic, care_plan_store="ehr", base_url=proxy.base_url)
         settings = settings_for(root, [conn], database_url=database_url, triton=triton)
         config = config_toml(root / f"cell-{cell}.toml", settings, conn)
@@ -132,7 +208,7 @@ def one_cell(
         if fault == "overlap":
             running += [_start(_command(config, "run", "--once")) for _ in range(2)]
         hit = fault in ("none", "overlap", "ehr-errors", "ehr-network")
-        if fault in ("kill-worker", "model-down"):
+        if fault in ("kill-worker", "model-down", "pg-restart"):
             # Strike while sessions are being processed: once a patient's job runs, after a
             # random part of a second more.
             _wait_for_a_running_job(database_url, running)
@@ -145,8 +221,14 @@ def one_cell(
         if fault == "model-down":
             hit = any(p.poll() is None for p in running)
             triton.kill()
+        if fault == "pg-restart":
+            assert pg is not None
+            hit = any(p.poll() is None for p in running)
+            pg.restart()
+        exits = []
         for proc in running:
             proc.communicate(timeout=1800)
+            exits.append(proc.returncode)
         if fault == "kill-worker":
             time.sleep(35)  # the killed worker's job counts as stalled after 30 s of silence
         if not triton.running():
@@ -156,6 +238,10 @@ def one_cell(
         store = open_store(database_url)
         try:
             with store.session() as session:
+                # How far the faulted run got: what the clean run had left to do.
+                done_in_fault = session.scalar(
+                    select(func.count()).where(EncounterRow.step == "done")
+                )
                 session.execute(
                     text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'")
                 )
@@ -180,6 +266,8 @@ def one_cell(
             "notes": len(notes),
             "notes_without_one_provenance": sum(1 for n in notes.values() if n != 1),
             "notes_expected": ehr.count(SID_NOTE),
+            "done_before_clean_run": int(done_in_fault or 0),
+            "worker_exits": exits,
             "clean_exit": clean.returncode,
             **({"clean_stderr": clean_err[-1500:]} if clean.returncode else {}),
         }
@@ -195,11 +283,16 @@ def main() -> None:
     cells = []
     with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
         root = Path(tmp)
-        with _triton(root / "triton") as triton:
+        root.chmod(0o755)  # the private PostgreSQL runs as `postgres` under it
+        chosen = args.faults.split(",")
+        with ExitStack() as stack:
+            triton = stack.enter_context(_triton(root / "triton"))
+            pg = (stack.enter_context(_private_postgres(root / "pg"))
+                  if "pg-restart" in chosen else None)  # fmt: skip
             for workers in [int(w) for w in args.workers.split(",")]:
-                for fault in args.faults.split(","):
+                for fault in chosen:
                     for seed in range(args.rounds):
-                        cell = one_cell(workers, fault, seed, root, triton)
+                        cell = one_cell(workers, fault, seed, root, triton, pg)
                         cells.append(cell)
                         print(json.dumps(cell), flush=True)
     table: dict[tuple[int, str], dict[str, int]] = {}
