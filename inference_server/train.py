@@ -468,10 +468,11 @@ def fit(
     progress: bool = True,
     teacher_dir: Path = WEIGHTS_DIR,
     dapt: Path | None = None,
+    real: Sequence[bool] | None = None,
 ) -> Fitted:
     """Train on `train`'s windows; early-stop, calibrate and choose the operating points on
     `dev` (with distillation, from the model in `teacher_dir`); on the encoder adapted by the
-    DAPT delta `dapt` where given."""
+    DAPT delta `dapt` where given. `real` marks dev's real-talk units (`calibrate`)."""
     seed_everything(config.seed)
     encoder, tokenizer = load_encoder(config.encoder_layers, dapt)
     n_layers = _num_layers(encoder)  # == config.encoder_layers; TrainConfig checked lora_layers
@@ -577,7 +578,7 @@ def fit(
                     break
     model.load_state_dict(best_state)
     out = _dev_output(model, dv, dv_win)
-    calibrated = calibrate(out, dev_labels, dev_review, config.calibrate)
+    calibrated = calibrate(out, dev_labels, dev_review, config.calibrate, real)
     return Fitted(model, encoder, calibrated, history, best_epoch, dapt)
 
 
@@ -601,9 +602,23 @@ class Calibrated:
         }
 
 
+# Fewer real-talk units than this on dev: homework is cut on all of dev.
+MIN_REAL_FOR_LABELS = 50
+
+
 def calibrate(
-    out: DevOutput, gold: Sequence[str], review: Sequence[bool], enabled: bool = True
+    out: DevOutput,
+    gold: Sequence[str],
+    review: Sequence[bool],
+    enabled: bool = True,
+    real: Sequence[bool] | None = None,
 ) -> Calibrated:
+    """Temperatures and operating points from the dev output. `real` marks the real-talk units
+    of dev: the homework thresholds are chosen on them alone (the cut must hold on real therapy
+    talk, where homework is said less plainly than in our writing). The temperatures are fitted
+    on all of dev: fitted on the real-talk units alone, the label temperature sharpened the
+    probabilities and raised the calibration error on the sources never chosen on (docs/model.md);
+    review's real turns are too few to choose on."""
     targets = [LABELS.index(label) for label in gold]
     t_label = fit_label_temperature(out.label_logits, targets) if enabled else 1.0
     t_review = fit_review_temperature(out.review_logits, review) if enabled else 1.0
@@ -619,13 +634,17 @@ def calibrate(
     after = report(t_label, t_review)
     probs = softmax(out.label_logits / t_label)
     review_p = _sigmoid(out.review_logits / t_review)
-    return Calibrated(
-        t_label,
-        t_review,
-        choose_points(gold, review, probs, review_p),
-        report(1.0, 1.0),
-        after,
-    )
+    points = choose_points(gold, review, probs, review_p)
+    mask = np.asarray(real if real is not None else [False] * len(gold), dtype=bool)
+    if mask.sum() >= MIN_REAL_FOR_LABELS:
+        real_gold = [g for g, keep in zip(gold, mask, strict=True) if keep]
+        on_real = choose_points(real_gold, [False] * len(real_gold), probs[mask],
+                                np.zeros(len(real_gold), np.float32))  # fmt: skip
+        points = {
+            name: OperatingPoint(on_real[name].homework, point.review)
+            for name, point in points.items()
+        }
+    return Calibrated(t_label, t_review, points, report(1.0, 1.0), after)
 
 
 @dataclass
@@ -825,15 +844,18 @@ def train(
     )
     real = realtalk.splits() if realtalk is not None else None
     train_set, select_on = list(splits["train"]), list(splits["dev"])
+    real_mask: list[bool] | None = None
     if real is not None:
         allowed = set(trainable_sources())
         if config.realtalk_train:
             train_set += [ex for ex in real["train"] if ex.source in allowed] * (
                 config.realtalk_repeat
             )
-        select_on = [ex for ex in real["dev"] if ex.source in allowed] + [
+        real_dev = [ex for ex in real["dev"] if ex.source in allowed]
+        select_on = real_dev + [
             ex for ex in splits["dev"] if Path(ex.source).name in REAL_REGISTER_FILES
         ]
+        real_mask = [True] * len(real_dev) + [False] * (len(select_on) - len(real_dev))
         on_status(
             "real talk: "
             + ", ".join(f"{name} {len(real[name])}" for name in SPLITS)
@@ -842,7 +864,9 @@ def train(
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        fitted = fit(train_set, select_on, config, cache_dir, progress, teacher_dir, dapt)
+        fitted = fit(
+            train_set, select_on, config, cache_dir, progress, teacher_dir, dapt, real_mask
+        )
     finally:
         torch.use_deterministic_algorithms(deterministic)
     written = save_weights(fitted, out)
@@ -909,6 +933,8 @@ def train(
             "attribution": PRIMOCK_ATTRIBUTION if realtalk and config.realtalk_train else None,
             "trained_on": len(train_set),
             "chosen_on": len(select_on),
+            # The homework thresholds are chosen on the real-talk units of the above.
+            "homework_chosen_on": sum(real_mask) if real_mask is not None else len(select_on),
         },
         "training": {
             **asdict(config),

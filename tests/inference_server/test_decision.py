@@ -108,3 +108,43 @@ def test_the_precision_point_never_cuts_below_the_balanced_one() -> None:
     points = choose_points(gold, [False] * 10, probs, np.zeros(10, np.float32))
     assert points["precision"].homework >= points["balanced"].homework
     assert points["precision"].review >= points["balanced"].review
+
+
+def test_homework_is_cut_on_the_real_talk_units_of_dev() -> None:
+    """Dev mixes real talk with our own writing: the homework cuts are chosen on the real-talk
+    units alone (at the temperature fitted on all of dev); temperatures, review cuts and the
+    calibration report come from all of dev."""
+    from inference_server.decision import choose_points
+    from inference_server.labels import LABELS
+    from inference_server.train import MIN_REAL_FOR_LABELS, DevOutput, calibrate, softmax
+
+    rng = np.random.default_rng(7)
+    n, ours = MIN_REAL_FOR_LABELS * 2, MIN_REAL_FOR_LABELS * 6
+    journal, none = LABELS.index("journal"), LABELS.index("none")
+    gold, logits = [], np.full((n + ours, len(LABELS)), -6.0, np.float32)
+    for i in range(n + ours):
+        real, homework = i < n, i % 2 == 0
+        gold.append("journal" if homework else "none")
+        # P(homework) ~ sigmoid(margin): real talk's homework is said softly (about 0.4); our
+        # writing, three times as much of it, has hard negatives that look like homework.
+        margin = {(True, True): -0.4, (True, False): -3.0,
+                  (False, True): 4.0, (False, False): 0.4}[(real, homework)]  # fmt: skip
+        margin += rng.normal(0, 0.05)
+        logits[i, journal], logits[i, none] = margin / 2, -margin / 2
+    out = DevOutput(logits, rng.normal(0, 2, n + ours).astype(np.float32))
+    review = [bool(x) for x in rng.integers(0, 2, n + ours)]
+    mixed = calibrate(out, gold, review, real=[i < n for i in range(n + ours)])
+    everything = calibrate(out, gold, review)
+
+    assert mixed.label_temperature == everything.label_temperature
+    assert mixed.review_temperature == everything.review_temperature
+    assert mixed.after == everything.after
+    probs = softmax(logits[:n] / mixed.label_temperature)
+    on_real = choose_points(gold[:n], [False] * n, probs, np.zeros(n, np.float32))
+    for name in ("balanced", "precision"):
+        assert mixed.points[name].homework == on_real[name].homework
+        assert mixed.points[name].review == everything.points[name].review
+    assert mixed.points["balanced"].homework != everything.points["balanced"].homework
+    # Too few real-talk units: everything is chosen on all of dev.
+    few = [i < MIN_REAL_FOR_LABELS - 1 for i in range(n + ours)]
+    assert calibrate(out, gold, review, real=few).points == everything.points
