@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 from fhir_adapter.bulk import read_export
+from fhir_adapter.model_backend import Backend, make_backend
 from fhir_adapter.pipeline.jobs import LOCAL
 from fhir_adapter.pipeline.staging import stage
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.samples import sample_export_dir
 from fhir_adapter.samples.build import load_sources
+from fhir_adapter.settings import Settings
 from fhir_adapter.store import Store, open_store, work
-from inference_server.client import TritonBackend
 from tests.fhir_adapter.pipeline.checks import statuses, store_side
 from tests.fhir_adapter.pipeline.support import (
     TritonHandle,
@@ -107,14 +108,29 @@ def test_staging_registers_finished_encounters_and_links_questionnaires(
 
 
 async def test_local_backfill_of_the_sample_export(
-    pipeline_triton: TritonHandle, triton_backend: TritonBackend, tmp_path: Path, store: Store
+    pipeline_triton: TritonHandle, tmp_path: Path, store: Store
 ) -> None:
     """Nine sessions in every transcript format, no EHR configured: everything is read,
     drafted into our store, and every Task of an earlier session is settled by the next."""
+    # At the precision point, as the demo runs: at `balanced` the model also drafts a
+    # low-confidence take_action from session 3-3's in-session exercise (docs/model.md).
     settings = settings_for(tmp_path, [], triton=pipeline_triton)
+    settings = settings.model_copy(
+        update={"model": settings.model.model_copy(update={"operating_point": "precision"})}
+    )
     resources = list(read_export(sample_export_dir()))
 
-    summary = await ingest_pass(settings, store, triton_backend, resources)
+    backend = make_backend(settings)
+    try:
+        await _backfill_and_check(settings, store, backend, resources)
+    finally:
+        await backend.close()
+
+
+async def _backfill_and_check(
+    settings: Settings, store: Store, backend: Backend, resources: list[dict[str, Any]]
+) -> None:
+    summary = await ingest_pass(settings, store, backend, resources)
 
     assert summary.errors == []
     assert (summary.encounters_new, summary.encounters_processed) == (9, 9)
@@ -144,7 +160,7 @@ async def test_local_backfill_of_the_sample_export(
     assert summary.observations > 0
 
     before = store_side(store)
-    again = await ingest_pass(settings, store, triton_backend, resources)
+    again = await ingest_pass(settings, store, backend, resources)
     assert (again.encounters_new, again.encounters_processed) == (0, 0)
     assert store_side(store) == before
 
