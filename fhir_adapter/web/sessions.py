@@ -151,47 +151,43 @@ class ExpiringStore(Generic[S]):
         except (InvalidTag, ValueError, TypeError):  # another version's shape, or tampered
             return None
 
+    def _new_row(self, session_id: str, made: S) -> WebSessionRow:
+        return WebSessionRow(
+            key=_key(session_id),
+            kind=self._kind,
+            payload=self._seal(session_id, made),
+            expires_at=datetime.fromtimestamp(made.expires, UTC),
+        )
+
+    def _drop_expired(self, session: Session) -> None:
+        now = datetime.now(UTC)
+        session.execute(
+            delete(WebSessionRow).where(
+                WebSessionRow.kind == self._kind, WebSessionRow.expires_at <= now
+            )
+        )
+
     def put(self, made: S, session_id: str | None = None) -> str:
         """Keep `made` until its expiry; returns its id (random unless given)."""
         session_id = session_id or new_token()
-        now = datetime.now(UTC)
         kind = WebSessionRow.kind == self._kind
         with self._store().session() as session:
-            session.execute(delete(WebSessionRow).where(kind, WebSessionRow.expires_at <= now))
+            self._drop_expired(session)
             count = session.scalar(select(func.count()).select_from(WebSessionRow).where(kind))
             if count and count >= self._max:
                 soonest = select(WebSessionRow.key).where(kind)
                 soonest = soonest.order_by(WebSessionRow.expires_at).limit(count - self._max + 1)
                 session.execute(delete(WebSessionRow).where(WebSessionRow.key.in_(soonest)))
-            session.merge(
-                WebSessionRow(
-                    key=_key(session_id),
-                    kind=self._kind,
-                    payload=self._seal(session_id, made),
-                    expires_at=datetime.fromtimestamp(made.expires, UTC),
-                )
-            )
+            session.merge(self._new_row(session_id, made))
         return session_id
 
     def add_once(self, made: S, session_id: str) -> bool:
         """Keep `made` under `session_id` unless a live value is already there, kept by this
         process or another: False then (the database's primary key decides a race)."""
-        now = datetime.now(UTC)
         try:
             with self._store().session() as session:
-                session.execute(
-                    delete(WebSessionRow).where(
-                        WebSessionRow.kind == self._kind, WebSessionRow.expires_at <= now
-                    )
-                )
-                session.add(
-                    WebSessionRow(
-                        key=_key(session_id),
-                        kind=self._kind,
-                        payload=self._seal(session_id, made),
-                        expires_at=datetime.fromtimestamp(made.expires, UTC),
-                    )
-                )
+                self._drop_expired(session)
+                session.add(self._new_row(session_id, made))
         except IntegrityError:
             return False
         return True

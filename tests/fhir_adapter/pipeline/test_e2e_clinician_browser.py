@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
 from sqlalchemy import select
 
 from fhir_adapter.model_backend import make_backend
@@ -66,7 +65,14 @@ from tests.fhir_adapter.pipeline.support import (
 )
 from tests.fhir_adapter.pipeline.test_e2e_review_per_task import ALEX
 from tests.fhir_adapter.sekmet_server import SekmetServer, start_sekmet
-from tests.fhir_adapter.smart.test_launch_browser import Watched, browser, serving, watched
+from tests.fhir_adapter.smart.test_launch_browser import (
+    Watched,
+    browser,
+    edit_item,
+    saved,
+    serving,
+    watched,
+)
 
 __all__ = ["browser", "watched"]  # fixtures
 
@@ -158,11 +164,6 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
             store.close()
 
 
-def _saved(page: Page, kind: str, what: str) -> None:
-    page.wait_for_url(re.compile(rf".*/smart/review\?done={kind}$"))
-    assert page.locator("#done").inner_text().startswith(f"Saved: {what}.")
-
-
 def _written_back(store: Store) -> None:
     """Waits until the outbox of the connection has nothing pending; fails on a failed write."""
     deadline = time.monotonic() + WRITE_BACK_S
@@ -216,21 +217,16 @@ def test_launch_to_sekmet(launched: Launched, watched: Watched, tmp_path: Path) 
     page.wait_for_selector("main#review")
 
     # Edit, reject, add, approve: the real forms.
-    item = page.locator(f"#drafts li[data-task='{practice}']")
-    item.locator("details.edit summary").click()
-    page.fill(f"#description-{practice}", EDITED)
-    page.fill(f"#due-{practice}", DUE)
-    item.locator("details.edit button[type=submit]").click()
-    _saved(page, "edit", "edited")
+    edit_item(page, practice, EDITED, DUE)
     page.fill(f"#reason-{journal}", REASON)
     page.locator(f"#reason-{journal}").press("Enter")
-    _saved(page, "reject", "rejected")
+    saved(page, "reject", "rejected")
     page.select_option("#add-category", "journal")
     page.fill("#add-description", ADDED)
     page.click("#add-item button[type=submit]")
-    _saved(page, "add", "added")
+    saved(page, "add", "added")
     page.click("#approve-plan button[type=submit]")
-    _saved(page, "approve", "approved")
+    saved(page, "approve", "approved")
     page.screenshot(path=tmp_path / "approved-sekmet.png", full_page=True)
 
     _written_back(store)

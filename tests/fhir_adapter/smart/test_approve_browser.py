@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
 from sqlalchemy import func, select
 
 from fhir_adapter.store import Store, resources
@@ -39,6 +38,8 @@ from tests.fhir_adapter.smart.test_launch_browser import (
     Served,
     Watched,
     browser,
+    edit_item,
+    saved,
     served,
     tasks,
     watched,
@@ -69,12 +70,6 @@ def _search(store: Store, rtype: str, **query: Any) -> list[dict[str, Any]]:
     return found
 
 
-def _saved(page: Page, kind: str, what: str) -> None:
-    """The action's redirect landed on the review screen, saying what was saved."""
-    page.wait_for_url(re.compile(rf".*/smart/review\?done={kind}$"))
-    assert page.locator("#done").inner_text().startswith(f"Saved: {what}.")
-
-
 def _security(resource: dict[str, Any]) -> set[str]:
     return {str(s.get("code")) for s in (resource.get("meta") or {}).get("security") or ()}
 
@@ -95,12 +90,7 @@ def test_launch_edit_reject_add_approve(
     page.wait_for_url(re.compile(r".*/smart/review$"))
 
     # Edit: open the item's Edit, change the description and the due date, save.
-    item = page.locator(f"#drafts li[data-task='{edited}']")
-    item.locator("details.edit summary").click()
-    page.fill(f"#description-{edited}", EDITED)
-    page.fill(f"#due-{edited}", DUE)
-    item.locator("details.edit button[type=submit]").click()
-    _saved(page, "edit", "edited")
+    edit_item(page, edited, EDITED, DUE)
 
     # Reject, keyboard only: Tab to the reason field, type it, Enter submits the form.
     page.locator("body").focus()
@@ -112,18 +102,18 @@ def test_launch_edit_reject_add_approve(
         raise AssertionError("Tab never reached the reject reason")
     page.keyboard.type(REASON)
     page.keyboard.press("Enter")
-    _saved(page, "reject", "rejected")
+    saved(page, "reject", "rejected")
 
     # Add what the model missed.
     page.select_option("#add-category", "journal")
     page.fill("#add-description", ADDED)
     page.click("#add-item button[type=submit]")
-    _saved(page, "add", "added")
+    saved(page, "add", "added")
 
     # Approve the whole plan.
     before_approve = page.url
     page.click("#approve-plan button[type=submit]")
-    _saved(page, "approve", "approved")
+    saved(page, "approve", "approved")
     elapsed = time.monotonic() - started
     print(f"\nEHR launch to approved CarePlan in the browser: {elapsed:.1f} s")
     assert elapsed < LIMIT_S, f"launch to approval took {elapsed:.1f} s"
@@ -186,7 +176,7 @@ def test_launch_edit_reject_add_approve(
     page.go_back()
     page.wait_for_url(before_approve)
     page.click("#approve-plan button[type=submit]")
-    _saved(page, "approve", "approved")
+    saved(page, "approve", "approved")
     csrf = page.locator("#approve-plan input[name=csrf]").get_attribute("value")
     assert csrf
     replay = {

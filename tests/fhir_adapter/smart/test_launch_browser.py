@@ -213,6 +213,22 @@ def launch_and_consent(page: Page, url: str, patient: str | None = None) -> None
     page.wait_for_selector("main#review")
 
 
+def saved(page: Page, kind: str, what: str) -> None:
+    """A decision's redirect landed on the review screen, saying what was saved."""
+    page.wait_for_url(re.compile(rf".*/smart/review\?done={kind}$"))
+    assert page.locator("#done").inner_text().startswith(f"Saved: {what}.")
+
+
+def edit_item(page: Page, task: str, description: str, due: str) -> None:
+    """Open the item's Edit, change description and due date, save (the real form)."""
+    item = page.locator(f"#drafts li[data-task='{task}']")
+    item.locator("details.edit summary").click()
+    page.fill(f"#description-{task}", description)
+    page.fill(f"#due-{task}", due)
+    item.locator("details.edit button[type=submit]").click()
+    saved(page, "edit", "edited")
+
+
 def chart_ready(page: Page) -> None:
     page.wait_for_selector("canvas#trend-chart[data-state=ready]", timeout=15_000)
 
