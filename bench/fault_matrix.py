@@ -22,7 +22,7 @@ supervisor (Kubernetes, systemd) starting them again would do.
 run as the `postgres` user on a free port), so the machine's shared server is never restarted;
 the other faults use the shared server, as the tests do.
 
-    .venv/bin/python bench/fault_matrix.py --rounds 20                 # the full matrix
+    .venv/bin/python bench/fault_matrix.py --rounds 20 --lanes 3 --json matrix.jsonl  # all
     .venv/bin/python bench/fault_matrix.py --workers 2 --faults kill-worker --rounds 3
 
 Needs PostgreSQL on 127.0.0.1, as the tests do. Run from the repository root.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
 import shutil
 import signal
@@ -40,8 +41,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg
 from sqlalchemy import func, select, text
+from tqdm import tqdm
 
 from fhir_adapter.store import open_store
 from fhir_adapter.store.models import EncounterRow
@@ -229,8 +233,6 @@ def one_cell(
         for proc in running:
             proc.communicate(timeout=1800)
             exits.append(proc.returncode)
-        if fault == "kill-worker":
-            time.sleep(35)  # the killed worker's job counts as stalled after 30 s of silence
         if not triton.running():
             triton.start()
         # The fault is over: the next scheduled run. Claims a killed worker held run out after
@@ -246,6 +248,11 @@ def one_cell(
                     text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'")
                 )
                 session.execute(text("DELETE FROM lease"))
+                # A killed worker's job counts as stalled 30 s after its last heartbeat; every
+                # faulted worker has exited by now, so age them all rather than wait.
+                session.execute(text(
+                    "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'"
+                ))
                 session.execute(text("UPDATE encounter_work SET retry_at = NULL"))
             clean = _start(_command(config, "worker", "--once"))
             _, clean_err = clean.communicate(timeout=1800)
@@ -273,44 +280,97 @@ def one_cell(
         }
 
 
+class Lane:
+    """What one lane of cells owns: a Triton and, for ``pg-restart``, a PostgreSQL cluster, so
+    that a lane killing its Triton or restarting its database never touches another lane."""
+
+    def __init__(self, root: Path, stack: ExitStack, with_pg: bool) -> None:
+        self.root = root
+        self.triton = stack.enter_context(_triton(root / "triton"))
+        self.pg = stack.enter_context(_private_postgres(root / "pg")) if with_pg else None
+
+
+def _summary(cells: list[dict[str, Any]]) -> str:
+    table: dict[tuple[int, str], dict[str, int]] = {}
+    for cell in cells:
+        row = table.setdefault((cell["workers"], cell["fault"]), {
+            "rounds": 0, "hit": 0, "lost": 0, "duplicated": 0, "bad_provenance": 0})  # fmt: skip
+        row["rounds"] += 1
+        row["hit"] += bool(cell["fault_hit_a_running_worker"])
+        row["lost"] += cell["lost"]
+        row["duplicated"] += cell["duplicated"]
+        row["bad_provenance"] += cell["notes_without_one_provenance"]
+    lines = ["| workers | fault | rounds | fault struck a running worker | lost sessions "
+             "| duplicated writes | notes without one Provenance |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (workers, fault), row in sorted(table.items()):
+        lines.append(f"| {workers} | {fault} | {row['rounds']} | {row['hit']} | {row['lost']} "
+                     f"| {row['duplicated']} | {row['bad_provenance']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--lanes", type=int, default=1,
+                        help="cells run side by side, each lane with its own Triton and "
+                             "PostgreSQL cluster (the cells mostly wait: 3 suit 2 cores)")
+    parser.add_argument("--json", type=Path,
+                        help="one JSON line per cell, appended as cells finish; cells already "
+                             "in the file are not run again (resume after an interruption)")
     args = parser.parse_args()
-    cells = []
+    chosen = args.faults.split(",")
+    unknown = sorted(set(chosen) - set(FAULTS))
+    if unknown:
+        parser.error(f"unknown fault {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+    done: list[dict[str, Any]] = []
+    if args.json and args.json.exists():
+        done = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
+    seen = {(c["workers"], c["fault"], c["seed"]) for c in done}
+    # Round by round, so that a run cut short still covers every cell.
+    todo: queue.SimpleQueue[tuple[int, str, int]] = queue.SimpleQueue()
+    total = 0
+    for seed in range(args.rounds):
+        for workers in [int(w) for w in args.workers.split(",")]:
+            for fault in chosen:
+                if (workers, fault, seed) not in seen:
+                    todo.put((workers, fault, seed))
+                    total += 1
+    cells = [c for c in done if c["fault"] in chosen]
+    lock = threading.Lock()
+    progress = tqdm(total=total, desc="cells", unit="cell", file=sys.stderr)
+
+    def run_lane(lane: Lane) -> None:
+        while True:
+            try:
+                workers, fault, seed = todo.get_nowait()
+            except queue.Empty:
+                return
+            cell = one_cell(workers, fault, seed, lane.root, lane.triton, lane.pg)
+            with lock:
+                cells.append(cell)
+                print(json.dumps(cell), flush=True)
+                if args.json:
+                    with args.json.open("a") as out:
+                        out.write(json.dumps(cell) + "\n")
+                progress.update()
+
     with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # the private PostgreSQL runs as `postgres` under it
-        chosen = args.faults.split(",")
         with ExitStack() as stack:
-            triton = stack.enter_context(_triton(root / "triton"))
-            pg = (stack.enter_context(_private_postgres(root / "pg"))
-                  if "pg-restart" in chosen else None)  # fmt: skip
-            for workers in [int(w) for w in args.workers.split(",")]:
-                for fault in chosen:
-                    for seed in range(args.rounds):
-                        cell = one_cell(workers, fault, seed, root, triton, pg)
-                        cells.append(cell)
-                        print(json.dumps(cell), flush=True)
-    table: dict[tuple[int, str], dict[str, int]] = {}
-    for cell in cells:
-        row = table.setdefault((cell["workers"], cell["fault"]), {
-            "rounds": 0, "lost": 0, "duplicated": 0, "bad_provenance": 0})  # fmt: skip
-        row["rounds"] += 1
-        row["lost"] += cell["lost"]
-        row["duplicated"] += cell["duplicated"]
-        row["bad_provenance"] += cell["notes_without_one_provenance"]
-    print("| workers | fault | rounds | lost sessions | duplicated writes "
-          "| notes without one Provenance |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for (workers, fault), row in sorted(table.items()):
-        print(f"| {workers} | {fault} | {row['rounds']} | {row['lost']} | {row['duplicated']} "
-              f"| {row['bad_provenance']} |")  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(cells, indent=2))
+            lanes = []
+            for n in range(max(1, args.lanes)):
+                (root / f"lane-{n}").mkdir()
+                (root / f"lane-{n}").chmod(0o755)
+                lanes.append(Lane(root / f"lane-{n}", stack, "pg-restart" in chosen))
+            with ThreadPoolExecutor(len(lanes)) as pool:
+                for future in [pool.submit(run_lane, lane) for lane in lanes]:
+                    future.result()
+    progress.close()
+    print(_summary(cells))
 
 
 if __name__ == "__main__":
