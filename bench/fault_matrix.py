@@ -12,7 +12,10 @@ end and runs one clean `worker --once` (what the next scheduled run would do). I
 
 Faults: ``ehr-errors`` (429 with Retry-After and 500s on writes and searches), ``ehr-network``
 (timeouts, dropped connections, answers cut mid-body), ``model-down`` (Triton killed mid-run,
-restarted for the clean run), ``kill-worker`` (SIGKILL of one worker after a random delay),
+restarted for the clean run), ``kill-worker`` (SIGKILL of the worker in one step of a session,
+the step chosen by the round: ``fetch`` with its transcript search in flight, ``detect`` and
+``draft`` when the session's row shows that step and the worker holds its patient, ``write``
+with the chart note's create forwarded to the EHR and its answer held back),
 ``overlap`` (two `run --once` beside the workers), ``pg-restart`` (PostgreSQL restarted, fast
 shutdown, while a patient's job runs: every connection of every worker is cut), ``none`` (the
 baseline). Workers a fault ends are not restarted during the cell: the clean run is what a
@@ -31,6 +34,7 @@ Needs PostgreSQL on 127.0.0.1, as the tests do. Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -114,6 +118,52 @@ def _wait_for_a_running_job(database_url: str, running: list[subprocess.Popen[st
             if found and found[0]:
                 return
             time.sleep(0.02)
+
+
+KILL_STEPS = ("fetch", "detect", "draft", "write")
+
+
+def _pid_of_peer(peer: tuple[str, int], candidates: list[int]) -> int | None:
+    """Which of `candidates` owns the loopback TCP connection whose local end is `peer`."""
+    port = f"{peer[1]:04X}"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port}"):
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in candidates:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return pid
+    return None
+
+
+def _pid_in_step(
+    database_url: str, step: str, running: list[subprocess.Popen[str]]
+) -> int | None:
+    """The worker holding the patient of a session whose row shows `step`, once one does."""
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+    pids = {p.pid for p in running}
+    deadline = time.monotonic() + 120
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while time.monotonic() < deadline and any(p.poll() is None for p in running):
+            try:
+                owners = conn.execute(
+                    "SELECT l.owner FROM encounter_work e JOIN lease l "
+                    "ON l.name = 'patient:' || e.connection || ':' || e.patient "
+                    "WHERE e.step = %s AND l.expires_at > now()", (step,)
+                ).fetchall()
+            except psycopg.errors.UndefinedTable:
+                owners = []
+            for (owner,) in owners:
+                pid = int(owner.split(":")[-2])
+                if pid in pids:
+                    return pid
+            time.sleep(0.005)
+    return None
 
 
 class PrivatePostgres:
@@ -208,20 +258,37 @@ def one_cell(
         config = config_toml(root / f"cell-{cell}.toml", settings, conn)
         config.write_text(config.read_text() + QUEUE)
         _plan(proxy, fault, rng)
+        kill_step = KILL_STEPS[seed % len(KILL_STEPS)] if fault == "kill-worker" else None
+        reached = threading.Event()
+        hang = faults.forward_then_hang(reached)
+        if kill_step == "fetch":  # the session's transcript search
+            proxy.add("GET", "/DocumentReference", hang, query="encounter=")
+        elif kill_step == "write":  # the chart note's create: it lands, its answer never comes
+            proxy.add("POST", "/DocumentReference", hang)
         running = [_start(_command(config, "worker", "--once")) for _ in range(workers)]
         if fault == "overlap":
             running += [_start(_command(config, "run", "--once")) for _ in range(2)]
         hit = fault in ("none", "overlap", "ehr-errors", "ehr-network")
-        if fault in ("kill-worker", "model-down", "pg-restart"):
+        if fault in ("model-down", "pg-restart"):
             # Strike while sessions are being processed: once a patient's job runs, after a
             # random part of a second more.
             _wait_for_a_running_job(database_url, running)
             time.sleep(rng.uniform(0.0, 1.0))
-        if fault == "kill-worker":
-            victim = running[rng.randrange(workers)]
-            if victim.poll() is None:
-                os.kill(victim.pid, signal.SIGKILL)
-                hit = True
+        victim: int | None = None
+        if kill_step in ("fetch", "write"):
+            deadline = time.monotonic() + 120
+            while not reached.wait(0.05) and time.monotonic() < deadline:
+                if all(p.poll() is not None for p in running):
+                    break
+            if reached.is_set() and hang.peer is not None:
+                victim = _pid_of_peer(hang.peer, [p.pid for p in running])
+        elif kill_step in ("detect", "draft"):
+            victim = _pid_in_step(database_url, kill_step, running)
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+            hit = True
+        if kill_step is not None:
+            proxy.release()
         if fault == "model-down":
             hit = any(p.poll() is None for p in running)
             triton.kill()
@@ -268,6 +335,7 @@ def one_cell(
             "fault": fault,
             "seed": seed,
             "fault_hit_a_running_worker": hit,
+            **({"kill_step": kill_step} if kill_step else {}),
             "lost": sessions - int(done or 0),
             "duplicated": sum(len(v) for v in ehr.duplicates().values()),
             "notes": len(notes),
@@ -321,6 +389,9 @@ def main() -> None:
                         help="one JSON line per cell, appended as cells finish; cells already "
                              "in the file are not run again (resume after an interruption)")
     args = parser.parse_args()
+    # Stopped with SIGTERM (kill, a CI timeout): unwind, so the Tritons, FHIR servers and
+    # PostgreSQL clusters started here are stopped too; finished cells stay in --json.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = args.faults.split(",")
     unknown = sorted(set(chosen) - set(FAULTS))
     if unknown:

@@ -46,6 +46,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     event: threading.Event | None = None
+    # forward-then-hang: the client's (host, port), set before `event`, to find its process
+    peer: tuple[str, int] | None = None
 
 
 def status(code: int, body: bytes = b"", retry_after: float | None = None,
@@ -199,6 +201,7 @@ class FaultProxy:
         if fault is not None and fault.kind == "forward-then-hang":
             self._record(method, handler.path, fault, None, at)
             assert fault.event is not None
+            fault.peer = handler.client_address[:2]
             fault.event.set()
             self._release.wait(120)
             self._drop(handler)
