@@ -147,7 +147,9 @@ def api_deps(runtime: Runtime, verifier: TokenVerifier, cds: CdsHooks | None = N
         model=runtime.model,
         store=runtime.store,
         verifier=verifier,
-        readiness=[("model", model_ready)],
+        # With the queue the workers run the model; this process serves the EHR (JWK Set,
+        # launch, CDS Hooks) and stays ready while the model server restarts.
+        readiness=[] if runtime.queue is not None else [("model", model_ready)],
         ingest=ingest,
         ingest_status=status,
         metrics=lambda: exposition(runtime.store),

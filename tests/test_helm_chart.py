@@ -8,18 +8,26 @@ dependencies): both work offline.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import typer
 import yaml
+from joserfc.jwk import KeySet
 
+from fhir_adapter.api import ApiDeps, create_app
+from fhir_adapter.api.security import TokenVerifier
 from fhir_adapter.cli import app
 from fhir_adapter.settings import load_settings
+from fhir_adapter.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "helm" / "homework-fhir"
@@ -48,9 +56,23 @@ def _with_example_config(*values: str) -> dict[tuple[str, str], dict[str, Any]]:
     return _render(*REQUIRED, "--set-file", f"config.toml={EXAMPLE_CONFIG}", *values)
 
 
+def _pod(manifests: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
+    if name == "check":  # the `helm test` pod
+        return manifests[("Pod", "hw-homework-fhir-check")]["spec"]
+    return manifests[("Deployment", f"hw-homework-fhir-{name}")]["spec"]["template"]["spec"]
+
+
 def _container(manifests: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
-    spec = manifests[("Deployment", f"hw-homework-fhir-{name}")]["spec"]["template"]["spec"]
-    return spec["containers"][0]
+    return _pod(manifests, name)["containers"][0]
+
+
+def _our_command_lines(manifests: dict[tuple[str, str], dict[str, Any]]) -> Iterator[list[str]]:
+    """The homework-fhir arguments of every container that runs our image."""
+    for name in ("api", "worker", "check"):
+        yield _container(manifests, name)["args"]
+    init = _pod(manifests, "triton")["initContainers"][0]
+    assert init["command"] == ["sh", "-c"]
+    yield shlex.split(init["args"][0].split("exec homework-fhir", 1)[1])
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -90,15 +112,26 @@ def test_every_rendered_manifest_validates(version: str, variant: list[str]) -> 
 def test_api_and_workers_run_our_commands_with_settings_we_accept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    manifests = _with_example_config("--set", "worker.replicas=4")
-    commands = {c.name or c.callback.__name__ for c in app.registered_commands}  # type: ignore[union-attr]
+    manifests = _with_example_config("--set", "worker.replicas=4",
+                                      "--set", "model.operatingPoint=precision")  # fmt: skip
     api, worker = _container(manifests, "api"), _container(manifests, "worker")
     assert api["args"][0] == "serve" and worker["args"][0] == "worker"
-    assert {api["args"][0], worker["args"][0]} <= commands
+    # Every command line, options included, parses with our CLI (a renamed flag fails here).
+    cli = typer.main.get_command(app)
+    for args in _our_command_lines(manifests):
+        with cli.make_context("homework-fhir", list(args)) as context:
+            command = cli.get_command(context, args[0])  # type: ignore[attr-defined]
+            assert command is not None, args
+            command.make_context(args[0], list(args[1:]), parent=context)
     workers = manifests[("Deployment", "hw-homework-fhir-worker")]
     assert workers["spec"]["replicas"] == 4
-    assert _env(api) == _env(worker)
     env = _env(worker)
+    # The config file the processes read is the file the config volume mounts.
+    mount = next(m for m in worker["volumeMounts"] if m["name"] == "config")
+    volume = next(v for v in _pod(manifests, "worker")["volumes"] if v["name"] == "config")
+    item = volume["secret"]["items"][0]
+    assert item["key"] == "config.toml"
+    assert env["HOMEWORK_FHIR_CONFIG_FILE"] == f"{mount['mountPath']}/{item['path']}"
     # The database password stays in its Secret: the URL is a reference, never a value.
     assert env["HOMEWORK_FHIR_DATABASE_URL"] == {
         "secretKeyRef": {"name": "homework-db", "key": "database-url"}}  # fmt: skip
@@ -125,6 +158,23 @@ def test_api_and_workers_run_our_commands_with_settings_we_accept(
     assert settings.model.operating_point == "precision"
     assert settings.queue.backend == "procrastinate"
     assert settings.queue.worker_metrics_port == worker["ports"][0]["containerPort"]
+    # Every key file the settings name lies in the mounted keys Secret.
+    keys = next(m for m in worker["volumeMounts"] if m["name"] == "keys")["mountPath"]
+    named = list(_key_files(tomllib.loads(config)))
+    assert named and all(PurePosixPath(f).parent == PurePosixPath(keys) for f in named), named
+
+
+def _key_files(table: dict[str, Any]) -> Iterator[str]:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _key_files(value)
+        elif key == "private_key_file":
+            yield value
+
+
+def test_without_a_chosen_operating_point_the_config_file_decides() -> None:
+    env = _env(_container(_with_example_config(), "worker"))
+    assert "HOMEWORK_FHIR_MODEL__OPERATING_POINT" not in env
 
 
 def test_probes_point_at_ports_the_containers_open() -> None:
@@ -134,18 +184,36 @@ def test_probes_point_at_ports_the_containers_open() -> None:
         ports = {p["name"] for p in container["ports"]}
         for probe in ("startupProbe", "livenessProbe"):
             assert container[probe]["httpGet"]["port"] in ports
-    assert _container(manifests, "api")["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The API's probe paths are routes of the API.
+    api = _container(manifests, "api")
+    store = open_store("sqlite://")
+    try:
+        routes = {getattr(r, "path", None) for r in create_app(
+            ApiDeps(store=store, verifier=TokenVerifier(KeySet([]), "i", "a"))).routes}  # fmt: skip
+    finally:
+        store.close()
+    kinds = ("startupProbe", "livenessProbe", "readinessProbe")
+    probes = {api[kind]["httpGet"]["path"] for kind in kinds}
+    assert probes == {"/healthz", "/readyz"} and probes <= routes
 
 
 def test_pods_run_unprivileged_with_a_read_only_root() -> None:
     manifests = _with_example_config()
-    for name in ("api", "worker"):
-        pod = manifests[("Deployment", f"hw-homework-fhir-{name}")]["spec"]["template"]["spec"]
+    for name in ("api", "worker", "check", "triton"):
+        pod = _pod(manifests, name)
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"] + pod.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context.get("runAsUser", 1) != 0
+    for name in ("api", "worker", "check"):
+        pod = _pod(manifests, name)
         context = pod["containers"][0]["securityContext"]
         assert context["readOnlyRootFilesystem"] is True
-        assert context["allowPrivilegeEscalation"] is False
         mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
         assert mounts["/run/secrets/homework-fhir"]["readOnly"] is True  # the EHR keys
         assert {"/tmp", "/var/lib/homework-fhir"} <= set(mounts)  # writable: emptyDirs
@@ -164,19 +232,29 @@ def test_triton_serves_the_repository_our_image_renders_on_a_gpu(tmp_path: Path)
     deployment = manifests[("Deployment", "hw-homework-fhir-triton")]
     pod = deployment["spec"]["template"]["spec"]
     triton = pod["containers"][0]
-    assert triton["command"] == ["tritonserver"]
+    # NVIDIA's entrypoint stays (CUDA forward compatibility): tritonserver is its argument.
+    assert "command" not in triton and triton["args"][0] == "tritonserver"
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # One GPU per replica: an upgrade may not surge a second pod that waits for a second GPU.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["medium"] == "Memory"
-    # The init container's command, run here: the repository Triton will load.
+    # The init container's command, run here: the repository Triton will load. Twice: a
+    # restarted pod runs it again over the same emptyDir.
     init = pod["initContainers"][0]
     assert init["image"] == _container(manifests, "api")["image"]
-    written = init["args"][init["args"].index("--write-repository") + 1]
+    script = init["args"][0]
+    words = shlex.split(script)
+    written = words[words.index("--write-repository") + 1]
     assert f"--model-repository={written}" in triton["args"]
-    args = [a.replace("/models", str(tmp_path)) for a in init["args"]]
-    done = subprocess.run([str(Path(sys.executable).parent / "homework-fhir"), *args],
-                          capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    models = next(m["mountPath"] for m in init["volumeMounts"] if m["name"] == "models")
+    assert PurePosixPath(written).parent == PurePosixPath(models)
+    local = script.replace(models, str(tmp_path))
+    path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    for _ in range(2):
+        done = subprocess.run(["sh", "-c", local], capture_output=True, text=True,
+                              check=False, timeout=300, env={"PATH": path})  # fmt: skip
+        assert done.returncode == 0, done.stderr
     config = (tmp_path / "repository" / "homework_classifier" / "config.pbtxt").read_text()
     assert "KIND_GPU" in config and "KIND_CPU" not in config
     assert "dynamic_batching" in config
@@ -211,6 +289,8 @@ def test_an_external_triton() -> None:
       "--set", "triton.precision=int8"], "int8 runs on the CPU only"),
     (["--set", "database.existingSecret=db", "--set-string", "config.toml=x",
       "--set", "triton.enabled=false"], "set model.tritonUrl"),
+    (["--set", "database.existingSecret=db", "--set-string", "config.toml=x",
+      "--set", "model.tritonUrl=t:8001"], "set triton.enabled=false with it"),
     (["--set", "database.existingSecret=db", "--set-string", "config.toml=x",
       "--set", "api.ingress.enabled=true", "--set", "api.ingress.host=h"], "HTTPS only"),
 ])  # fmt: skip

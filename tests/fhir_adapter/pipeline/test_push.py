@@ -67,6 +67,8 @@ def test_push_ingests_drafts_writes_back_and_is_idempotent(
     service = build_service(settings)
     # The app's lifespan opens the runtime (store, model, EHR clients) and closes it.
     with TestClient(service.app) as client:
+        # Without the queue this process runs the model: ready only when it is.
+        assert client.get("/readyz").json()["checks"] == {"database": "ok", "model": "ok"}
         anonymous = client.post("/ingest", json=bundle)
         assert anonymous.status_code == 401
         assert anonymous.json()["resourceType"] == "OperationOutcome"

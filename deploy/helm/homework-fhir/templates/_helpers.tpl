@@ -50,6 +50,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "homework-fhir.tritonUrl" -}}
+{{- if and .Values.triton.enabled .Values.model.tritonUrl -}}
+{{- fail "model.tritonUrl names your own Triton: set triton.enabled=false with it, or leave it empty" -}}
+{{- end -}}
 {{- if .Values.triton.enabled -}}
 {{- printf "%s-triton:8001" (include "homework-fhir.fullname" .) -}}
 {{- else -}}
@@ -80,8 +83,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ include "homework-fhir.tritonUrl" . | quote }}
 - name: HOMEWORK_FHIR_MODEL__TRITON_PROTOCOL
   value: grpc
+{{- with .Values.model.operatingPoint }}
 - name: HOMEWORK_FHIR_MODEL__OPERATING_POINT
-  value: {{ .Values.model.operatingPoint | quote }}
+  value: {{ . | quote }}
+{{- end }}
 - name: HOME
   value: /tmp
 {{- end -}}
