@@ -3,9 +3,14 @@
 Each cell seeds a clinic (two patients, two sessions each) on a fresh loopback FHIR server
 (sekmet-fhir) behind a fault proxy, gives it an empty PostgreSQL database, runs N
 `homework-fhir worker --once` processes at once while the fault happens, then lets the fault
-end and runs one clean `worker --once` (what the next scheduled run would do). It counts:
+end and runs one clean `worker --once` (what the next scheduled run would do), with the time
+it would come after simulated: the faulted processes' leases and outbox claims run out and
+their heartbeats go stale. Where that run leaves sessions whose jobs wait for a retry (a job
+that found its patient held by a worker that died, or the database gone, backs off 5 s, 25 s,
+125 s, ...), the jobs are made due and one more clean run goes (`left_after_first_clean_run`
+counts those sessions). It counts:
 
-- lost: sessions not `done` after the clean run;
+- lost: sessions not `done` after the clean run(s);
 - duplicated: business identifiers present more than once in the EHR (notes, Tasks, CarePlans,
   Communications) or Provenance ids written twice;
 - provenance: chart notes without exactly one Provenance.
@@ -191,8 +196,9 @@ class PrivatePostgres:
 
     def restart(self) -> None:
         """Fast shutdown (every connection cut, in-flight transactions rolled back), then up."""
+        # -t: a loaded machine can take more than pg_ctl's default minute to come back.
         self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
-                          "-l", str(self.data / "log"), "restart")  # fmt: skip
+                          "-t", "300", "-l", str(self.data / "log"), "restart")  # fmt: skip
 
     def stop(self) -> None:
         self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
@@ -232,6 +238,35 @@ def _triton(root: Path) -> Iterator[TritonHandle]:
         yield handle
     finally:
         handle.stop()
+
+
+def _let_time_pass(store: Any, retries: bool) -> None:
+    """What waiting would do before the next scheduled run: claims and leases of the faulted
+    processes run out, their heartbeats go stale (their jobs count as stalled after 30 s), and
+    with `retries` the jobs waiting for a retry come due."""
+    with store.session() as session:
+        session.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
+        session.execute(text("DELETE FROM lease"))
+        session.execute(text(
+            "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'"
+        ))
+        session.execute(text("UPDATE encounter_work SET retry_at = NULL"))
+        if retries:
+            session.execute(text(
+                "UPDATE procrastinate_jobs SET scheduled_at = now() "
+                "WHERE status = 'todo' AND scheduled_at > now()"
+            ))
+
+
+def _left(store: Any) -> tuple[list[str], list[list[Any]]]:
+    """Sessions not done (ids and steps only), and the queue's jobs by task and status."""
+    with store.session() as session:
+        pending = select(EncounterRow).where(EncounterRow.step != "done")
+        left = [f"{r.encounter} {r.step} attempts={r.attempts}" for r in session.scalars(pending)]
+        jobs = session.execute(text(
+            "SELECT task_name, status, count(*) FROM procrastinate_jobs GROUP BY 1, 2 ORDER BY 1, 2"
+        )).all()
+    return left, [list(j) for j in jobs]
 
 
 def one_cell(
@@ -311,18 +346,18 @@ def one_cell(
                 done_in_fault = session.scalar(
                     select(func.count()).where(EncounterRow.step == "done")
                 )
-                session.execute(
-                    text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'")
-                )
-                session.execute(text("DELETE FROM lease"))
-                # A killed worker's job counts as stalled 30 s after its last heartbeat; every
-                # faulted worker has exited by now, so age them all rather than wait.
-                session.execute(text(
-                    "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'"
-                ))
-                session.execute(text("UPDATE encounter_work SET retry_at = NULL"))
+            _let_time_pass(store, retries=False)
             clean = _start(_command(config, "worker", "--once"))
-            _, clean_err = clean.communicate(timeout=1800)
+            clean_out, clean_err = clean.communicate(timeout=1800)
+            left, jobs = _left(store)
+            second: subprocess.Popen[str] | None = None
+            if left:
+                # A job that found the patient held (by a worker that died, until its lease ran
+                # out) or the database gone waits for its retry (5 s, 25 s, 125 s, ...): the run
+                # after that is what time would bring.
+                _let_time_pass(store, retries=True)
+                second = _start(_command(config, "worker", "--once"))
+                second.communicate(timeout=1800)
             with store.session() as session:
                 done = session.scalar(select(func.count()).where(EncounterRow.step == "done"))
             ehr = ehr_side(server, clinic, store)
@@ -345,6 +380,10 @@ def one_cell(
             "worker_exits": exits,
             "clean_exit": clean.returncode,
             **({"clean_stderr": clean_err[-1500:]} if clean.returncode else {}),
+            # Sessions the first clean run left waiting on a retry, and what the queue held.
+            "left_after_first_clean_run": len(left),
+            **({"left": left, "jobs": jobs, "clean_stdout": clean_out[-800:]} if left else {}),
+            **({"second_clean_exit": second.returncode} if second is not None else {}),
         }
 
 

@@ -32,8 +32,8 @@ import logging
 
 import psycopg
 from procrastinate import App, Blueprint, JobContext, PsycopgConnector, RetryStrategy
-from procrastinate.exceptions import AlreadyEnqueued, UniqueViolation
-from procrastinate.jobs import Status
+from procrastinate.exceptions import AlreadyEnqueued, ConnectorException, UniqueViolation
+from procrastinate.jobs import Job, Status
 from sqlalchemy.engine import make_url
 
 from fhir_adapter.pipeline import fetch
@@ -167,21 +167,46 @@ async def flush(context: JobContext, connection: str) -> None:
 
 async def retry_stalled_jobs(app: App) -> int:
     """Jobs left `doing` by a worker that stopped sending heartbeats (killed, its node lost):
-    back to `todo`, so their patient's lock is free again. Returns how many."""
+    back to `todo`, so their patient's lock is free again. Returns how many this call put
+    back (others may have been put back by another process at the same moment)."""
     stalled = list(await app.job_manager.get_stalled_jobs())
+    requeued = 0
     for job in stalled:
+        requeued += await requeue_stalled(app, job)
+    if requeued:
+        log.warning("requeued %d jobs of workers that stopped", requeued)
+    return requeued
+
+
+async def requeue_stalled(app: App, job: Job) -> bool:
+    """Put one stalled job back; False when another process got there first. Workers starting
+    together (a rollout) and the periodic task all look for stalled jobs: each sees the same
+    ones, and only the first may act on each."""
+    assert job.id is not None
+    try:
+        await app.job_manager.retry_job(job)
+    except UniqueViolation:
+        # A newer job with the same queueing lock already waits (its patient was queued
+        # again meanwhile) and will do this job's work: close this one, so that its lock
+        # no longer blocks that one.
         try:
-            await app.job_manager.retry_job(job)
-        except UniqueViolation:
-            # A newer job with the same queueing lock already waits (its patient was queued
-            # again meanwhile) and will do this job's work: close this one, so that its lock
-            # no longer blocks that one.
-            assert job.id is not None
             await app.job_manager.finish_job_by_id_async(job.id, Status.ABORTED, False)
-            log.warning("job %s of a stopped worker is superseded by a newer one", job.id)
-    if stalled:
-        log.warning("requeued %d jobs of workers that stopped", len(stalled))
-    return len(stalled)
+        except ConnectorException as exc:
+            if not _no_longer_doing(exc):
+                raise
+            return False
+        log.warning("job %s of a stopped worker is superseded by a newer one", job.id)
+    except ConnectorException as exc:
+        if not _no_longer_doing(exc):
+            raise
+        return False
+    return True
+
+
+def _no_longer_doing(exc: ConnectorException) -> bool:
+    """procrastinate's "Job was not found or not in 'doing' status": another process has
+    requeued or closed the job since we read it."""
+    return isinstance(exc.__cause__, psycopg.errors.RaiseException)
 
 
 @tasks.task(name="retry_stalled", pass_context=True)
