@@ -126,6 +126,7 @@ def _wait_for_a_running_job(database_url: str, running: list[subprocess.Popen[st
 
 
 KILL_STEPS = ("fetch", "detect", "draft", "write")
+_MIGRATING = threading.Lock()
 
 
 def _pid_of_peer(peer: tuple[str, int], candidates: list[int]) -> int | None:
@@ -339,7 +340,8 @@ def one_cell(
             triton.start()
         # The fault is over: the next scheduled run. Claims a killed worker held run out after
         # their lease; the clean run waits for nothing, so expire them as time would.
-        store = open_store(database_url)
+        with _MIGRATING:  # Alembic's migration context is global to the process: one lane at a time
+            store = open_store(database_url)
         try:
             with store.session() as session:
                 # How far the faulted run got: what the clean run had left to do.
