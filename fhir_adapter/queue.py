@@ -58,9 +58,6 @@ RETRY = RetryStrategy(max_attempts=5, exponential_wait=5)
 # Advisory lock key for installing procrastinate's schema (one process at a time).
 SCHEMA_LOCK_KEY = 0x686F6D65776F726C
 
-tasks = Blueprint()
-
-
 def conninfo(database_url: str) -> str:
     """The libpq connection string of a SQLAlchemy PostgreSQL URL."""
     url = make_url(database_url)
@@ -121,7 +118,6 @@ async def defer_waiting(app: App, runtime: Runtime, connection: str) -> int:
     return queued
 
 
-@tasks.task(name="poll", pass_context=True, retry=RETRY)
 async def poll(context: JobContext, timestamp: int, connection: str) -> None:
     runtime = _runtime(context)
     conn = runtime.connection(connection)
@@ -140,7 +136,6 @@ class PatientBusyError(RuntimeError):
     process that died and whose lease has not run out yet): the job is retried later."""
 
 
-@tasks.task(name="process_patient", pass_context=True, retry=RETRY)
 async def process_patient_job(context: JobContext, connection: str, patient: str) -> None:
     runtime = _runtime(context)
     summary = RunSummary()
@@ -156,7 +151,6 @@ async def process_patient_job(context: JobContext, connection: str, patient: str
                     connection, len(summary.errors))  # fmt: skip
 
 
-@tasks.task(name="flush", pass_context=True, retry=RETRY)
 async def flush(context: JobContext, connection: str) -> None:
     summary = RunSummary()
     await write_back(_runtime(context), connection, summary)
@@ -209,15 +203,25 @@ def _no_longer_doing(exc: ConnectorException) -> bool:
     return isinstance(exc.__cause__, psycopg.errors.RaiseException)
 
 
-@tasks.task(name="retry_stalled", pass_context=True)
 async def retry_stalled(context: JobContext, timestamp: int) -> None:
     await retry_stalled_jobs(_app(context))
+
+
+def _blueprint() -> Blueprint:
+    """Our tasks, on a blueprint of their own: procrastinate renames a blueprint's tasks when an
+    app takes them, so each app (a process may open its runtime more than once) gets a new one."""
+    tasks = Blueprint()
+    tasks.task(name="poll", pass_context=True, retry=RETRY)(poll)
+    tasks.task(name="process_patient", pass_context=True, retry=RETRY)(process_patient_job)
+    tasks.task(name="flush", pass_context=True, retry=RETRY)(flush)
+    tasks.task(name="retry_stalled", pass_context=True)(retry_stalled)
+    return tasks
 
 
 def make_app(settings: Settings) -> App:
     """The procrastinate app for `settings`: our tasks, and a periodic poll per connection."""
     app = App(connector=PsycopgConnector(conninfo=conninfo(settings.database_url)))
-    app.add_tasks_from(tasks, namespace=NAMESPACE)
+    app.add_tasks_from(_blueprint(), namespace=NAMESPACE)
     app.periodic(cron="* * * * *", periodic_id="stalled", queueing_lock="retry_stalled")(
         app.tasks[f"{NAMESPACE}:retry_stalled"]
     )

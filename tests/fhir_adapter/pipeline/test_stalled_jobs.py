@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
-from procrastinate import PsycopgConnector
 
 from fhir_adapter.queue import (
     conninfo,
@@ -46,9 +45,11 @@ def _worker_died_holding(database_url: str, patient: str) -> None:
 
 async def _scenario(database_url: str) -> None:
     settings = load_settings(database_url=database_url, environment="development")
-    app = make_app(settings)
-    # Another process: the same tasks over a connection pool of its own.
-    other = app.with_connector(PsycopgConnector(conninfo=conninfo(database_url)))
+    # Another process: an app of its own (also: a process may make more than one app, as an
+    # API whose lifespan opens its runtime again does).
+    app, other = make_app(settings), make_app(settings)
+    ours = {"pipeline:poll", TASK, "pipeline:flush", "pipeline:retry_stalled"}
+    assert ours <= set(app.tasks) and ours <= set(other.tasks)
     async with app.open_async(), other.open_async():
         await ensure_schema(app, database_url)
 
