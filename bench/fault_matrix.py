@@ -64,7 +64,8 @@ import psycopg
 from sqlalchemy import func, select, text
 from tqdm import tqdm
 
-from fhir_adapter.store import open_store
+from fhir_adapter.queue import conninfo
+from fhir_adapter.store import Store, open_store
 from fhir_adapter.store.models import EncounterRow
 from inference_server.triton_server import build_repository
 from mapping.fhir.codes import SID_NOTE
@@ -108,21 +109,28 @@ def _start(command: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603 - our own CLI
 
 
-def _wait_for_a_running_job(database_url: str, running: list[subprocess.Popen[str]]) -> None:
-    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+def _watch(
+    database_url: str, running: list[subprocess.Popen[str]], query: str, params: tuple[Any, ...],
+    every_s: float,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of `query`, again every `every_s`, while a process of `running` runs (at most
+    two minutes); no rows until the tables exist."""
     deadline = time.monotonic() + 120
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
         while time.monotonic() < deadline and any(p.poll() is None for p in running):
             try:
-                found = conn.execute(
-                    "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing' "
-                    "AND task_name = 'pipeline:process_patient'"
-                ).fetchone()
+                yield conn.execute(query, params).fetchall()
             except psycopg.errors.UndefinedTable:
-                found = None
-            if found and found[0]:
-                return
-            time.sleep(0.02)
+                yield []
+            time.sleep(every_s)
+
+
+def _wait_for_a_running_job(database_url: str, running: list[subprocess.Popen[str]]) -> None:
+    query = ("SELECT 1 FROM procrastinate_jobs WHERE status = 'doing' "
+             "AND task_name = 'pipeline:process_patient'")  # fmt: skip
+    for rows in _watch(database_url, running, query, (), every_s=0.02):
+        if rows:
+            return
 
 
 KILL_STEPS = ("fetch", "detect", "draft", "write")
@@ -150,25 +158,16 @@ def _pid_of_peer(peer: tuple[str, int], candidates: list[int]) -> int | None:
 def _pid_in_step(
     database_url: str, step: str, running: list[subprocess.Popen[str]]
 ) -> int | None:
-    """The worker holding the patient of a session whose row shows `step`, once one does."""
-    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+    """The worker holding the patient of a session whose row shows `step`, once one does (the
+    lease is named as `runner.patient_lease` names it; its owner ends in ":<pid>:<nonce>")."""
     pids = {p.pid for p in running}
-    deadline = time.monotonic() + 120
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        while time.monotonic() < deadline and any(p.poll() is None for p in running):
-            try:
-                owners = conn.execute(
-                    "SELECT l.owner FROM encounter_work e JOIN lease l "
-                    "ON l.name = 'patient:' || e.connection || ':' || e.patient "
-                    "WHERE e.step = %s AND l.expires_at > now()", (step,)
-                ).fetchall()
-            except psycopg.errors.UndefinedTable:
-                owners = []
-            for (owner,) in owners:
-                pid = int(owner.split(":")[-2])
-                if pid in pids:
-                    return pid
-            time.sleep(0.005)
+    query = ("SELECT l.owner FROM encounter_work e JOIN lease l "
+             "ON l.name = 'patient:' || e.connection || ':' || e.patient "
+             "WHERE e.step = %s AND l.expires_at > now()")  # fmt: skip
+    for rows in _watch(database_url, running, query, (step,), every_s=0.005):
+        for (owner,) in rows:
+            if int(owner.split(":")[-2]) in pids:
+                return int(owner.split(":")[-2])
     return None
 
 
@@ -241,7 +240,7 @@ def _triton(root: Path) -> Iterator[TritonHandle]:
         handle.stop()
 
 
-def _let_time_pass(store: Any, retries: bool) -> None:
+def _let_time_pass(store: Store, retries: bool) -> None:
     """What waiting would do before the next scheduled run: claims and leases of the faulted
     processes run out, their heartbeats go stale (their jobs count as stalled after 30 s), and
     with `retries` the jobs waiting for a retry come due."""
@@ -259,7 +258,7 @@ def _let_time_pass(store: Any, retries: bool) -> None:
             ))
 
 
-def _left(store: Any) -> tuple[list[str], list[list[Any]]]:
+def _left(store: Store) -> tuple[list[str], list[list[Any]]]:
     """Sessions not done (ids and steps only), and the queue's jobs by task and status."""
     with store.session() as session:
         pending = select(EncounterRow).where(EncounterRow.step != "done")

@@ -178,18 +178,14 @@ async def requeue_stalled(app: App, job: Job) -> bool:
     ones, and only the first may act on each."""
     assert job.id is not None
     try:
-        await app.job_manager.retry_job(job)
-    except UniqueViolation:
-        # A newer job with the same queueing lock already waits (its patient was queued
-        # again meanwhile) and will do this job's work: close this one, so that its lock
-        # no longer blocks that one.
         try:
+            await app.job_manager.retry_job(job)
+        except UniqueViolation:
+            # A newer job with the same queueing lock already waits (its patient was queued
+            # again meanwhile) and will do this job's work: close this one, so that its lock
+            # no longer blocks that one.
             await app.job_manager.finish_job_by_id_async(job.id, Status.ABORTED, False)
-        except ConnectorException as exc:
-            if not _no_longer_doing(exc):
-                raise
-            return False
-        log.warning("job %s of a stopped worker is superseded by a newer one", job.id)
+            log.warning("job %s of a stopped worker is superseded by a newer one", job.id)
     except ConnectorException as exc:
         if not _no_longer_doing(exc):
             raise
