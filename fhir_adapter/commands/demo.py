@@ -67,10 +67,10 @@ def dev_ehr_setup(settings: Any, base: str, export: Path) -> tuple[Any, list[Any
 def demo_settings(data_dir: Path, port: int, triton: str | None = None) -> Settings:
     """The demo's settings: a SQLite store in `data_dir`, development tokens, no EHR yet.
 
-    The model runs at its `precision` operating point, as a deployment that writes chart
-    notes should (docs/model.md, "Operating points"): at `balanced`, tuned for recall on real
-    talk, it also drafts a low-confidence take_action from an in-session exercise of session
-    3-3, which the sample's story says sets no homework."""
+    The model runs at its `precision` operating point, the service's default, whatever the
+    environment says (docs/model.md, "Operating points"): at `balanced`, tuned for recall on
+    real talk, it also drafts low-confidence tasks in session 3-3, which the sample's story
+    says sets no new homework."""
     model: dict[str, str] = {"operating_point": "precision"}
     if triton:
         model.update(backend="triton", triton_url=triton)

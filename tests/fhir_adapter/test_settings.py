@@ -352,11 +352,12 @@ def test_the_operating_point_comes_from_the_card_and_settings_override_it(tmp_pa
     }
     (tmp_path / "model_card.json").write_text(json.dumps(card))
     model = {"model_dir": str(tmp_path)}
-    assert operating_point(Settings(**API_OK, model=model)) == OperatingPoint(0.4, 0.45)
-    precise = Settings(**API_OK, model={**model, "operating_point": "precision"})
-    assert operating_point(precise) == OperatingPoint(0.8, 0.7)
+    # The service writes into charts: the surer point unless a deployment picks another.
+    assert operating_point(Settings(**API_OK, model=model)) == OperatingPoint(0.8, 0.7)
+    found_more = Settings(**API_OK, model={**model, "operating_point": "balanced"})
+    assert operating_point(found_more) == OperatingPoint(0.4, 0.45)
     own = Settings(**API_OK, model={**model, "homework_threshold": 0.9})
-    assert operating_point(own) == OperatingPoint(0.9, 0.45)
+    assert operating_point(own) == OperatingPoint(0.9, 0.7)
     with pytest.raises(ValueError, match="homework_threshold"):
         Settings(**API_OK, model={"homework_threshold": 1.5})
     with pytest.raises(ValueError, match="operating_point"):
