@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from fhir_adapter.settings import ModelSettings
 from fhir_adapter.store import Store, open_store
+from inference_server import decision
+from inference_server.classifier import packaged_card
 from inference_server.client import TritonBackend
 from inference_server.triton_server import build_repository
 from tests.fhir_adapter.pipeline.support import TritonHandle, shipped_weights
@@ -41,7 +44,9 @@ def pipeline_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton
 async def triton_backend(pipeline_triton: TritonHandle) -> AsyncIterator[TritonBackend]:
     if not pipeline_triton.running():  # a test that stopped it failed before restarting it
         pipeline_triton.start()
-    backend = TritonBackend(pipeline_triton.url, timeout_s=30.0)
+    # At the service's default operating point, as make_backend would build it.
+    point = decision.from_card(packaged_card(), ModelSettings().operating_point)
+    backend = TritonBackend(pipeline_triton.url, timeout_s=30.0, point=point)
     try:
         yield backend
     finally:
