@@ -9,9 +9,10 @@ flag:
 - review is flagged when P(review) reaches `review`.
 
 Training picks the points on the real-talk dev split and records them in the model card
-(`operating_points`): ``balanced`` maximises F1 (the default), ``precision`` is the most
-sensitive point whose dev precision reaches `PRECISION_TARGET` (for deployments that would
-rather miss a task than write a wrong one into the chart). A deployment picks one by name or sets
+(`operating_points`): ``balanced`` maximises F1 (the card's default, where scores are
+reported), ``precision`` is the most sensitive point whose dev precision reaches
+`PRECISION_TARGET` (for deployments that would rather miss a task than write a wrong one into
+the chart; the service's default, fhir_adapter/settings.py). A deployment picks one by name or sets
 its own thresholds (`model.operating_point`, `model.homework_threshold`,
 `model.review_threshold`).
 """
