@@ -1,10 +1,14 @@
-"""Calibrated confidence: temperature scaling (Guo et al. 2017), expected calibration error and
-reliability tables.
+"""Calibrated confidence: temperature scaling (Guo et al. 2017) for the label, Platt scaling for
+review, expected calibration error and reliability tables.
 
-One temperature for the five-way label softmax and one for the review sigmoid, each fitted on
-dev by minimising the negative log-likelihood over a fine log-spaced grid (deterministic, no
-optimiser state). Training folds them into the heads' last layers (logits / T is linear), so
-every serving path, in process, int8 or Triton, gives calibrated probabilities unchanged.
+The five-way label softmax gets one temperature, fitted on dev by minimising the negative
+log-likelihood over a fine log-spaced grid (deterministic, no optimiser state). The review
+sigmoid gets a scale and a bias (Platt 1999: a one-feature logistic regression on its logit):
+a temperature alone only stretches the logit, and the review head comes out of training
+shifted, too ready to say review in its middle range, which no stretch fixes (docs/model.md,
+"Calibrated confidence"). Both are linear in the logit, so training folds them into the heads'
+last layers and every serving path, in process, int8 or Triton, gives calibrated probabilities
+unchanged.
 """
 
 from __future__ import annotations
@@ -30,23 +34,24 @@ def label_nll(logits: npt.NDArray[Any], targets: Sequence[int], temperature: flo
     return float(-_log_softmax(z)[np.arange(len(z)), np.asarray(targets)].mean())
 
 
-def review_nll(logits: npt.NDArray[Any], targets: Sequence[bool], temperature: float) -> float:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    y = np.asarray(targets, dtype=np.float64)
-    # log(1 + e^z) - y z, computed stably.
-    return float((np.logaddexp(0.0, z) - y * z).mean())
-
-
 def fit_label_temperature(logits: npt.NDArray[Any], targets: Sequence[int]) -> float:
     if len(targets) == 0:
         return 1.0
     return float(min(_GRID, key=lambda t: label_nll(logits, targets, float(t))))
 
 
-def fit_review_temperature(logits: npt.NDArray[Any], targets: Sequence[bool]) -> float:
-    if len(targets) == 0:
-        return 1.0
-    return float(min(_GRID, key=lambda t: review_nll(logits, targets, float(t))))
+def fit_review_platt(logits: npt.NDArray[Any], targets: Sequence[bool]) -> tuple[float, float]:
+    """Scale and bias of the calibrated review logit, `scale * z + bias`, by maximum likelihood
+    (scikit-learn's logistic regression, unpenalised). Dev with one class only leaves the logit
+    as it is."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(targets, dtype=bool)
+    if y.all() or not y.any():
+        return 1.0, 0.0
+    z = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
+    fit = LogisticRegression(C=np.inf).fit(z, y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
 def reliability(

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from inference_server import decision
 from inference_server.calibration import (
     fit_label_temperature,
-    fit_review_temperature,
+    fit_review_platt,
     label_calibration,
     review_calibration,
 )
@@ -584,11 +584,13 @@ def fit(
 
 @dataclass(frozen=True)
 class Calibrated:
-    """Temperatures fitted on dev, the calibration they bring, and the operating points
-    chosen on the calibrated dev probabilities."""
+    """The label temperature and the review scale and bias fitted on dev (calibration.py), the
+    calibration they bring, and the operating points chosen on the calibrated dev
+    probabilities."""
 
     label_temperature: float
-    review_temperature: float
+    review_scale: float
+    review_bias: float
     points: dict[str, OperatingPoint]
     before: dict[str, Any]
     after: dict[str, Any]
@@ -596,7 +598,8 @@ class Calibrated:
     def card(self) -> dict[str, Any]:
         return {
             "label_temperature": self.label_temperature,
-            "review_temperature": self.review_temperature,
+            "review_scale": self.review_scale,
+            "review_bias": self.review_bias,
             "dev_before": self.before,
             "dev_after": self.after,
         }
@@ -621,19 +624,19 @@ def calibrate(
     review's real turns are too few to choose on."""
     targets = [LABELS.index(label) for label in gold]
     t_label = fit_label_temperature(out.label_logits, targets) if enabled else 1.0
-    t_review = fit_review_temperature(out.review_logits, review) if enabled else 1.0
+    scale, bias = fit_review_platt(out.review_logits, review) if enabled else (1.0, 0.0)
 
-    def report(t_l: float, t_r: float) -> dict[str, Any]:
+    def report(t_l: float, a: float, b: float) -> dict[str, Any]:
         probs = softmax(out.label_logits / t_l)
-        review_p = _sigmoid(out.review_logits / t_r)
+        review_p = _sigmoid(out.review_logits * a + b)
         return {
             "label": label_calibration(probs, targets),
             "review": review_calibration(review_p, review),
         }
 
-    after = report(t_label, t_review)
+    after = report(t_label, scale, bias)
     probs = softmax(out.label_logits / t_label)
-    review_p = _sigmoid(out.review_logits / t_review)
+    review_p = _sigmoid(out.review_logits * scale + bias)
     points = choose_points(gold, review, probs, review_p)
     mask = np.asarray(real if real is not None else [False] * len(gold), dtype=bool)
     if mask.sum() >= MIN_REAL_FOR_LABELS:
@@ -644,7 +647,7 @@ def calibrate(
             name: OperatingPoint(on_real[name].homework, point.review)
             for name, point in points.items()
         }
-    return Calibrated(t_label, t_review, points, report(1.0, 1.0), after)
+    return Calibrated(t_label, scale, bias, points, report(1.0, 1.0, 0.0), after)
 
 
 @dataclass
@@ -708,22 +711,23 @@ def _f1(gold: Sequence[bool], pred: Sequence[bool]) -> float:
 
 
 def save_weights(fitted: Fitted, out: Path) -> list[Path]:
-    """Write heads (dev temperatures folded into their last layers), the LoRA delta, and a copy
+    """Write heads (dev calibration folded into their last layers), the LoRA delta, and a copy
     of the DAPT delta the encoder was adapted with (if any)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     heads = {k: v.detach().clone().contiguous() for k, v in fitted.model.heads.state_dict().items()}
-    # logits / T is linear: dividing the last layer's weight and bias by T calibrates every
-    # serving path (fp32, int8, Triton) without a line of serving code.
-    for head, t in (
-        ("label", fitted.calibrated.label_temperature),
-        ("review", fitted.calibrated.review_temperature),
+    # a * logits + b is linear: scaling the last layer's weight and bias by a and adding b to
+    # its bias calibrates every serving path (fp32, int8, Triton) without a line of serving code.
+    cal = fitted.calibrated
+    for head, scale, shift in (
+        ("label", 1 / cal.label_temperature, 0.0),
+        ("review", cal.review_scale, cal.review_bias),
     ):
         last = max(int(k.split(".")[1]) for k in heads if k.startswith(f"{head}."))
-        for part in ("weight", "bias"):
-            key = f"{head}.{last}.{part}"
-            heads[key] = (heads[key] / t).contiguous()
+        weight, bias = f"{head}.{last}.weight", f"{head}.{last}.bias"
+        heads[weight] = (heads[weight] * scale).contiguous()
+        heads[bias] = (heads[bias] * scale + shift).contiguous()
     layers = str(_num_layers(fitted.encoder))
     save_file(heads, str(out / HEADS_FILE), metadata={LAYERS_KEY: layers})
     written = [out / HEADS_FILE]

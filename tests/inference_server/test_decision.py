@@ -8,9 +8,10 @@ import pytest
 from inference_server.calibration import (
     ece,
     fit_label_temperature,
-    fit_review_temperature,
+    fit_review_platt,
     label_calibration,
     reliability,
+    review_calibration,
 )
 from inference_server.decision import (
     OperatingPoint,
@@ -83,8 +84,19 @@ def test_temperature_scaling_cools_an_overconfident_model() -> None:
     cooled = np.exp(hot / t) / np.exp(hot / t).sum(1, keepdims=True)
     after = label_calibration(cooled, gold.tolist())
     assert after["ece"] < before["ece"] / 3
-    review_gold = rng.random(n) < 1 / (1 + np.exp(-logits[:, 0]))
-    assert 4 < fit_review_temperature(logits[:, 0] * 6, review_gold.tolist()) < 8
+
+
+def test_platt_scaling_fixes_a_review_head_that_is_both_hot_and_shifted() -> None:
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, 4000)
+    gold = (rng.random(4000) < 1 / (1 + np.exp(-(z - 2)))).tolist()  # truly: sigmoid(z - 2)
+    served = z * 3 + 1.5  # too sure, and too ready to say review
+    scale, bias = fit_review_platt(served, gold)
+    assert abs(scale - 1 / 3) < 0.05 and abs(bias - (-2.5)) < 0.3
+    before = review_calibration(1 / (1 + np.exp(-served)), gold)["ece"]
+    after = review_calibration(1 / (1 + np.exp(-(served * scale + bias))), gold)["ece"]
+    assert after < 0.03 < before
+    assert fit_review_platt(served, [False] * 4000) == (1.0, 0.0)  # one class: left alone
 
 
 def test_reliability_bins_and_ece() -> None:
@@ -137,7 +149,8 @@ def test_homework_is_cut_on_the_real_talk_units_of_dev() -> None:
     everything = calibrate(out, gold, review)
 
     assert mixed.label_temperature == everything.label_temperature
-    assert mixed.review_temperature == everything.review_temperature
+    assert mixed.review_scale == everything.review_scale
+    assert mixed.review_bias == everything.review_bias
     assert mixed.after == everything.after
     probs = softmax(logits[:n] / mixed.label_temperature)
     on_real = choose_points(gold[:n], [False] * n, probs, np.zeros(n, np.float32))

@@ -108,7 +108,12 @@ def test_top_layers_on_cached_states_equal_the_full_encoder() -> None:
 def test_lora_delta_is_small_and_merges_into_the_served_encoder(tmp_path: Path) -> None:
     splits = split_examples(read_corpus(TINY))
     config = TrainConfig(
-        epochs=2, patience=2, hidden=32, encoder_layers=6, lora_layers=1, lora_lr=5e-3,
+        epochs=2,
+        patience=2,
+        hidden=32,
+        encoder_layers=6,
+        lora_layers=1,
+        lora_lr=5e-3,
         distill_weight=0.0,
     )
     fitted = fit(splits["train"], splits["dev"], config, cache_dir=None, progress=False)
@@ -131,11 +136,10 @@ def test_lora_delta_is_small_and_merges_into_the_served_encoder(tmp_path: Path) 
     states = encode_layer(plain, tokenizer, texts, 5)
     logits, review_logits = predict_features(fitted.model, Features(states=states))
     preds = served.predict(texts)
-    # The dev temperatures are folded into the served heads' last layers.
-    t_label = fitted.calibrated.label_temperature
-    t_review = fitted.calibrated.review_temperature
-    assert np.allclose(preds.label_probs, softmax(logits / t_label), atol=1e-4)
-    folded = 1 / (1 + np.exp(-(review_logits / t_review)))
+    # The dev calibration is folded into the served heads' last layers.
+    cal = fitted.calibrated
+    assert np.allclose(preds.label_probs, softmax(logits / cal.label_temperature), atol=1e-4)
+    folded = 1 / (1 + np.exp(-(review_logits * cal.review_scale + cal.review_bias)))
     assert np.allclose(preds.review_probs, folded, atol=1e-4)
 
 
