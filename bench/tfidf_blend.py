@@ -66,7 +66,7 @@ from inference_server.decision import labels as decide_labels  # noqa: E402
 from inference_server.evaluate import label_scores  # noqa: E402
 from inference_server.labels import LABELS, NONE_LABEL  # noqa: E402
 from inference_server.realtalk import RealTalk, trainable_sources  # noqa: E402
-from inference_server.train import DEFAULT_CORPUS, REAL_REGISTER_FILES  # noqa: E402
+from inference_server.train import DEFAULT_CORPUS, choosing_set  # noqa: E402
 
 SEED = 13
 BOOTSTRAP_SEED = 0  # evaluate.bootstrap's default: the documented intervals
@@ -271,9 +271,7 @@ def run(shared: Path, corpus: Path, weights: Path) -> dict[str, Any]:
     allowed = set(trainable_sources())
     # Exactly the shipped weights' training data (train.train with realtalk_train, repeat 1).
     train_set = list(splits["train"]) + [ex for ex in real["train"] if ex.source in allowed]
-    choosing = [ex for ex in real["dev"] if ex.source in allowed] + [
-        ex for ex in splits["dev"] if Path(ex.source).name in REAL_REGISTER_FILES
-    ]
+    choosing, _ = choosing_set(splits["dev"], real["dev"])
     dev = list(real["dev"])
     point = from_card(HomeworkClassifier.load(weights).card)
 

@@ -809,6 +809,18 @@ def score_esconv(
     }
 
 
+def choosing_set(
+    corpus_dev: Sequence[Example], real_dev: Sequence[Example]
+) -> tuple[list[Example], list[bool]]:
+    """What training chooses on (epoch, calibration, operating points): the real-talk dev units
+    of the licence-allowed sources, then the corpus' dev units of the files in real talk's
+    registers; and which of them are real talk."""
+    allowed = set(trainable_sources())
+    real = [ex for ex in real_dev if ex.source in allowed]
+    ours = [ex for ex in corpus_dev if Path(ex.source).name in REAL_REGISTER_FILES]
+    return real + ours, [True] * len(real) + [False] * len(ours)
+
+
 def train(
     corpus: Path = DEFAULT_CORPUS,
     out: Path | None = None,
@@ -855,11 +867,7 @@ def train(
             train_set += [ex for ex in real["train"] if ex.source in allowed] * (
                 config.realtalk_repeat
             )
-        real_dev = [ex for ex in real["dev"] if ex.source in allowed]
-        select_on = real_dev + [
-            ex for ex in splits["dev"] if Path(ex.source).name in REAL_REGISTER_FILES
-        ]
-        real_mask = [True] * len(real_dev) + [False] * (len(select_on) - len(real_dev))
+        select_on, real_mask = choosing_set(splits["dev"], real["dev"])
         on_status(
             "real talk: "
             + ", ".join(f"{name} {len(real[name])}" for name in SPLITS)
