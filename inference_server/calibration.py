@@ -3,12 +3,12 @@ review, expected calibration error and reliability tables.
 
 The five-way label softmax gets one temperature, fitted on dev by minimising the negative
 log-likelihood over a fine log-spaced grid (deterministic, no optimiser state). The review
-sigmoid gets a scale and a bias (Platt 1999: a one-feature logistic regression on its logit):
-a temperature alone only stretches the logit, and the review head comes out of training
-shifted, too ready to say review in its middle range, which no stretch fixes (docs/model.md,
-"Calibrated confidence"). Both are linear in the logit, so training folds them into the heads'
-last layers and every serving path, in process, int8 or Triton, gives calibrated probabilities
-unchanged.
+sigmoid gets a temperature the same way, or a scale and a bias (Platt 1999: a one-feature
+logistic regression on its logit; `TrainConfig.review_calibration`): a temperature only
+stretches the logit, and the review head comes out of training shifted, too ready to say
+review in its middle range, which no stretch fixes (docs/model.md, "Calibrated confidence").
+Both are linear in the logit, so training folds them into the heads' last layers and every
+serving path, in process, int8 or Triton, gives calibrated probabilities unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +38,19 @@ def fit_label_temperature(logits: npt.NDArray[Any], targets: Sequence[int]) -> f
     if len(targets) == 0:
         return 1.0
     return float(min(_GRID, key=lambda t: label_nll(logits, targets, float(t))))
+
+
+def review_nll(logits: npt.NDArray[Any], targets: Sequence[bool], temperature: float) -> float:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    y = np.asarray(targets, dtype=np.float64)
+    # log(1 + e^z) - y z, computed stably.
+    return float((np.logaddexp(0.0, z) - y * z).mean())
+
+
+def fit_review_temperature(logits: npt.NDArray[Any], targets: Sequence[bool]) -> float:
+    if len(targets) == 0:
+        return 1.0
+    return float(min(_GRID, key=lambda t: review_nll(logits, targets, float(t))))
 
 
 def fit_review_platt(logits: npt.NDArray[Any], targets: Sequence[bool]) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from inference_server.calibration import (
     ece,
     fit_label_temperature,
     fit_review_platt,
+    fit_review_temperature,
     label_calibration,
     reliability,
     review_calibration,
@@ -84,6 +85,8 @@ def test_temperature_scaling_cools_an_overconfident_model() -> None:
     cooled = np.exp(hot / t) / np.exp(hot / t).sum(1, keepdims=True)
     after = label_calibration(cooled, gold.tolist())
     assert after["ece"] < before["ece"] / 3
+    review_gold = rng.random(n) < 1 / (1 + np.exp(-logits[:, 0]))
+    assert 4 < fit_review_temperature(logits[:, 0] * 6, review_gold.tolist()) < 8
 
 
 def test_platt_scaling_fixes_a_review_head_that_is_both_hot_and_shifted() -> None:
@@ -161,3 +164,22 @@ def test_homework_is_cut_on_the_real_talk_units_of_dev() -> None:
     # Too few real-talk units: everything is chosen on all of dev.
     few = [i < MIN_REAL_FOR_LABELS - 1 for i in range(n + ours)]
     assert calibrate(out, gold, review, real=few).points == everything.points
+
+
+def test_review_is_calibrated_by_the_method_the_config_names() -> None:
+    from inference_server.train import DevOutput, calibrate
+
+    rng = np.random.default_rng(4)
+    n = 2000
+    z = rng.normal(0, 2, n)
+    review = (rng.random(n) < 1 / (1 + np.exp(-(z - 2)))).tolist()
+    out = DevOutput(rng.normal(0, 1, (n, 5)).astype(np.float32), (z * 3 + 1.5).astype(np.float32))
+    gold = ["none"] * n
+    temperature = calibrate(out, gold, review)
+    platt = calibrate(out, gold, review, review_method="platt")
+    assert temperature.review_bias == 0.0 and temperature.review_scale < 1
+    assert temperature.card()["review_temperature"] == 1 / temperature.review_scale
+    assert platt.card()["review_calibration"] == "platt"
+    assert "review_temperature" not in platt.card()
+    assert abs(platt.review_bias - (-2.5)) < 0.3
+    assert platt.after["review"]["ece"] < 0.03 < temperature.after["review"]["ece"]

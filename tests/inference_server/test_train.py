@@ -186,6 +186,7 @@ def test_version_names_the_data_and_the_exact_weights(
         ({"epochs": 0}, "epochs, batch_size, hidden and patience must be >= 1"),
         ({"lora_dropout": 1.0}, "dropouts must be in [0, 1)"),
         ({"distill_weight": 1.5}, "distill_weight must be in [0, 1]"),
+        ({"review_calibration": "isotonic"}, "review_calibration must be one of temperature"),
     ],
 )
 def test_config_is_checked_when_made(changes: dict[str, Any], message: str) -> None:
