@@ -1,6 +1,7 @@
 """Two weights folders side by side on the real-talk splits, each at its own card's default
 operating point, with paired differences (the same conversation resamples for both) and the
-expected calibration error of the top label's probability.
+expected calibration error of the top label's probability and the average precision of
+P(homework) (how well it ranks homework above none, whatever the cut).
 
 Groups: `chosen` (the licence-allowed sources, whose dev units training chooses on),
 `unseen` (MIBot and ESConv: never trained, chosen or fit on; on dev, the honest check of a
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 sys.path.insert(0, str(ROOT / "bench"))
 
+from sklearn.metrics import average_precision_score  # noqa: E402
 from tfidf_blend import UNSEEN, compare, model_probs  # noqa: E402
 
 from inference_server.calibration import label_calibration  # noqa: E402
@@ -62,9 +64,13 @@ def run(before: Path, after: Path, shared: Path, splits: Sequence[str]) -> dict[
                 {"before": "before", "after": "before"},
             )
             targets = [LABELS.index(label) for label in gold]
+            homework = [label != "none" for label in gold]
             for name, probs in probabilities.items():
                 # Is the top label's probability right as often as it says (10 bins)?
                 rows[name]["label_ece"] = round(label_calibration(probs[idx], targets)["ece"], 3)
+                # How well P(homework) ranks homework above none, whatever the cut.
+                p_homework = 1.0 - probs[idx][:, LABELS.index("none")]
+                rows[name]["homework_ap"] = round(average_precision_score(homework, p_homework), 3)
             result[split][group] = rows
     return result
 
@@ -88,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"(Δ {a['delta_homework_f1']:+.3f} {a['delta_homework_f1_ci']}; "
                 f"P {b['homework_precision']:.2f}->{a['homework_precision']:.2f}, "
                 f"R {b['homework_recall']:.2f}->{a['homework_recall']:.2f}); "
-                f"label ECE {b['label_ece']:.3f} -> {a['label_ece']:.3f}"
+                f"label ECE {b['label_ece']:.3f} -> {a['label_ece']:.3f}; "
+                f"homework AP {b['homework_ap']:.3f} -> {a['homework_ap']:.3f}"
             )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
