@@ -32,6 +32,7 @@ def test_defaults_are_int8_on_cpu_and_bf16_on_gpu() -> None:
     assert check_precision(default_precision("cuda:0"), "cuda:0") == "bf16"
 
 
+_ISA_AT_IMPORT = os.environ.get("CT2_FORCE_CPU_ISA")
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
 
@@ -48,6 +49,10 @@ def test_ct2_is_forced_to_avx512_only_where_the_cpu_has_all_of_it() -> None:
 def test_the_isa_is_set_for_the_process_unless_the_operator_set_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A private environment: the code under test writes os.environ itself, and monkeypatch only
+    # restores what it set, so the forced AVX512 leaked into every later subprocess (a server
+    # started on a CPU without AVX-512 then failed to load CTranslate2).
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     monkeypatch.setattr("inference_server.optimize._cpu_flags", lambda: AVX512)
     monkeypatch.delenv("CT2_FORCE_CPU_ISA", raising=False)
     _prefer_fast_ct2_isa()
@@ -153,3 +158,8 @@ def test_the_int8_conversion_is_cached_by_weights_and_reused(
     assert encoder_digest(other) != key
     assert converted_encoder(other, cache).name == f"ct2-{encoder_digest(other)}"
     assert len(list(cache.iterdir())) == 2
+
+
+def test_the_isa_test_leaves_the_process_environment_as_it_found_it() -> None:
+    # Runs after the test above (file order): nothing it forced may reach later servers.
+    assert os.environ.get("CT2_FORCE_CPU_ISA") == _ISA_AT_IMPORT
