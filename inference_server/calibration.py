@@ -1,5 +1,5 @@
-"""Calibrated confidence: temperature scaling (Guo et al. 2017) for the label, Platt scaling for
-review, expected calibration error and reliability tables.
+"""Calibrated confidence: temperature scaling (Guo et al. 2017) for the label, a temperature or
+Platt scaling for review, expected calibration error and reliability tables.
 
 The five-way label softmax gets one temperature, fitted on dev by minimising the negative
 log-likelihood over a fine log-spaced grid (deterministic, no optimiser state). The review

@@ -4,25 +4,16 @@ conversation. The run on the shipped weights needs the shared data; it is not ru
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
 from inference_server.calibration import review_calibration
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "review_calibration.py"
+from tests.inference_server.bench_scripts import load_bench
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("review_calibration", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["review_calibration"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("review_calibration")
 
 
 def test_platt_fixes_a_shift_a_temperature_cannot() -> None:

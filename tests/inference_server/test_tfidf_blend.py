@@ -5,26 +5,17 @@ few minutes; it is not run here."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
 from inference_server.evaluate import bootstrap, label_scores
 from inference_server.labels import LABELS
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "tfidf_blend.py"
+from tests.inference_server.bench_scripts import load_bench
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tfidf_blend", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tfidf_blend"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("tfidf_blend")
 
 
 def _labels(rng: np.random.Generator, n: int) -> list[str]:
