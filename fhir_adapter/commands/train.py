@@ -186,6 +186,8 @@ def parse_settings(config: Any, settings: list[str]) -> dict[str, Any]:
                 if raw.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(raw)
                 changes[name] = raw.lower() in ("true", "1")
+            elif kind == "str":
+                changes[name] = raw  # the dataclass' own checks say which words it takes
             else:
                 changes[name] = int(raw) if kind == "int" else float(raw)
         except ValueError:

@@ -273,6 +273,15 @@ def test_train_cli_without_a_teacher_says_how_to_make_one(tmp_path: Path) -> Non
     assert not (tmp_path / "w").exists()
 
 
+def test_parse_settings_takes_words_for_text_fields() -> None:
+    # A text field (review_calibration) used to crash --set with a KeyError.
+    from fhir_adapter.commands.train import config_with
+    from inference_server.train import TrainConfig
+
+    config = config_with(TrainConfig(), ["review_calibration=platt", "hidden=16"])
+    assert (config.review_calibration, config.hidden) == ("platt", 16)
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -282,6 +291,7 @@ def test_train_cli_without_a_teacher_says_how_to_make_one(tmp_path: Path) -> Non
         ("calibrate=maybe", "takes true or false"),
         ("lora_layers=7", "lora_layers must be between 0 and encoder_layers"),
         ("encoder_layers=0", "encoder_layers must be between 1 and 6"),
+        ("review_calibration=isotonic", "review_calibration must be one of temperature, platt"),
     ],
 )
 def test_train_cli_refuses_bad_settings_before_training(
