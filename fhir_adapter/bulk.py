@@ -24,8 +24,16 @@ def export_files(directory: Path) -> list[Path]:
 def read_export(directory: Path) -> Iterator[dict[str, Any]]:
     """Every resource of every .ndjson file, in file order; blank lines are skipped."""
     for path in export_files(directory):
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        # Bytes, decoded line by line, so that a byte that is not UTF-8 is reported by line.
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise BulkExportError(
+                        f"{path.name} line {number}: not UTF-8 (byte {exc.start + 1} of the "
+                        "line); convert the file to UTF-8 and retry"
+                    ) from exc
                 if not line.strip():
                     continue
                 try:

@@ -733,7 +733,15 @@ def load_settings(config_file: Path | None = None, /, **overrides: Any) -> Setti
         return cls(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, config_file)) from exc
-    except ValueError as exc:  # e.g. a TOML syntax error
+    except ValueError as exc:  # a TOML syntax error, or a variable that is not JSON
+        env = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+        if env is not None:
+            # Name the variable (its value may hold secrets); the cause says where it breaks.
+            name = f"{ENV_PREFIX}{env[1].upper()}"
+            raise SettingsError(
+                f"cannot read the environment variable {name}: {exc.__cause__ or exc}; "
+                "give it as JSON"
+            ) from exc
         raise SettingsError(f"cannot read {config_file}: {exc}") from exc
     finally:
         _CONFIG_FILE.pop(cls, None)

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_server.data.splits import split_examples
-from inference_server.dataset import Example, read_corpus
+from inference_server.dataset import DatasetError, Example, read_corpus
 from inference_server.evaluate import Report, binary_scores, full_report
 from inference_server.labels import LABELS, NONE_LABEL
 from inference_server.realtalk import RealTalk, trainable_sources
@@ -232,7 +232,8 @@ def run(
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    from inference_server.esconv import ESConvError
     from inference_server.train import DEFAULT_CORPUS, default_cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -248,10 +249,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     realtalk = RealTalk(shared=args.shared_data) if args.shared_data else None
-    results = run(args.corpus, args.cache, args.esconv, args.window, realtalk)
+    try:
+        results = run(args.corpus, args.cache, args.esconv, args.window, realtalk)
+    except (DatasetError, ESConvError) as exc:
+        return _error(str(exc))
+    except UnicodeDecodeError as exc:
+        return _error(f"a data file is not UTF-8 text (byte {exc.start}); convert it to UTF-8")
+    except OSError as exc:
+        return _error(
+            f"cannot read {exc.filename}: {exc.strerror}; check --corpus, --esconv and "
+            "--shared-data"
+        )
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
+    return 0
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,6 +35,10 @@ def _read(path: Path) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise BlindCheckError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise BlindCheckError(
+            f"{path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8 and retry"
+        ) from exc
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -59,6 +63,12 @@ def _labelled(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def blind(units: Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
     """The units as the annotator sees them: id and turns only, in a shuffled order."""
+    no_turns = [u["id"] for u in units if not isinstance(u.get("turns"), list)]
+    if no_turns:
+        raise BlindCheckError(
+            f"{len(no_turns)} unit(s) have no list of turns (first: {no_turns[0]}); a shard "
+            "holds written units with their turns"
+        )
     rows = [{"id": u["id"], "turns": u["turns"]} for u in units]
     random.Random(seed).shuffle(rows)  # noqa: S311 (an order, not a secret)
     return rows

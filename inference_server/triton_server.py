@@ -167,6 +167,8 @@ def build_repository(
             f"no classifier weights at {heads}; train them (`homework-fhir train`) or pass "
             "--weights DIR"
         )
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"{dest} is a file; choose a new directory for the repository")
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty; choose a new directory for the repository")
     shipped = SHIPPED_REPOSITORY / MODEL_NAME

@@ -103,10 +103,34 @@ def store_only(settings: Settings) -> Iterator[Store]:
         store = open_store(settings.database_url)
     except SQLAlchemyError as exc:
         fail(f"cannot open the database: {type(exc).__name__}; check database_url", 1)
+    except OSError as exc:  # e.g. data_dir is a file, so the SQLite file's folder cannot be made
+        fail(store_path_message(exc))
     try:
         yield store
     finally:
         store.close()
+
+
+def store_path_message(exc: OSError) -> str:
+    """The line for a store (or data_dir) path that cannot be used: paths only."""
+    return (
+        f"cannot open the store at {exc.filename}: {exc.strerror}; data_dir must be a folder "
+        "and database_url must name a file in one (check both)"
+    )
+
+
+def check_output_path(path: Path, option: str, *, folder: bool) -> None:
+    """Exit 2 before any work when `path` could not be written at the end: a file where a
+    folder goes (`folder`) or a folder where a file goes, a file in the way of the parent
+    folders the writer would make, or no write permission."""
+    if path.exists() and path.is_dir() != folder:
+        is_, wanted = ("a file", "a folder") if folder else ("a folder", "a file path")
+        fail(f"{option} {path} already exists as {is_}; pass {wanted}")
+    existing = next((p for p in (path, *path.parents) if p.exists()), path)
+    if not existing.is_dir() and existing != path:
+        fail(f"{option} {path}: {existing} is a file, not a folder; pass a path under a folder")
+    if not os.access(existing, os.W_OK):
+        fail(f"{option} {path}: no permission to write in {existing}; pass another path")
 
 
 def progress_bar(description: str) -> Callable[[Iterable[str], int], Iterable[str]]:

@@ -74,7 +74,11 @@ def predict_texts(
     directory = weights or WEIGHTS_DIR
     if not (directory / HEADS_FILE).is_file():
         fail(f"no {HEADS_FILE} in {directory}; run `homework-fhir train` or pass --weights DIR")
-    return HomeworkClassifier.load(directory).predict(list(texts), batch_size=batch_size)
+    try:
+        classifier = HomeworkClassifier.load(directory)
+    except FileNotFoundError as exc:  # a damaged heads file, or another model's
+        fail(str(exc))
+    return classifier.predict(list(texts), batch_size=batch_size)
 
 
 def predict_dialogues(

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fhir_adapter.commands._common import bad_input_exits, fail
+from fhir_adapter.commands._common import bad_input_exits, check_output_path, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -56,6 +56,7 @@ def dapt(
     from inference_server.train import DEFAULT_CORPUS
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    check_output_path(out, "--out", folder=False)  # now: the delta is written after pretraining
     try:
         config = replace(DaptConfig(), **parse_settings(DaptConfig(), settings or []))
     except (TypeError, ValueError) as exc:

@@ -118,10 +118,14 @@ def register(app: typer.Typer) -> None:
 
         configure_logging(verbose)
         # A fresh store each time, so the printout shows exactly what this run drafted.
-        if (data_dir / "demo.sqlite3").exists():
-            for leftover in data_dir.glob("demo.sqlite3*"):
-                leftover.unlink()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if (data_dir / "demo.sqlite3").exists():
+                for leftover in data_dir.glob("demo.sqlite3*"):
+                    leftover.unlink()
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. --data-dir names a file
+            fail(f"cannot use --data-dir {data_dir} ({exc.strerror}: {exc.filename}); "
+                 "pass a folder")  # fmt: skip
         settings = demo_settings(data_dir, port, triton)
         source = export or sample_export_dir()
         try:

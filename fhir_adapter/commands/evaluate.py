@@ -138,6 +138,10 @@ def evaluate(
             fail(str(exc))
         if predictions is not None and not predictions.parent.is_dir():
             fail(f"no folder {predictions.parent} for --predictions; create it first")
+        if predictions is not None and predictions.is_dir():
+            # Refused now: the file is written only after the whole model run.
+            fail(f"--predictions {predictions} is a folder; pass a file path, e.g. "
+                 f"{predictions / 'predictions.jsonl'}")  # fmt: skip
 
     point = operating_point(weights, point_name.value)
     preds = predict_dialogues(dialogues, triton, weights)

@@ -84,9 +84,16 @@ def register(app: typer.Typer) -> None:
         """Write one JSON line per clinician decision on a Task (no patient identifiers)."""
         from fhir_adapter.smart.feedback import export
 
+        if not out.parent.is_dir():
+            fail(f"no folder {out.parent} for the export; create it first")
+        if out.is_dir():
+            fail(f"{out} is a folder; pass a file path, e.g. {out / 'feedback.jsonl'}")
         settings = load_settings_or_exit(config)
         with store_only(settings) as store:
-            count = export(store, out)
+            try:
+                count = export(store, out)
+            except OSError as exc:  # no permission, disk full
+                fail(f"cannot write {out}: {exc.strerror}; check the path and its permissions")
         typer.echo(f"{count} feedback records written to {out}")
 
     @outbox_app.command("list")

@@ -17,7 +17,12 @@ from typing import Annotated, Any
 
 import typer
 
-from fhir_adapter.commands._common import fail, load_settings_or_exit, store_only
+from fhir_adapter.commands._common import (
+    check_output_path,
+    fail,
+    load_settings_or_exit,
+    store_only,
+)
 
 ConfigOption = Annotated[
     Path | None,
@@ -171,10 +176,13 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in ("csv", "parquet"):
             fail("--format must be csv or parquet")
-        if out_dir.exists() and not out_dir.is_dir():
-            fail(f"{out_dir} exists and is not a folder")
+        check_output_path(out_dir, "OUT_DIR", folder=True)
         with store_only(load_settings_or_exit(config)) as store:
-            paths = export_views(store, out_dir, "csv" if fmt == "csv" else "parquet")
+            try:
+                paths = export_views(store, out_dir, "csv" if fmt == "csv" else "parquet")
+            except OSError as exc:  # no permission, disk full
+                fail(f"cannot write in {out_dir}: {exc.strerror} ({exc.filename}); check the "
+                     "folder and its permissions")  # fmt: skip
         for path in paths:
             typer.echo(str(path))
 

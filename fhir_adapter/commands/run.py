@@ -17,6 +17,7 @@ from fhir_adapter.commands._common import (
     fail,
     load_settings_or_exit,
     progress_bar,
+    store_path_message,
 )
 
 if TYPE_CHECKING:
@@ -43,17 +44,25 @@ def print_summary(summary: dict[str, object]) -> None:
 
 @asynccontextmanager
 async def open_runtime_or_exit(settings: Settings) -> AsyncIterator[Runtime]:
-    """The command's runtime; missing weights or model card, or a model server that serves
-    other weights, are exit 2 with one line."""
+    """The command's runtime; missing weights or model card, a model server that serves
+    other weights, or a data_dir or store path that cannot be used, are exit 2 with one line."""
     from fhir_adapter.runtime import ModelVersionMismatchError, open_runtime
 
+    opened = False
     try:
         async with open_runtime(settings) as runtime:
+            opened = True
             yield runtime
     except FileNotFoundError as exc:  # no trained weights or model card where configured
         fail(str(exc))
     except ModelVersionMismatchError as exc:
         fail(str(exc))
+    except OSError as exc:
+        # While opening: the model cache or the SQLite file under data_dir cannot be made (a
+        # file where the folder goes). Later ones are the command's own.
+        if opened or exc.filename is None:
+            raise
+        fail(store_path_message(exc))
 
 
 @asynccontextmanager

@@ -40,7 +40,9 @@ def register(app: typer.Typer) -> None:
     def serve(
         config: ConfigOption = None,
         host: Annotated[str | None, typer.Option(help="Overrides api.host.")] = None,
-        port: Annotated[int | None, typer.Option(help="Overrides api.port.")] = None,
+        port: Annotated[
+            int | None, typer.Option(help="Overrides api.port.", min=1, max=65535)
+        ] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Serve the API: FHIR search over the drafts, POST /ingest, health checks."""

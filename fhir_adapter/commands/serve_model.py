@@ -42,9 +42,13 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("serve-model")
     def serve_model(
-        http_port: Annotated[int, typer.Option(help="Triton HTTP/REST port.")] = 8000,
-        grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
-        metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+        http_port: Annotated[
+            int, typer.Option(help="Triton HTTP/REST port.", min=1, max=65535)
+        ] = 8000,
+        grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.", min=1, max=65535)] = 8001,
+        metrics_port: Annotated[
+            int, typer.Option(help="Prometheus metrics port.", min=1, max=65535)
+        ] = 8002,
         host: Annotated[
             str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")
         ] = "127.0.0.1",
@@ -95,6 +99,10 @@ def register(app: typer.Typer) -> None:
                 )
             except (FileNotFoundError, FileExistsError) as exc:
                 fail(str(exc))
+            except OSError as exc:  # e.g. a file where a parent folder should be, no permission
+                reason = exc.strerror or type(exc).__name__
+                fail(f"cannot write the model repository at {dest}: {reason}; "
+                     "choose a new directory for the repository")  # fmt: skip
 
         if write_repository is not None:
             repo = build(write_repository)

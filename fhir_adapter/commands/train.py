@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fhir_adapter.commands._common import bad_input_exits, fail
+from fhir_adapter.commands._common import bad_input_exits, check_output_path, fail
 
 if TYPE_CHECKING:
     from inference_server.train import TrainConfig
@@ -110,6 +110,8 @@ def train(
     from inference_server.train import train as run_training
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    if out is not None:  # checked now: the weights are written only after the whole training
+        check_output_path(out, "--out", folder=True)
     config = TrainConfig()
     try:
         config = config_with(config, settings or [])

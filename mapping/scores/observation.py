@@ -73,7 +73,16 @@ def _total_value(obs: Mapping[str, Any], inst: Instrument) -> int:
 
 
 def _obs_code(obs: Mapping[str, Any]) -> tuple[Instrument, str] | None:
-    for c in (obs.get("code") or {}).get("coding", []):
+    # Read before the Observation is validated (a Bundle skips what is not a total), so the
+    # shape is checked here.
+    code = obs.get("code") or {}
+    codings = code.get("coding", []) if isinstance(code, Mapping) else None
+    if not isinstance(codings, list) or not all(isinstance(c, Mapping) for c in codings):
+        raise QuestionnaireError(
+            "Observation.code is not a CodeableConcept with a list of Codings; correct the "
+            "Observation"
+        )
+    for c in codings:
         if c.get("system") == LOINC and isinstance(c.get("code"), str):
             match = instrument_for_code(c["code"])
             if match is not None:
@@ -173,14 +182,21 @@ def score_resource(
         return [score_observation(resource)]
     if rtype == "Bundle":
         out: list[ScreeningScore] = []
-        for n, entry in enumerate(resource.get("entry", [])):
+        entries = resource.get("entry", [])
+        if not isinstance(entries, list) or not all(
+            isinstance(e, Mapping) and isinstance(e.get("resource") or {}, Mapping) for e in entries
+        ):
+            raise QuestionnaireError(
+                "Bundle.entry is not a list of entries holding resources; correct the Bundle"
+            )
+        for n, entry in enumerate(entries):
             inner = entry.get("resource") or {}
             kind = inner.get("resourceType")
-            if kind == "Observation" and not is_screening_total(inner):
-                continue
             if kind not in ("QuestionnaireResponse", "Observation"):
                 continue
             try:
+                if kind == "Observation" and not is_screening_total(inner):
+                    continue
                 out += score_resource(inner, questionnaire=questionnaire, link_ids=link_ids)
             except QuestionnaireError as exc:
                 raise QuestionnaireError(f"Bundle entry {n}: {exc}") from exc

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 
 from mapping.errors import QuestionnaireError, ResourceError
@@ -59,6 +60,11 @@ def _questionnaire_maps(
         return codes, weights
     if questionnaire.get("resourceType") != "Questionnaire":
         raise QuestionnaireError("the questionnaire given is not a Questionnaire resource")
+    try:
+        # Validated as the response is, so the walk below can trust its shape.
+        parse(questionnaire, Questionnaire)
+    except ResourceError as exc:
+        raise QuestionnaireError(f"not a valid Questionnaire: {exc}") from exc
     for item in _walk(list(questionnaire.get("item", []))):
         link = item.get("linkId")
         if not isinstance(link, str):

@@ -34,6 +34,14 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, content: str, message: str
         list(read_export(tmp_path))
 
 
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "Encounter.ndjson").write_bytes(
+        b'{"resourceType": "Encounter", "id": "e1"}\n{"resourceType": "Encounter", "id": "\xe9"}\n'
+    )
+    with pytest.raises(BulkExportError, match=r"Encounter\.ndjson line 2: not UTF-8.*to UTF-8"):
+        list(read_export(tmp_path))
+
+
 def test_empty_or_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BulkExportError, match=r"no \.ndjson files"):
         list(read_export(tmp_path))

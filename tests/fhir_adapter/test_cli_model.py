@@ -110,6 +110,14 @@ def test_evaluate_usage_errors_exit_2(tmp_path: Path) -> None:
     assert HEADS_FILE in one_error_line(no_weights)
 
 
+def test_evaluate_refuses_a_predictions_folder_before_predicting(tmp_path: Path) -> None:
+    # Found only when writing, after the whole model run, the report was lost.
+    result = invoke("evaluate", TINY_FILE, "--predictions", tmp_path)
+    assert result.exit_code == 2
+    assert f"--predictions {tmp_path} is a folder; pass a file path" in one_error_line(result)
+    assert result.stdout == ""  # refused before any report
+
+
 def test_evaluate_reads_every_unit_shape_the_guide_allows(tmp_path: Path) -> None:
     task = "Before we meet again, could you write down each worrying thought in a notebook?"
     filler = "We talked about how the week went and what felt hard at work. " * 8
@@ -233,6 +241,50 @@ def test_detect_bad_input_exits_2(tmp_path: Path) -> None:
     result = invoke("detect", only_client, "--client", "Client")
     assert result.exit_code == 2
     assert "therapist" in one_error_line(result)
+
+
+def test_detect_with_weights_that_are_not_the_classifiers_exits_2(tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from inference_server.classifier import CARD_FILE, WEIGHTS_DIR
+
+    for name, write in (
+        ("damaged", lambda path: path.write_bytes(b"not a safetensors file")),
+        ("other", lambda path: save_file({"x": torch.zeros(2)}, str(path))),
+    ):
+        weights = tmp_path / name
+        weights.mkdir()
+        shutil.copy(WEIGHTS_DIR / CARD_FILE, weights / CARD_FILE)  # the card alone is fine
+        write(weights / HEADS_FILE)
+        result = invoke("detect", SESSION, "--weights", weights)
+        assert result.exit_code == 2, result.output
+        line = one_error_line(result)
+        assert f"{weights} does not hold classifier weights" in line
+        assert "pass the folder written by `homework-fhir train`" in line
+
+
+def test_train_and_dapt_refuse_an_unusable_out_before_any_work(tmp_path: Path) -> None:
+    # The check must come first: --corpus and --shared-data name nothing, so were it missing
+    # these would stop at reading data (another message), never reach training.
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    nothing = tmp_path / "nothing"
+    common = ["--corpus", nothing, "--no-esconv", "--no-realtalk", "--set", "distill_weight=0"]
+    as_file = invoke("train", "--out", afile, *common)
+    assert as_file.exit_code == 2
+    assert f"--out {afile} already exists as a file; pass a folder" in one_error_line(as_file)
+    under_file = invoke("train", "--out", afile / "w", *common)
+    assert under_file.exit_code == 2
+    assert f"{afile} is a file, not a folder" in one_error_line(under_file)
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    dapt = invoke("dapt", "--out", folder, "--shared-data", nothing)
+    assert dapt.exit_code == 2
+    assert f"--out {folder} already exists as a folder" in one_error_line(dapt)
 
 
 def test_train_cli_writes_weights_and_prints_summary(tmp_path: Path) -> None:

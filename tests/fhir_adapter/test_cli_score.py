@@ -64,6 +64,14 @@ def _bad(tmp_path: Path, name: str, text: str | bytes) -> str:
     return str(path)
 
 
+STRING_CODINGS = json.dumps(
+    {
+        "resourceType": "Bundle",
+        "entry": [{"resource": {"resourceType": "Observation", "code": {"coding": ["x"]}}}],
+    }
+)
+
+
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [
@@ -76,6 +84,7 @@ def _bad(tmp_path: Path, name: str, text: str | bytes) -> str:
         (lambda p: str(SCORES / "phq9-out-of-range" / "input.json"), "outside 0-3"),
         (lambda p: str(SCORES / "observation-out-of-range" / "input.json"), "0-21"),
         (lambda p: _bad(p, "d.json", b'{"resourceType": "\xff"}'), "not UTF-8"),
+        (lambda p: _bad(p, "e.json", STRING_CODINGS), "Bundle entry 0: Observation.code is not"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, make: object, fragment: str) -> None:

@@ -300,6 +300,16 @@ def test_missing_config_file_and_unknown_connection(tmp_path: Path) -> None:
         settings.connection("x")
 
 
+def test_a_variable_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With no config file the message used to say "cannot read None".
+    monkeypatch.setenv("HOMEWORK_FHIR_EHR", "{not json")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("cannot read the environment variable HOMEWORK_FHIR_EHR: ")
+    assert "give it as JSON" in message and "None" not in message
+
+
 def test_triton_backend_needs_a_url() -> None:
     with pytest.raises(SettingsError, match=r"set model\.triton_url"):
         load_settings(environment="production", model={"backend": "triton"}, **API_OK)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from inference_server.baselines import esconv_in_domain, run, score, tfidf_baseline
+import pytest
+
+from inference_server.baselines import esconv_in_domain, main, run, score, tfidf_baseline
 from inference_server.data.splits import split_examples
 from inference_server.dataset import read_corpus
 from inference_server.labels import LABELS
@@ -67,3 +69,12 @@ def test_esconv_in_domain_reference_learns_esconv_own_label(tmp_path: Path) -> N
     scores = report["homework_vs_none"]
     assert scores["support"] == 4
     assert scores["f1"] >= 0.75  # "try" separates the two classes it was trained on
+
+
+def test_main_reports_a_missing_corpus_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--corpus", str(tmp_path / "nope"), "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {tmp_path / 'nope'}: no corpus here; check")
+    assert len(err.splitlines()) == 1

@@ -67,3 +67,19 @@ def test_cli_round_trip_and_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     assert main(["merge", str(shard), str(tmp_path / "bad.jsonl"), str(tmp_path / "o")]) == 2
     assert "bad.jsonl:1: not JSON" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_latin1_shard_and_units_without_turns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"id": "x-c001-01", "turns": [], "note": "caf\xe9"}\n')
+    assert main(["prepare", str(latin1), str(tmp_path / "o1")]) == 2
+    assert f"{latin1} is not UTF-8 text" in capsys.readouterr().err
+    no_turns = tmp_path / "no_turns.jsonl"
+    no_turns.write_text(json.dumps({"id": "x-c001-09", "label": "none", "review": False}) + "\n")
+    assert main(["prepare", str(no_turns), str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 unit(s) have no list of turns (first: x-c001-09)")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -49,6 +49,9 @@ def test_write_repository_renders_the_gpu_variant(test_weights: Path, tmp_path: 
         (["--precision", "fp64"], "unknown precision"),
         (["--device", "gpu", "--precision", "int8"], "CPU only"),
         (["--weights", "/nonexistent/weights"], "no classifier weights"),
+        (["--http-port", "70000"], "Invalid value for '--http-port'"),
+        (["--grpc-port", "70000"], "Invalid value for '--grpc-port'"),
+        (["--metrics-port", "65536"], "Invalid value for '--metrics-port'"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
@@ -56,6 +59,24 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_write_repository_over_a_file_exits_2_with_one_line(
+    test_weights: Path, tmp_path: Path
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for dest, message in (
+        (afile, f"{afile} is a file; choose a new directory"),
+        (afile / "repo", f"cannot write the model repository at {afile / 'repo'}: Not a dir"),
+    ):
+        result = runner.invoke(
+            app, ["serve-model", "--write-repository", str(dest), "--weights", str(test_weights)]
+        )
+        assert result.exit_code == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.output
+        assert "Traceback" not in result.output
 
 
 def test_serve_model_serves_until_ctrl_c(test_weights: Path, tmp_path: Path) -> None:

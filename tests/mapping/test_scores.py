@@ -314,3 +314,20 @@ def test_same_response_gives_same_observation_id() -> None:
     c = build_observation(score_resource(_qr("phq9-minimal"))[0])
     assert a.id == b.id != c.id
     assert a.identifier and a.identifier[0].value == a.id
+
+
+def test_malformed_codings_and_questionnaire_items_are_refused_not_crashed() -> None:
+    # A Bundle reads each Observation's code before validating it (to skip what is not a
+    # total): codings that are strings were an AttributeError.
+    bundle = _qr("bundle-mixed")
+    bundle["entry"].append(
+        {"resource": {"resourceType": "Observation", "code": {"coding": ["44261-6"]}}}
+    )
+    n = len(bundle["entry"]) - 1
+    with pytest.raises(QuestionnaireError, match=f"Bundle entry {n}: Observation.code is not"):
+        score_resource(bundle)
+    # A Questionnaire's items were walked unvalidated: "item": 5 was a TypeError.
+    form = golden.load("scores", "phq9-questionnaire-linkids", "questionnaire.json")
+    form["item"] = 5
+    with pytest.raises(QuestionnaireError, match="not a valid Questionnaire"):
+        score_resource(_qr("phq9-questionnaire-linkids"), questionnaire=form)

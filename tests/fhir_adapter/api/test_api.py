@@ -195,3 +195,17 @@ def test_metrics_need_a_token_and_count_what_waits(client: TestClient, tmp_path:
     assert "# TYPE homework_step_seconds histogram" in text
     assert "# TYPE homework_encounters gauge" in text
     assert "homework_writes_queued" in text
+
+
+def test_serve_refuses_a_port_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fhir_adapter.cli import app
+
+    # 70000 used to be served as 70000 % 65536 = 4464 without a word. Production settings
+    # without keys stop `serve` before it listens, should the range check be missing.
+    monkeypatch.setenv("HOMEWORK_FHIR_ENVIRONMENT", "production")
+    for port in ("70000", "0"):
+        result = CliRunner().invoke(app, ["serve", "--port", port])
+        assert result.exit_code == 2
+        assert "Invalid value for '--port'" in result.stderr

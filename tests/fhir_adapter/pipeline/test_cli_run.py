@@ -253,3 +253,28 @@ def test_no_trained_model_is_one_line_and_exit_2(tmp_path: Path, command: str) -
         f"error: no model card at {empty / 'model_card.json'}; run `homework-fhir train`"
     ]
     assert not (tmp_path / "data").exists()  # stopped before opening the store
+
+
+@pytest.mark.parametrize("command", ["backfill", "demo"])
+def test_a_data_dir_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path, command: str) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    if command == "demo":
+        args = ["demo", "--data-dir", str(afile), "--no-serve"]
+    else:
+        # A model server nobody answers on: no model is loaded, the store is opened next.
+        config = tmp_path / "homework-fhir.toml"
+        config.write_text(
+            f'environment = "development"\ndata_dir = "{afile}"\n'
+            '[model]\nbackend = "triton"\ntriton_url = "127.0.0.1:9"\n'
+            '[api.auth]\nmode = "dev-embedded"\n'
+        )
+        args = ["backfill", str(sample_export_dir()), "--config", str(config)]
+
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    error = result.stderr.strip().splitlines()[-1]  # backfill logs the dead model server first
+    says = "pass a folder" if command == "demo" else "data_dir must be a folder"
+    assert error.startswith("error: cannot ") and str(afile) in error and says in error

@@ -156,6 +156,31 @@ def test_outbox_list_and_retry(tmp_path: Path) -> None:
         store.close()
 
 
+def test_feedback_export_checks_its_file_before_opening_the_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    config = _config(tmp_path, url)
+    out = tmp_path / "no" / "f.jsonl"
+    no_folder = runner.invoke(app, ["feedback", "export", str(out), "-c", config])
+    assert no_folder.exit_code == 2
+    assert no_folder.stderr == f"error: no folder {out.parent} for the export; create it first\n"
+    folder = runner.invoke(app, ["feedback", "export", str(tmp_path), "-c", config])
+    assert folder.exit_code == 2
+    assert folder.stderr.startswith(f"error: {tmp_path} is a folder; pass a file path")
+    assert not (tmp_path / "store.db").exists()  # refused before the store was opened
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    config = tmp_path / "c.toml"
+    config.write_text(f'environment = "development"\ndata_dir = "{afile}"\n{DEV_AUTH}')
+    listed = runner.invoke(app, ["outbox", "list", "-c", str(config)])
+    assert listed.exit_code == 2
+    assert listed.stderr.startswith(f"error: cannot open the store at {afile}: ")
+    assert "data_dir must be a folder" in listed.stderr
+    assert len(listed.stderr.splitlines()) == 1 and "Traceback" not in listed.output
+
+
 def _row(store: Store, encounter: str) -> EncounterRow:
     with store.session() as session:
         row = work.get_encounter(session, CONNECTION, encounter)

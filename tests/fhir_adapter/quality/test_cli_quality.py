@@ -62,3 +62,19 @@ def test_bad_input_exits_2_with_one_line(args: list[str], says: str) -> None:
     done = runner.invoke(app, ["quality", *args])
     assert done.exit_code == 2 and says in done.output
     assert "Traceback" not in done.output
+
+
+def test_export_under_a_file_exits_2_before_opening_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOMEWORK_FHIR_ENVIRONMENT", "development")
+    monkeypatch.setenv("HOMEWORK_FHIR_DATA_DIR", str(tmp_path / "data"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    done = runner.invoke(app, ["quality", "export", str(afile / "views")])
+    assert done.exit_code == 2
+    assert done.stderr == (
+        f"error: OUT_DIR {afile / 'views'}: {afile} is a file, not a folder; pass a path "
+        "under a folder\n"
+    )
+    assert not (tmp_path / "data").exists()  # the store was not opened
