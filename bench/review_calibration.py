@@ -4,8 +4,10 @@ Reads a weights folder's P(review) on the choosing set (what `train` calibrates 
 back into the served logit, and fits three calibrations on four fifths of the choosing set's
 conversations, scoring each on the fifth left out (5 folds by conversation): a temperature (the
 logit's scale alone), Platt scaling (scale and bias; what `train` fits) and isotonic regression.
-Whatever the folder was calibrated with, each refit starts from its served logit; a linear map
-of it is the same family again, so the temperature and Platt rows do not depend on it.
+Whatever the folder was calibrated with, each refit starts from its served logit. An affine map
+of it is the same family again, so the Platt row does not depend on the folder's calibration;
+the temperature row does (a scale alone keeps whatever bias the served logit already carries:
+0.116 on weights calibrated by a temperature, 0.019 on the Platt-calibrated ones).
 
     .venv/bin/python bench/review_calibration.py [--weights DIR] [--json OUT]
 

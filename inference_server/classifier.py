@@ -166,7 +166,9 @@ class HomeworkClassifier:
             )
         card = packaged_card(weights_dir)
         try:
-            state = load_file(str(heads_file), device=device)
+            # On the CPU here (the heads are built there and moved with the encoder below), so
+            # that a device error is not reported as a damaged file.
+            state = load_file(str(heads_file), device="cpu")
             dim = int(state["label.1.weight"].shape[1])
             hidden = int(state["label.1.weight"].shape[0])
             heads = Heads(dim, hidden)

@@ -114,18 +114,24 @@ def store_only(settings: Settings) -> Iterator[Store]:
 def store_path_message(exc: OSError) -> str:
     """The line for a store (or data_dir) path that cannot be used: paths only."""
     return (
-        f"cannot open the store at {exc.filename}: {exc.strerror}; data_dir must be a folder "
+        f"cannot open the store{f' at {exc.filename}' if exc.filename else ''}: "
+        f"{exc.strerror or type(exc).__name__}; data_dir must be a folder "
         "and database_url must name a file in one (check both)"
     )
 
 
-def check_output_path(path: Path, option: str, *, folder: bool) -> None:
+def check_output_path(
+    path: Path, option: str, *, folder: bool, make_parents: bool = True
+) -> None:
     """Exit 2 before any work when `path` could not be written at the end: a file where a
     folder goes (`folder`) or a folder where a file goes, a file in the way of the parent
-    folders the writer would make, or no write permission."""
+    folders the writer would make (or, for a writer that makes none, a missing parent
+    folder), or no write permission."""
     if path.exists() and path.is_dir() != folder:
         is_, wanted = ("a file", "a folder") if folder else ("a folder", "a file path")
         fail(f"{option} {path} already exists as {is_}; pass {wanted}")
+    if not make_parents and not path.parent.is_dir():
+        fail(f"no folder {path.parent} for {option}; create it first")
     existing = next((p for p in (path, *path.parents) if p.exists()), path)
     if not existing.is_dir() and existing != path:
         fail(f"{option} {path}: {existing} is a file, not a folder; pass a path under a folder")

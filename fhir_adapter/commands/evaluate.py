@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fhir_adapter.commands._common import bad_input_exits, fail
+from fhir_adapter.commands._common import bad_input_exits, check_output_path, fail
 from fhir_adapter.commands._predict import (
     TRITON_HELP,
     PointOption,
@@ -136,12 +136,8 @@ def evaluate(
                 dialogues = [ex.turns for ex in examples]
         except (DatasetError, ESConvError) as exc:
             fail(str(exc))
-        if predictions is not None and not predictions.parent.is_dir():
-            fail(f"no folder {predictions.parent} for --predictions; create it first")
-        if predictions is not None and predictions.is_dir():
-            # Refused now: the file is written only after the whole model run.
-            fail(f"--predictions {predictions} is a folder; pass a file path, e.g. "
-                 f"{predictions / 'predictions.jsonl'}")  # fmt: skip
+        if predictions is not None:  # checked now: written only after the whole model run
+            check_output_path(predictions, "--predictions", folder=False, make_parents=False)
 
     point = operating_point(weights, point_name.value)
     preds = predict_dialogues(dialogues, triton, weights)

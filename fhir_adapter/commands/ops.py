@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from fhir_adapter.commands._common import (
+    check_output_path,
     configure_logging,
     fail,
     load_settings_or_exit,
@@ -84,10 +85,7 @@ def register(app: typer.Typer) -> None:
         """Write one JSON line per clinician decision on a Task (no patient identifiers)."""
         from fhir_adapter.smart.feedback import export
 
-        if not out.parent.is_dir():
-            fail(f"no folder {out.parent} for the export; create it first")
-        if out.is_dir():
-            fail(f"{out} is a folder; pass a file path, e.g. {out / 'feedback.jsonl'}")
+        check_output_path(out, "OUT", folder=False, make_parents=False)
         settings = load_settings_or_exit(config)
         with store_only(settings) as store:
             try:

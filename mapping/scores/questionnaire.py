@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 
 from mapping.errors import QuestionnaireError, ResourceError
@@ -60,26 +59,29 @@ def _questionnaire_maps(
         return codes, weights
     if questionnaire.get("resourceType") != "Questionnaire":
         raise QuestionnaireError("the questionnaire given is not a Questionnaire resource")
+    # Not validated as a whole: forms exported without `status` or item `type` score fine, and
+    # only linkId, code and answerOption are read; a wrong shape of those is one error.
     try:
-        # Validated as the response is, so the walk below can trust its shape.
-        parse(questionnaire, Questionnaire)
-    except ResourceError as exc:
-        raise QuestionnaireError(f"not a valid Questionnaire: {exc}") from exc
-    for item in _walk(list(questionnaire.get("item", []))):
-        link = item.get("linkId")
-        if not isinstance(link, str):
-            continue
-        for c in item.get("code", []):
-            if c.get("system") == LOINC and isinstance(c.get("code"), str):
-                codes[link] = c["code"]
-                break
-        for option in item.get("answerOption", []):
-            coding = option.get("valueCoding")
-            weight = weight_of(coding or {})
-            if weight is None:  # not `or`: a weight of 0 is falsy
-                weight = weight_of(option)
-            if coding and coding.get("code") and weight is not None:
-                weights.setdefault(link, {})[(coding.get("system"), coding["code"])] = weight
+        for item in _walk(list(questionnaire.get("item", []))):
+            link = item.get("linkId")
+            if not isinstance(link, str):
+                continue
+            for c in item.get("code", []):
+                if c.get("system") == LOINC and isinstance(c.get("code"), str):
+                    codes[link] = c["code"]
+                    break
+            for option in item.get("answerOption", []):
+                coding = option.get("valueCoding")
+                weight = weight_of(coding or {})
+                if weight is None:  # not `or`: a weight of 0 is falsy
+                    weight = weight_of(option)
+                if coding and coding.get("code") and weight is not None:
+                    weights.setdefault(link, {})[(coding.get("system"), coding["code"])] = weight
+    except (AttributeError, TypeError) as exc:
+        raise QuestionnaireError(
+            "the Questionnaire's item, code and answerOption must be lists of objects; "
+            "correct the Questionnaire"
+        ) from exc
     return codes, weights
 
 

@@ -114,7 +114,8 @@ def test_evaluate_refuses_a_predictions_folder_before_predicting(tmp_path: Path)
     # Found only when writing, after the whole model run, the report was lost.
     result = invoke("evaluate", TINY_FILE, "--predictions", tmp_path)
     assert result.exit_code == 2
-    assert f"--predictions {tmp_path} is a folder; pass a file path" in one_error_line(result)
+    line = one_error_line(result)
+    assert f"--predictions {tmp_path} already exists as a folder; pass a file path" in line
     assert result.stdout == ""  # refused before any report
 
 

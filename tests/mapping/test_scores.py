@@ -329,5 +329,20 @@ def test_malformed_codings_and_questionnaire_items_are_refused_not_crashed() -> 
     # A Questionnaire's items were walked unvalidated: "item": 5 was a TypeError.
     form = golden.load("scores", "phq9-questionnaire-linkids", "questionnaire.json")
     form["item"] = 5
-    with pytest.raises(QuestionnaireError, match="not a valid Questionnaire"):
+    with pytest.raises(QuestionnaireError, match="item, code and answerOption must be lists"):
         score_resource(_qr("phq9-questionnaire-linkids"), questionnaire=form)
+
+
+def test_a_questionnaire_missing_fields_the_scorer_does_not_read_still_scores() -> None:
+    # Forms exported without status or item types: only linkId, code and answerOption are read.
+    form = golden.load("scores", "phq9-questionnaire-linkids", "questionnaire.json")
+    del form["status"]
+
+    def untyped(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            item.pop("type", None)
+            untyped(item.get("item", []))
+
+    untyped(form["item"])
+    [score] = score_resource(_qr("phq9-questionnaire-linkids"), questionnaire=form)
+    assert score.total == 9

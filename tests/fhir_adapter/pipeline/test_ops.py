@@ -162,10 +162,10 @@ def test_feedback_export_checks_its_file_before_opening_the_store(tmp_path: Path
     out = tmp_path / "no" / "f.jsonl"
     no_folder = runner.invoke(app, ["feedback", "export", str(out), "-c", config])
     assert no_folder.exit_code == 2
-    assert no_folder.stderr == f"error: no folder {out.parent} for the export; create it first\n"
+    assert no_folder.stderr == f"error: no folder {out.parent} for OUT; create it first\n"
     folder = runner.invoke(app, ["feedback", "export", str(tmp_path), "-c", config])
     assert folder.exit_code == 2
-    assert folder.stderr.startswith(f"error: {tmp_path} is a folder; pass a file path")
+    assert folder.stderr.startswith(f"error: OUT {tmp_path} already exists as a folder; pass a")
     assert not (tmp_path / "store.db").exists()  # refused before the store was opened
 
 
