@@ -161,5 +161,10 @@ def test_the_int8_conversion_is_cached_by_weights_and_reused(
 
 
 def test_the_isa_test_leaves_the_process_environment_as_it_found_it() -> None:
-    # Runs after the test above (file order): nothing it forced may reach later servers.
-    assert os.environ.get("CT2_FORCE_CPU_ISA") == _ISA_AT_IMPORT
+    # Runs after the tests above (file order): the AVX512 the ISA test forced on a pretend CPU
+    # may not reach later servers. Loading int8 in-process (the tests above) rightly sets what
+    # this machine's own CPU takes, so that value is allowed too.
+    from inference_server.optimize import _cpu_flags
+
+    allowed = {_ISA_AT_IMPORT, ct2_cpu_isa(_cpu_flags())}
+    assert os.environ.get("CT2_FORCE_CPU_ISA") in allowed
