@@ -636,11 +636,12 @@ def calibrate(
     review: Sequence[bool],
     enabled: bool = True,
     real: Sequence[bool] | None = None,
-    review_method: str = "temperature",
+    review_method: str = "platt",
 ) -> Calibrated:
-    """Temperatures and operating points from the dev output. `real` marks the real-talk units
+    """Calibration (`review_method` as `TrainConfig.review_calibration`) and operating points
+    from the dev output. `real` marks the real-talk units
     of dev: the homework thresholds are chosen on them alone (the cut must hold on real therapy
-    talk, where homework is said less plainly than in our writing). The temperatures are fitted
+    talk, where homework is said less plainly than in our writing). The calibrations are fitted
     on all of dev: fitted on the real-talk units alone, the label temperature sharpened the
     probabilities and raised the calibration error on the sources never chosen on (docs/model.md);
     review's real turns are too few to choose on."""

@@ -331,8 +331,9 @@ def test_parse_settings_takes_words_for_text_fields() -> None:
     from fhir_adapter.commands.train import config_with
     from inference_server.train import TrainConfig
 
-    config = config_with(TrainConfig(), ["review_calibration=platt", "hidden=16"])
-    assert (config.review_calibration, config.hidden) == ("platt", 16)
+    assert TrainConfig().review_calibration != "temperature"  # so the override shows
+    config = config_with(TrainConfig(), ["review_calibration=temperature", "hidden=16"])
+    assert (config.review_calibration, config.hidden) == ("temperature", 16)
 
 
 @pytest.mark.parametrize(

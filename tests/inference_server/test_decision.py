@@ -175,8 +175,8 @@ def test_review_is_calibrated_by_the_method_the_config_names() -> None:
     review = (rng.random(n) < 1 / (1 + np.exp(-(z - 2)))).tolist()
     out = DevOutput(rng.normal(0, 1, (n, 5)).astype(np.float32), (z * 3 + 1.5).astype(np.float32))
     gold = ["none"] * n
-    temperature = calibrate(out, gold, review)
-    platt = calibrate(out, gold, review, review_method="platt")
+    temperature = calibrate(out, gold, review, review_method="temperature")
+    platt = calibrate(out, gold, review)  # the default, as in TrainConfig
     assert temperature.review_bias == 0.0 and temperature.review_scale < 1
     assert temperature.card()["review_temperature"] == 1 / temperature.review_scale
     assert platt.card()["review_calibration"] == "platt"
