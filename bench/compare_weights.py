@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _paths import check_output_file, check_shared_data, check_weights  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 from tfidf_blend import UNSEEN, compare, model_probs  # noqa: E402
 
@@ -83,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--splits", default="dev,test")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    # Before any work: the second folder is read only after the first is scored (minutes).
+    check_weights(parser, args.before, "--before")
+    check_weights(parser, args.after, "--after")
+    check_shared_data(parser, args.shared_data, "--shared-data")
+    check_output_file(parser, args.json, "--json")
     result = run(args.before, args.after, args.shared_data, args.splits.split(","))
     for split, groups in result.items():
         for group, rows in groups.items():

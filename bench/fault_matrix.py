@@ -59,8 +59,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg
+from _paths import check_output_file
 from sqlalchemy import func, select, text
 from tqdm import tqdm
 
@@ -436,10 +438,18 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(FAULTS))
     if unknown:
         parser.error(f"unknown fault {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+    check_output_file(parser, args.json, "--json")  # appended to: an existing file resumes
     done: list[dict[str, Any]] = []
+    seen: set[tuple[int, str, int]] = set()
     if args.json and args.json.exists():
-        done = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
-    seen = {(c["workers"], c["fault"], c["seed"]) for c in done}
+        try:
+            done = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
+            seen = {(c["workers"], c["fault"], c["seed"]) for c in done}
+        except (ValueError, KeyError, TypeError):  # not JSON, not UTF-8, or other JSON
+            parser.error(
+                f"--json {args.json} does not hold this script's cells (one JSON object a "
+                "line); pass a new file, or one an earlier run wrote, to resume"
+            )
     # Round by round, so that a run cut short still covers every cell.
     todo: queue.SimpleQueue[tuple[int, str, int]] = queue.SimpleQueue()
     total = 0

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _paths import check_output_file
 from sqlalchemy import func, select
 
 from fhir_adapter.store import open_store
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--model", choices=["in-process", "triton"], default="in-process")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    check_output_file(parser, args.json, "--json")
     results = []
     with tempfile.TemporaryDirectory(prefix="pipeline-load-") as tmp, ExitStack() as stack:
         root = Path(tmp)

@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _paths import check_folder, check_output_file
 
 from fhir_adapter.quality import MeasureRequest, course_outcomes, evaluate_measure
 from fhir_adapter.quality.views import materialise, run_query
@@ -156,6 +159,10 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # sample() opens demo.sqlite3 with SQLite, which would make an empty one where it is absent.
+    hint = "run `homework-fhir demo --no-serve --data-dir DIR` and pass that DIR"
+    check_folder(parser, args.demo, "--demo", ["demo.sqlite3"], hint)
+    check_output_file(parser, args.json, "--json")
     base = sample(args.demo)
     results = {}
     for db in args.databases.split(","):

@@ -32,6 +32,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _paths import check_output_file
 
 from fhir_adapter.samples.build import build_resources
 from inference_server.triton_server import free_port
@@ -140,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
+    check_output_file(parser, args.json, "--json")
     port = free_port()
     with tempfile.TemporaryDirectory() as root:
         env = {**os.environ, "HOMEWORK_FHIR_ENVIRONMENT": "development",

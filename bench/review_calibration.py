@@ -29,9 +29,12 @@ import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _paths import check_output_file, check_shared_data, check_weights  # noqa: E402
 
 from inference_server.calibration import review_calibration  # noqa: E402
-from inference_server.classifier import HomeworkClassifier  # noqa: E402
+from inference_server.classifier import WEIGHTS_DIR, HomeworkClassifier  # noqa: E402
 from inference_server.data.splits import split_examples  # noqa: E402
 from inference_server.dataset import read_corpus  # noqa: E402
 from inference_server.realtalk import RealTalk  # noqa: E402
@@ -102,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    # Only P(review) is read (from the heads): a folder without a card is fine here.
+    check_weights(parser, args.weights or WEIGHTS_DIR, "--weights", card=False)
+    check_shared_data(parser, args.shared_data, "--shared-data")
+    check_output_file(parser, args.json, "--json")
     result = run(args.weights, args.shared_data)
     print(f"choosing set: {result['units']} units, {result['reviews']} reviews")
     print(f"{'review calibration':<14} {'ECE':>6} {'log-loss':>9}  (5 folds by conversation)")

@@ -16,6 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _paths import check_folder  # noqa: E402
 
 from mapping.quality.viewdef import ViewError  # noqa: E402
 from tests.mapping.quality.sof_suite import SUITE_DIR, check, load_cases  # noqa: E402
@@ -26,6 +29,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", nargs="?", type=Path, default=SUITE_DIR)
     args = parser.parse_args()
+    hint = f"pass a copy of the SQL on FHIR v2 test suite (default: {SUITE_DIR})"
+    check_folder(parser, args.dir, "DIR", [], hint)
+    # An empty folder (or another one) would report "0 passed of 0" and exit 0.
+    if not any(p.name != "tests.schema.json" for p in args.dir.glob("*.json")):
+        parser.error(f"DIR {args.dir} holds no test files (*.json); {hint}")
     cases = load_cases(args.dir)
     failures: dict[str, str] = {}
     for case in cases:

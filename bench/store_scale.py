@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _paths import check_output_file
 from sqlalchemy import insert
 
 from fhir_adapter.api.search import parse_query
@@ -168,6 +170,7 @@ def main() -> None:
     databases = args.databases.split(",")
     if unknown := set(databases) - {"sqlite", "postgresql"}:
         parser.error(f"unknown databases {sorted(unknown)}; choose sqlite, postgresql")
+    check_output_file(parser, args.json, "--json")
     results: dict[str, Any] = {}
     if "sqlite" in databases:
         with tempfile.TemporaryDirectory() as root:

@@ -57,6 +57,9 @@ import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _paths import check_corpus, check_output_file, check_shared_data, check_weights  # noqa: E402
 
 from inference_server.classifier import WEIGHTS_DIR, HomeworkClassifier  # noqa: E402
 from inference_server.data.splits import split_examples  # noqa: E402
@@ -465,6 +468,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write every number here")
     args = parser.parse_args(argv)
+    check_shared_data(parser, args.shared_data, "--shared-data")
+    check_corpus(parser, args.corpus, "--corpus", file_ok=True)  # read_corpus takes either
+    check_weights(parser, args.weights, "--weights")  # the card's point is the model's row
+    check_output_file(parser, args.json, "--json")
     result = run(args.shared_data, args.corpus, args.weights)
     print_report(result)
     if args.json is not None:

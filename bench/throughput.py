@@ -42,6 +42,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _paths import check_corpus, check_output_file, check_weights  # noqa: E402
 
 VARIANTS = ("naive", "fp32", "bf16", "int8", "triton-http", "triton-grpc")
 FALLBACK_DIALOGUES = [
@@ -363,6 +366,14 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--trained", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Before any work: an unknown variant used to end the run after the ones before it.
+    if unknown := [v for v in args.variants.split(",") if v not in VARIANTS]:
+        parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if args.weights:  # none: the shipped ones; the heads alone will do (random ones have no card)
+        check_weights(parser, Path(args.weights), "--weights", card=False)
+    if args.corpus != DEFAULT_CORPUS:  # the default may be absent: built-in texts stand in
+        check_corpus(parser, args.corpus, "--corpus", file_ok=False)  # load_texts globs it
+    check_output_file(parser, args.json, "--json")
 
     if args.worker:
         print(json.dumps(asyncio.run(run_worker(args))))
@@ -382,8 +393,6 @@ def main() -> None:
     print(f"OMP_WAIT_POLICY={args.omp_wait_policy or os.environ.get('OMP_WAIT_POLICY', '')}")
     results = []
     for variant in args.variants.split(","):
-        if variant not in VARIANTS:
-            parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         command = [sys.executable, __file__, *sys.argv[1:], "--weights", str(wdir)]
         command += ["--worker", variant]
         env = dict(os.environ)
