@@ -18,6 +18,11 @@ from mapping.fhir.validate import parse, parse_any
 INGEST_TYPES = ("transaction", "collection", "batch")
 # Problems listed in one answer; the rest are counted.
 MAX_LISTED = 5
+# Levels of objects and arrays an ingest body may nest. A Bundle's resources sit 4 deep and
+# R4B resources nest about 10 more (a QuestionnaireResponse's item groups 2 a group); ijson
+# keeps a prefix per level, so a deeper body costs memory with the square of its depth (a
+# 200 KB one took 18 GB) while still far under the body limit.
+MAX_DEPTH = 64
 
 
 def _null_at(value: Any, path: str = "") -> str | None:
@@ -60,6 +65,21 @@ def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid", message)
 
 
+def _check_depth(raw: bytes) -> None:
+    """ApiError 400 once `raw` nests past MAX_DEPTH; `basic_parse` keeps no prefixes, so this
+    pass is cheap whatever the depth. Malformed JSON raises ijson's errors, as `_load` does."""
+    depth = 0
+    for event, _ in ijson.basic_parse(raw, use_float=True):
+        if event in ("start_map", "start_array"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _invalid(f"the body is nested too deeply (over {MAX_DEPTH} levels of "
+                               "objects and arrays); send FHIR resources, which nest far "
+                               "less")  # fmt: skip
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+
+
 def _load(raw: bytes) -> tuple[Any, list[Any]]:
     """(the Bundle without its entries, the entries), parsed entry by entry.
 
@@ -67,6 +87,7 @@ def _load(raw: bytes) -> tuple[Any, list[Any]]:
     stalling the event loop's health checks; parsed incrementally, no single step holds it for
     more than a fraction of a millisecond.
     """
+    _check_depth(raw)  # before ijson.items/parse, whose prefixes grow with the depth squared
     entries = list(ijson.items(raw, "entry.item", use_float=True))
     shell = ObjectBuilder()
     for prefix, event, value in ijson.parse(raw, use_float=True):

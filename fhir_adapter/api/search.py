@@ -85,10 +85,19 @@ _DATE = re.compile(
 _DATES = ("date", "last_updated")
 # The longest token or reference the store can hold (its search columns' width).
 MAX_VALUE = 256
+# Values one parameter may OR, and conditions (values and repeats) one search may hold: each
+# is a term of the SQL WHERE, and SQLite refuses a tree deeper than 1000 (a 500) long before
+# the URL limit; no screen or report asks for more.
+MAX_VALUES = 100
+MAX_CONDITIONS = 100
 
 
 def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid", message)
+
+
+def _too_costly(message: str) -> ApiError:
+    return ApiError(400, "too-costly", f"{message}; split the search into several")
 
 
 def _value(param: str, value: str) -> str:
@@ -168,6 +177,7 @@ def parse_query(resource_type: str, params: Iterable[tuple[str, str]]) -> Query:
     known = _supported(resource_type)
     query = Query(resource_type, count=DEFAULT_COUNT)
     seen: set[str] = set()
+    conditions = 0
     for name, value in params:
         if name == "_count":
             query.count = _integer(name, value, 0, MAX_COUNT)
@@ -190,6 +200,14 @@ def parse_query(resource_type: str, params: Iterable[tuple[str, str]]) -> Query:
                 f"unsupported search parameter {name[:64]!r} for {resource_type}; supported: "
                 + ", ".join(sorted([*known, "_count", "_offset"])),
             )
+        values = value.count(",") + 1
+        if values > MAX_VALUES:
+            raise _too_costly(f"{name} has {values} comma-separated values, over "
+                              f"{MAX_VALUES}")  # fmt: skip
+        conditions += values
+        if conditions > MAX_CONDITIONS:
+            raise _too_costly(f"the search has over {MAX_CONDITIONS} conditions (values and "
+                              "repeated parameters together)")  # fmt: skip
         # A repeat gets its own condition, ANDed with the first (dates are ANDed already).
         target = query if field not in seen or field in _DATES else Query(resource_type)
         if target is not query:

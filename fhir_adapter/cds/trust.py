@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 # Clock skew tolerated between the EHR and us.
 LEEWAY_S = 60
 ALGORITHMS = ("RS384", "ES384")
+# The longest bearer token read. A CDS Client's JWT carries a few claims and one signature
+# (a kilobyte or two); a longer one is no such JWT, and decoding it is work done for a stranger.
+MAX_TOKEN_CHARS = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -215,10 +218,14 @@ class ClientVerifier:
 
 def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims before verification: only to choose the issuer's keys."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _refused(f"the bearer token is over {MAX_TOKEN_CHARS} characters; send the "
+                       "CDS Client's signed JWT")  # fmt: skip
+    # RecursionError: a hostile token's JSON nested deeper than the interpreter's stack.
     try:
         compact = jws.extract_compact(token.encode("ascii"))
         claims = json.loads(compact.payload)
-    except (JoseError, ValueError, UnicodeError) as exc:
+    except (JoseError, ValueError, UnicodeError, RecursionError) as exc:
         raise _refused("the bearer token is not a signed JWT") from exc
     if not isinstance(claims, dict):
         raise _refused("the bearer token's payload is not a JSON object")

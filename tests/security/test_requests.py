@@ -13,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 
+from fhir_adapter.api.bundle import MAX_DEPTH
+from fhir_adapter.api.search import MAX_CONDITIONS, MAX_VALUES
 from fhir_adapter.pipeline.staging import stage
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.service import dev_token, token_verifier
@@ -112,7 +114,10 @@ def test_the_token_is_checked_before_the_body(client: TestClient) -> None:
             ).encode(),
             "entry[0]",
         ),
-        (b'{"resourceType": "Bundle", "type": "batch", "entry": ' + b"[" * 50_000, "not JSON"),
+        (
+            b'{"resourceType": "Bundle", "type": "batch", "entry": ' + b"[" * 50_000,
+            "nested too deeply",
+        ),
     ],
     ids=[
         "not-json",
@@ -133,6 +138,29 @@ def test_malformed_ingest_bodies_are_400s_naming_the_problem(
     client: TestClient, body: bytes, where: str
 ) -> None:
     assert where in outcome(client.post("/ingest", content=body, headers=bearer(WRITER)), 400)
+
+
+def nested_answers(levels: int) -> dict[str, Any]:
+    """A QuestionnaireResponse whose item groups nest `levels` deep: 4 + 2 * levels deep in
+    an ingest Bundle."""
+    item: dict[str, Any] = {"linkId": "q"}
+    for _ in range(levels - 1):
+        item = {"linkId": "q", "item": [item]}
+    return {"resourceType": "QuestionnaireResponse", "status": "completed", "item": [item]}
+
+
+def test_a_deeply_nested_body_is_refused_before_it_is_parsed(client: TestClient) -> None:
+    # ijson's prefixes would take memory with the square of the depth (18 GB at 200 KB).
+    arrays = b"[" * 200 + b"]" * 200
+    deep = b'{"resourceType": "Bundle", "type": "batch", "entry": [{"resource": %s}]}' % arrays
+    assert "nested too deeply" in outcome(client.post("/ingest", content=deep,
+                                                      headers=bearer(WRITER)), 400)  # fmt: skip
+    levels = (MAX_DEPTH - 4) // 2
+    over = client.post("/ingest", json=bundle(nested_answers(levels + 1)), headers=bearer(WRITER))
+    assert "nested too deeply" in outcome(over, 400)
+    # At the limit, a valid resource nested as deep is accepted.
+    at = client.post("/ingest", json=bundle(nested_answers(levels)), headers=bearer(WRITER))
+    assert at.status_code == 202, at.text
 
 
 def test_a_valid_bundle_with_dates_at_the_calendars_edges_is_accepted(client: TestClient) -> None:
@@ -208,6 +236,47 @@ def test_a_repeated_parameter_means_and(client: TestClient) -> None:
     assert total("patient=Patient/p1&patient=p1") == 4
     assert total("patient=Patient/p1&business-status=reviewed") == 1
     assert total("authored-on=ge2026-03-02&authored-on=lt2026-04-01") == 3  # a range
+
+
+def too_costly(response: Any) -> str:
+    diagnostics = outcome(response, 400)
+    assert response.json()["issue"][0]["code"] == "too-costly"
+    return diagnostics
+
+
+def test_a_search_with_too_many_values_or_conditions_is_too_costly(client: TestClient) -> None:
+    def codes(n: int) -> str:
+        return "code=" + ",".join(f"c{i}" for i in range(n))
+
+    def repeated(condition: str, n: int) -> str:
+        return "&".join([condition] * n)
+
+    # Each value and repeat is a term of the SQL: 1,100 of them (600 dates) failed in SQLite
+    # (expression tree over 1000 deep, a 500).
+    for query in (codes(1100), codes(MAX_VALUES + 1)):
+        assert "comma-separated" in too_costly(client.get(f"/fhir/Task?{query}",
+                                                          headers=bearer()))  # fmt: skip
+    half = ",".join(["reviewed"] * (MAX_CONDITIONS // 2 + 1))
+    for query in (
+        repeated("status=draft", 1100),
+        repeated("authored-on=ge2020", 600),
+        repeated("status=draft", MAX_CONDITIONS + 1),
+        repeated(f"business-status={half}", 2),  # values and repeats add up
+    ):
+        assert "split the search" in too_costly(client.get(f"/fhir/Task?{query}",
+                                                           headers=bearer()))  # fmt: skip
+    # At the limits, the searches run.
+    at_limit = [
+        codes(MAX_VALUES - 1) + ",journal",
+        repeated("status=draft", MAX_CONDITIONS),
+        repeated("authored-on=ge2020", MAX_CONDITIONS),
+        repeated("business-status=reviewed", MAX_CONDITIONS),
+    ]
+    totals = [6, 6, 6, 3]
+    for query, expected in zip(at_limit, totals, strict=True):
+        found = client.get(f"/fhir/Task?{query}", headers=bearer())
+        assert found.status_code == 200, found.text
+        assert found.json()["total"] == expected, query
 
 
 def test_a_wrong_method_is_405_with_allow(client: TestClient) -> None:

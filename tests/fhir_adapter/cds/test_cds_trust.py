@@ -16,7 +16,7 @@ from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
 from fhir_adapter.api.outcome import ApiError
-from fhir_adapter.cds.trust import ReplayCache, StoredReplays
+from fhir_adapter.cds.trust import MAX_TOKEN_CHARS, ReplayCache, StoredReplays
 from fhir_adapter.store import Store, open_store
 from tests.fhir_adapter.cds.support import (
     BASE,
@@ -87,6 +87,19 @@ def test_a_configured_jwks_url_and_an_allowed_jku_are_both_trusted(
 )
 def test_no_jwt_is_401(client: TestClient, headers: dict[str, str], why: str) -> None:
     assert why in refused(post(client, headers))
+
+
+def test_a_deeply_nested_or_oversized_token_is_401(client: TestClient) -> None:
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    # Past json's recursion limit (RecursionError, once a 500), well under the length cap.
+    deep, header = b64(b"[" * 3000), b64(b'{"alg": "RS384", "kid": "ehr-a-1"}')
+    for token in (f"{header}.{deep}.c2ln", f"{deep}.{b64(b'{}')}.c2ln"):
+        assert "not a signed JWT" in refused(post(client, {"Authorization": f"Bearer {token}"}))
+    # Over the cap even when signed by a trusted key; a large token under it still passes.
+    assert "characters" in refused(post(client, signed(pad="x" * MAX_TOKEN_CHARS)))
+    assert post(client, signed(pad="x" * (MAX_TOKEN_CHARS // 2))).status_code == 200
 
 
 def test_a_bad_signature_is_401(client: TestClient) -> None:
