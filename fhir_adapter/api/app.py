@@ -117,23 +117,33 @@ _INGEST_BODY = {
 def scope_limits(resource_type: str, grant: Grant) -> list[Query]:
     """The token's v2 restrictions as store queries (ORed); [] when unrestricted.
 
-    A restriction this server cannot evaluate (an unsupported parameter) grants nothing: a
-    limit that cannot be enforced must not widen into no limit.
+    A restriction this server cannot evaluate grants nothing: a limit that cannot be enforced
+    must not widen into no limit. That is an unsupported parameter, or one that filters nothing
+    (`_count`, `_offset`, `_summary`, `_include`, ...: search accepts them but they add no
+    condition, so a restriction of them alone would match every row).
     """
     if grant.restrictions is None:
         return []
     limits = []
     for restriction in grant.restrictions:
         try:
-            limits.append(parse_query(resource_type, restriction))
+            limit = parse_query(resource_type, restriction)
+            # Every parameter must filter: a control beside a filter (`patient=X&_count=1`)
+            # asks for a limit this server would not honor in full.
+            enforceable = all(
+                resources.filters(parse_query(resource_type, [param])) for param in restriction
+            )
         except ApiError:
             continue
+        if enforceable:
+            limits.append(limit)
     if not limits:
         raise ApiError(
             403,
             "forbidden",
-            f"the token's scope restrictions for {resource_type} use search parameters this "
-            "server cannot evaluate; ask for a scope restricted by supported parameters",
+            f"the token's scope restrictions for {resource_type} use parameters this server "
+            "cannot evaluate as a limit (unsupported, or controls such as _count that filter "
+            "nothing); ask for a scope restricted by search filters such as patient",
         )
     return limits
 
@@ -226,17 +236,25 @@ def create_app(
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
+
+        def failed(name: str, exc: Exception) -> str:
+            # Anyone may call /readyz: a message can name a host or URL (the model server's),
+            # so the reply names only the exception's type; the detail goes to the server log
+            # (redacted as every logged exception is).
+            logger.warning("readiness check %s failed", name, exc_info=exc)
+            return f"unavailable: {type(exc).__name__}; see the server log"
+
         try:
             active().store.ping()
             checks["database"] = "ok"
         except Exception as exc:  # readiness reports any failure, it never raises
-            checks["database"] = f"unavailable: {type(exc).__name__}"
+            checks["database"] = failed("database", exc)
         for name, check in active().readiness:
             try:
                 await check()
                 checks[name] = "ok"
             except Exception as exc:
-                checks[name] = f"unavailable: {exc}"
+                checks[name] = failed(name, exc)
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "not-ready", "checks": checks},

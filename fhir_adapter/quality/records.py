@@ -23,6 +23,7 @@ from mapping.quality.records import (
     TaskRecord,
     score_record,
     session_record,
+    shifted,
     task_record,
 )
 
@@ -67,9 +68,13 @@ def _rows(
         ResourceRow.resource_type == resource_type
     )
     if start is not None:
-        query = query.where(ResourceRow.date >= datetime.combine(start, time(), UTC) - _MARGIN)
+        query = query.where(
+            ResourceRow.date >= shifted(datetime.combine(start, time(), UTC), -_MARGIN)
+        )
     if end is not None:
-        query = query.where(ResourceRow.date < datetime.combine(end, time(), UTC) + 2 * _MARGIN)
+        query = query.where(
+            ResourceRow.date < shifted(datetime.combine(end, time(), UTC), 2 * _MARGIN)
+        )
     for values in session.execute(query.execution_options(yield_per=_BATCH)):
         body = {k: v for k, v in zip(names, values, strict=True) if v is not None}
         found = read(body)

@@ -282,6 +282,11 @@ def _conditions(query: Query) -> list[ColumnElement[bool]]:
     return where
 
 
+def filters(query: Query) -> bool:
+    """Whether `query` narrows what matches (some condition), beyond paging and counting."""
+    return bool(_conditions(query))
+
+
 def search(session: Session, query: Query) -> tuple[list[dict[str, Any]], int]:
     """Run a search; returns one page of bodies (oldest update first) and the total."""
     stmt = select(ResourceRow).where(

@@ -21,7 +21,7 @@ from fhir_adapter.quality import MeasureRequest, course_outcomes, evaluate_measu
 from fhir_adapter.store import Store, resources
 from mapping.fhir.codes import LABEL_CODES
 from mapping.fhir.references import is_fhir_id
-from mapping.quality.records import session_record, task_record
+from mapping.quality.records import session_record, shifted, task_record
 
 ASSIGNMENT = "homework-assignment-rate"
 REVIEW = "homework-review-rate"
@@ -225,9 +225,9 @@ def _clinic_encounters(store: Store, filters: Filters) -> set[str]:
     # itself says which encounter it records.
     params: list[tuple[str, str]] = [("type", "11506-3")]
     if filters.start:
-        params.append(("date", f"ge{(filters.start - timedelta(days=1)).isoformat()}"))
+        params.append(("date", f"ge{shifted(filters.start, -timedelta(days=1)).isoformat()}"))
     if filters.end:
-        params.append(("date", f"le{(filters.end + timedelta(days=1)).isoformat()}"))
+        params.append(("date", f"le{shifted(filters.end, timedelta(days=1)).isoformat()}"))
     encounters = set()
     for note in _search_all(store, "DocumentReference", params):
         record = session_record(note)

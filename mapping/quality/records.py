@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import Any, TypeVar
 
 from mapping.fhir.codes import (
     CS_HOMEWORK_CATEGORY,
@@ -35,6 +35,7 @@ __all__ = [
     "TaskRecord",
     "score_record",
     "session_record",
+    "shifted",
     "task_record",
 ]
 
@@ -99,6 +100,21 @@ class ScoreRecord:
     instrument: str  # phq9 | gad7
     date: datetime
     value: int
+
+
+_Day = TypeVar("_Day", date, datetime)
+
+
+def shifted(when: _Day, delta: timedelta) -> _Day:
+    """`when` moved by `delta`, clamped at the calendar's edges (years 1 and 9999): a margin
+    around a period that starts or ends there must widen it, not overflow."""
+    try:
+        return when + delta
+    except OverflowError:
+        later = delta > timedelta(0)
+        if isinstance(when, datetime):
+            return (datetime.max if later else datetime.min).replace(tzinfo=when.tzinfo)
+        return date.max if later else date.min
 
 
 def _when(value: Any) -> datetime | None:

@@ -49,6 +49,37 @@ def test_a_restriction_the_server_cannot_evaluate_grants_nothing(client: TestCli
     assert "cannot evaluate" in denied.json()["issue"][0]["diagnostics"]
 
 
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "system/Task.rs?_count=1",
+        "system/Task.rs?_offset=0",
+        "system/Task.rs?_summary=count",
+        "system/Task.rs?_format=json",
+        "system/Task.rs?_include=Task:based-on",
+        "system/*.rs?_offset=0",
+        # A control beside a filter: the limit asked for would not be honored in full.
+        "system/Task.rs?patient=Patient/p1&_count=1",
+    ],
+)
+def test_a_restriction_of_controls_that_filter_nothing_grants_nothing(
+    client: TestClient, scope: str
+) -> None:
+    # Search accepts these parameters but adds no condition for them: as a limit they would
+    # have matched every Task.
+    denied = client.get("/fhir/Task", headers=bearer(scope))
+    assert denied.status_code == 403
+    assert "cannot evaluate" in denied.json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/Task/b0", headers=bearer(scope)).status_code == 403
+
+
+def test_a_controls_only_restriction_beside_a_filter_leaves_the_filter(
+    client: TestClient,
+) -> None:
+    scopes = "system/Task.rs?_count=1 system/Task.rs?patient=Patient/p2"
+    assert ids(client, "/fhir/Task", scopes) == {"b0", "b1"}
+
+
 def test_a_restricted_scope_does_not_grant_a_write(client: TestClient) -> None:
     refused = client.post("/ingest", json={}, headers=bearer("system/Bundle.c?patient=Patient/p1"))
     assert refused.status_code == 403

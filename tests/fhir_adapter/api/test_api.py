@@ -68,6 +68,28 @@ def test_health_checks_need_no_token(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
 
 
+def test_a_failed_readiness_check_names_no_host(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /readyz is public: a check's message (here the model server's URL) stays in the log.
+    async def model() -> None:
+        raise ConnectionError("cannot reach http://model.internal:8001/v1/models")
+
+    store = open_store(f"sqlite:///{tmp_path / 'ready.db'}")
+    verifier = TokenVerifier(KeySet([KEY]), ISSUER, AUDIENCE)
+    deps = ApiDeps(store=store, verifier=verifier, readiness=[("model", model)])
+    with TestClient(create_app(deps)) as client:
+        ready = client.get("/readyz")
+    store.close()
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "model": "unavailable: ConnectionError; see the server log",
+    }
+    assert "model.internal" not in ready.text
+    assert "model.internal" in caplog.text and "readiness check model failed" in caplog.text
+
+
 @pytest.mark.parametrize("path", ["/fhir/metadata", "/fhir/Task", "/fhir/Task/x"])
 def test_every_other_route_needs_a_token(client: TestClient, path: str) -> None:
     response = client.get(path)

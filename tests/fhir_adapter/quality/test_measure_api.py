@@ -117,6 +117,21 @@ def test_period_practitioner_and_clinic_narrow_the_population(client: TestClient
     assert "measureScore" not in elsewhere["group"][0]  # no score over nobody
 
 
+@pytest.mark.parametrize(
+    "period", ["periodStart=0001", "periodEnd=9999", "periodStart=0001-01-01&periodEnd=9999-12-31"]
+)
+def test_a_period_at_the_calendars_edge_covers_everything(client: TestClient, period: str) -> None:
+    # The day's margin around the period once overflowed past year 1 or 9999 (a 500).
+    everything = get(client, ASSIGNMENT)
+    edge = get(client, f"{ASSIGNMENT}?{period}")
+    assert populations(edge["group"][0]) == populations(everything["group"][0])
+    assert populations(get(client, f"{REVIEW}?{period}")["group"][0]) == populations(
+        get(client, REVIEW)["group"][0]
+    )
+    courses = get(client, f"/quality/outcomes?{period}")["courses"]
+    assert len(courses) == len(get(client, "/quality/outcomes")["courses"]) == 3
+
+
 def test_subject_list_names_the_tasks(client: TestClient) -> None:
     report = get(client, f"{REVIEW}?reportType=subject-list")
     assert report["type"] == "subject-list"

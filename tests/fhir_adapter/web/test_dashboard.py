@@ -201,6 +201,18 @@ def test_bad_filters_are_a_400_that_says_which(client: TestClient) -> None:
     assert client.get(f"{JSON_ROUTES[2]}?month=2025-2").status_code == 400
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["from=0001-01-01", "to=9999-12-31", "from=0001-01-01&to=9999-12-31&clinic=Organization/x"],
+)
+def test_a_period_at_the_calendars_edge_is_answered(client: TestClient, query: str) -> None:
+    # The day's margin around the period once overflowed past year 1 or 9999 (a 500).
+    log_in(client, token())
+    for path in JSON_ROUTES[1:]:
+        response = client.get(f"{path}?{query}")
+        assert response.status_code == 200, (path, response.text)
+
+
 def test_sessions_end_with_their_token_and_are_bounded(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 's.sqlite3'}")
     sessions = SessionStore(lambda: store, max_sessions=2)
