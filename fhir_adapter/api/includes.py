@@ -56,7 +56,8 @@ def parse_includes(resource_type: str, params: Iterable[tuple[str, str]]) -> lis
                 f"{name}={value[:64]} is not supported on {resource_type}; supported: "
                 + (", ".join(supported) or "none"),
             )  # fmt: skip
-        found.append(Include(name, value))
+        if (include := Include(name, value)) not in found:  # a repeat asks once, not once more
+            found.append(include)
     return found
 
 

@@ -79,3 +79,11 @@ def test_careplans_by_treating_practitioner(client: TestClient) -> None:
         assert plan["author"]["reference"].startswith("Device/")
         assert plan["contributor"][0]["reference"] == "Practitioner/prac-2"
     assert not page(client, "CarePlan?author=Practitioner/nobody")["match"]
+
+
+def test_a_repeated_include_is_read_once() -> None:
+    # Each include is one more store query per page: a thousand repeats must not be a thousand.
+    from fhir_adapter.api.includes import Include, parse_includes
+
+    params = [("_include", "Task:based-on")] * 1000 + [("patient", "pat-1")]
+    assert parse_includes("Task", params) == [Include("_include", "Task:based-on")]
