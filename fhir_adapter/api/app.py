@@ -3,9 +3,11 @@
 Everything the routes need (store, token verifier, readiness checks, the ingest function)
 comes in `ApiDeps`: given directly (tests build an app over a real store and a test key), or
 opened by the app's lifespan (`create_app(opened=...)`: the service opens its Runtime at
-start-up and closes it at shutdown, once per process). Every route but `/healthz`, `/readyz`
-and the public JWK Set needs a bearer token (the dashboard, `fhir_adapter.web`, takes one at its
-login page and then a session cookie); errors are answered as FHIR OperationOutcome.
+start-up and closes it at shutdown, once per process). Every route here but `/healthz`,
+`/readyz` and the public JWK Set needs a bearer token; the browser apps mounted beside it (the
+dashboard, `fhir_adapter.web`; the SMART review app) sign in and then use a session cookie, and
+CDS Hooks takes the EHR's JWT (README's API section lists each). Errors are answered as FHIR
+OperationOutcome.
 """
 
 from __future__ import annotations
@@ -157,7 +159,8 @@ def create_app(
 ) -> FastAPI:
     """The app over `deps`, or over what `opened` yields for the app's lifetime.
 
-    `public_routers` are served without a token: only the JWK Set, whose keys must be public.
+    `public_routers` are served without a token: the JWK Set, whose keys must be public, and
+    in the demo alone its development EHR.
     Request bodies over `max_body_bytes` are refused before they are read.
     """
     if (deps is None) == (opened is None):
