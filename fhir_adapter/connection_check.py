@@ -2,16 +2,19 @@
 
 Per connection, in order, stopping at the first failure (a later step needs the earlier ones):
 the CapabilityStatement (reachable, FHIR R4), a token (auth: the key, client id and token
-endpoint), the scopes the token endpoint granted against those asked for, the write targets
+endpoint), the scopes (those the token endpoint granted against those asked for, and those
+asked for against what the pipeline reads: the poll, each session's inputs), the write targets
 (vendor rules, the CapabilityStatement and the scopes), the poll's panel (a Group's members,
 where the poll goes per patient), and one Encounter search with the poll's own parameters.
+The scopes and the write targets are both checked before stopping (neither needs the other),
+each problem on a line of its own: the same lines as the start-up check's CapabilityError.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fhir_adapter.ehr.capabilities import target_problems
+from fhir_adapter.ehr.capabilities import read_problems, write_problems
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import AuthError, FhirError
 from fhir_adapter.pipeline.fetch import group_members
@@ -58,10 +61,15 @@ async def check_connection(conn: EhrConnection) -> list[CheckLine]:
         if token is not None:
             add("token", True, f"expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ}")
             missing = sorted(set(asked) - set(token.scope.split()))
-            granted = token.scope or "(none named)"
-            if not add("scopes", not missing,
-                       f"not granted: {' '.join(missing)}" if missing else granted):  # fmt: skip
+            if missing:
+                add("scopes", False, f"not granted: {' '.join(missing)}")
                 return lines
+        # Granted as asked: what the pipeline reads must be among the scopes asked for.
+        unread = read_problems(conn)
+        for problem in unread:
+            add("scopes", False, problem)
+        if token is not None and not unread:
+            add("scopes", True, token.scope or "(none named)")
         store_caps = None
         if isinstance(conn.write.care_plan_store, FhirStore):
             try:
@@ -71,8 +79,12 @@ async def check_connection(conn: EhrConnection) -> list[CheckLine]:
             except FhirError as exc:
                 add("write targets", False, f"care-plan store: {type(exc).__name__}: {exc}")
                 return lines
-        problems = target_problems(conn, caps, store_caps)
-        if not add("write targets", not problems, "; ".join(problems) or "all can be written"):
+        problems = write_problems(conn, caps, store_caps)
+        for problem in problems:
+            add("write targets", False, problem)
+        if not problems:
+            add("write targets", True, "all can be written")
+        if problems or unread:
             return lines
         params = [*conn.encounter_poll.search_params(since=conn.poll_since()), ("_count", "1")]
         if conn.encounter_poll.scope == "group":

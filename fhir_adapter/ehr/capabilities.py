@@ -1,11 +1,15 @@
-"""Start-up check: can the configured write targets work against this server?
+"""Start-up check: can the configured write targets work against this server, and do the
+scopes we ask for cover what the pipeline reads?
 
 Each enabled write target needs some interactions (create, update, search-type for the
 idempotency search) on some resource types. A need fails when the vendor profile refuses
 it, when the server's CapabilityStatement does not list it, or when the SMART scopes we ask
-for do not grant it. All failures are collected into one CapabilityError, each naming the
-target and the setting to change, so a deployment is fixed in one pass rather than one
-error per restart.
+for do not grant it. What the pipeline reads (`READ_NEEDS`: the poll, and each session's
+inputs) is checked against the scopes only: vendors' CapabilityStatements describe the whole
+product, and a search one build lacks (PHQ-9/GAD-7 from QuestionnaireResponse or from
+Observation) is logged by the fetch, which goes on without it. All failures are collected into
+one CapabilityError, each naming the setting to change or the scope to add, so a deployment is
+fixed in one pass rather than one error per restart.
 
 `target_problems` is pure (tested on statements written by hand); `verify_write_targets`
 fetches the statements and raises.
@@ -26,13 +30,16 @@ if TYPE_CHECKING:
     from fhir_adapter.ehr.client import FhirClient
 
 __all__ = [
+    "READ_NEEDS",
     "Need",
     "ServerCapabilities",
-    "poll_problems",
+    "read_needs",
+    "read_problems",
     "scope_grants",
     "target_needs",
     "target_problems",
     "verify_write_targets",
+    "write_problems",
 ]
 
 # What each target writes. search-type: we look our identifier up before every create,
@@ -40,12 +47,26 @@ __all__ = [
 CHART_NEEDS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "note": (("DocumentReference", "create"), ("DocumentReference", "search-type")),
     "communication": (("Communication", "create"), ("Communication", "search-type")),
-    "provenance": (("Provenance", "create"),),
+    # Provenance has no identifier: the note's is looked up by target before its create.
+    "provenance": (("Provenance", "create"), ("Provenance", "search-type")),
 }
 CARE_PLAN_NEEDS: tuple[tuple[str, str], ...] = (
     ("CarePlan", "create"), ("CarePlan", "update"), ("CarePlan", "search-type"),
     ("Task", "create"), ("Task", "update"), ("Task", "search-type"),
 )  # fmt: skip
+
+# What the pipeline reads from the EHR (`pipeline.fetch`), per part, whatever the targets:
+# - "poll": `poll`'s Encounter search (per panel member, or one across the server);
+# - "panel": `group_members`' Group read, with `encounter_poll.scope = "group"`;
+# - "inputs": `fetch_inputs`' Patient read, transcript search and Binary read (a transcript
+#   given as a url, `fetch_attachment`), then a search per PHQ-9/GAD-7 source of the vendor
+#   profile (`questionnaire_sources`, added by `read_needs`). The poll's amended transcripts
+#   read the same DocumentReference and Binary.
+READ_NEEDS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "poll": (("Encounter", "search-type"),),
+    "panel": (("Group", "read"),),
+    "inputs": (("Patient", "read"), ("DocumentReference", "search-type"), ("Binary", "read")),
+}
 
 # SMART v2 permission letters per interaction, and what the v1 words grant.
 _LETTER = {"create": "c", "read": "r", "vread": "r", "history-instance": "r",
@@ -118,6 +139,22 @@ def target_needs(conn: EhrConnection) -> tuple[list[Need], list[Need]]:
     return ehr, store
 
 
+def read_needs(conn: EhrConnection) -> list[Need]:
+    """What the pipeline reads from the connection's EHR (`READ_NEEDS`), each with the
+    setting or step that reads it."""
+    prefix = f"ehr.{conn.name}"
+    parts = {"poll": f"{prefix}.encounter_poll", "inputs": f"{prefix}: fetching a session's inputs"}
+    if conn.encounter_poll.scope == "group":
+        parts["panel"] = f"{prefix}.encounter_poll.scope = 'group'"
+    needs: list[Need] = []
+    for part in READ_NEEDS:
+        if part in parts:
+            needs.extend(Need(parts[part], t, i, "") for t, i in READ_NEEDS[part])
+    sources = vendor_profile(conn.vendor).questionnaire_sources
+    needs.extend(Need(parts["inputs"], t, "search-type", "") for t in sources)
+    return needs
+
+
 def scope_grants(scopes: Iterable[str], resource_type: str, interaction: str) -> bool | None:
     """Whether SMART scopes (v1 or v2) grant the interaction; None if none are SMART scopes."""
     letter = _LETTER.get(interaction)
@@ -125,6 +162,17 @@ def scope_grants(scopes: Iterable[str], resource_type: str, interaction: str) ->
     if not parsed:
         return None
     return letter is not None and any(s.covers(resource_type, letter) for s in parsed)
+
+
+def _scope_problem(need: Need, label: str) -> str:
+    letter = _LETTER[need.interaction]
+    v1 = "read" if letter in "rs" else "write"
+    what = f"{need.setting} needs {need.resource_type} {need.interaction}"
+    return (
+        f"{what}, which none of the scopes in {label}.auth.scopes grants; add "
+        f"system/{need.resource_type}.{letter} (SMART v2) or system/{need.resource_type}.{v1} "
+        f"(v1)" + (f", or {need.fix}" if need.fix else "")
+    )
 
 
 def _endpoint_problems(
@@ -144,44 +192,29 @@ def _endpoint_problems(
                 f"list; {need.fix}"
             )
         elif scopes and scope_grants(scopes, need.resource_type, need.interaction) is False:
-            letter = _LETTER[need.interaction]
-            problems.append(
-                f"{what}, which none of the scopes in {label}.auth.scopes grants; add "
-                f"system/{need.resource_type}.{letter} (SMART v2) or "
-                f"system/{need.resource_type}.{'read' if letter in 'rs' else 'write'} (v1), "
-                f"or {need.fix}"
-            )
+            problems.append(_scope_problem(need, label))
     return problems
 
 
-def poll_problems(conn: EhrConnection) -> list[str]:
-    """What the poll reads that the connection's scopes do not grant (empty when all is)."""
+def read_problems(conn: EhrConnection) -> list[str]:
+    """What the pipeline reads (the poll, each session's inputs) that the connection's scopes
+    do not grant, one line each (empty when all is; nothing is known without SMART scopes)."""
     scopes = list(getattr(conn.auth, "scopes", []))
-    needs = [("Encounter", "search-type", "encounter_poll")]
-    if conn.encounter_poll.scope == "group":
-        needs.append(("Group", "read", "encounter_poll.scope = 'group'"))
-    problems = []
-    for resource_type, interaction, setting in needs:
-        if scope_grants(scopes, resource_type, interaction) is False:
-            letter = _LETTER[interaction]
-            problems.append(
-                f"ehr.{conn.name}.{setting} needs {resource_type} {interaction}, which none of "
-                f"the scopes in ehr.{conn.name}.auth.scopes grants; add "
-                f"system/{resource_type}.{letter} (SMART v2) or system/{resource_type}.read (v1)"
-            )
-    return problems
+    return [
+        _scope_problem(need, f"ehr.{conn.name}")
+        for need in read_needs(conn)
+        if scope_grants(scopes, need.resource_type, need.interaction) is False
+    ]
 
 
-def target_problems(
+def write_problems(
     conn: EhrConnection,
     ehr_caps: ServerCapabilities,
     store_caps: ServerCapabilities | None = None,
 ) -> list[str]:
-    """Every configured target (and the poll's reads) that cannot work, one line each (empty
-    when all can)."""
+    """Every configured write target that cannot work, one line each (empty when all can)."""
     ehr_needs, store_needs = target_needs(conn)
-    problems = poll_problems(conn)
-    problems += _endpoint_problems(conn, f"ehr.{conn.name}", ehr_needs, ehr_caps)
+    problems = _endpoint_problems(conn, f"ehr.{conn.name}", ehr_needs, ehr_caps)
     store = conn.write.care_plan_store
     if store_needs and isinstance(store, FhirStore):
         if store_caps is None:
@@ -191,10 +224,21 @@ def target_problems(
     return problems
 
 
+def target_problems(
+    conn: EhrConnection,
+    ehr_caps: ServerCapabilities,
+    store_caps: ServerCapabilities | None = None,
+) -> list[str]:
+    """What the pipeline reads that the scopes do not grant, then every configured write
+    target that cannot work, one line each (empty when all can)."""
+    return read_problems(conn) + write_problems(conn, ehr_caps, store_caps)
+
+
 async def verify_write_targets(
     conn: EhrConnection, ehr: FhirClient, store: FhirClient | None = None
 ) -> ServerCapabilities:
-    """Fetch the CapabilityStatement(s) and raise CapabilityError if any target cannot work.
+    """Fetch the CapabilityStatement(s) and raise CapabilityError if any target cannot work,
+    or the scopes asked for miss something the pipeline reads (`target_problems`).
 
     Call at start-up with the clients the service will use; `store` is the client for a
     separate care-plan FHIR store, when one is configured.

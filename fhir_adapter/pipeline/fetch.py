@@ -8,6 +8,10 @@ since then of sessions already processed, which are processed again. The persist
 the time of the last successful poll; each poll reaches back `encounter_poll.lookback` before
 it (clock skew, late charting with a date filter); re-seen encounters are no-ops: registration
 is keyed by encounter.
+
+What is read here (resource types and interactions) is listed in `ehr.capabilities.READ_NEEDS`,
+which `homework-fhir check` and the start-up check compare with the scopes asked for: a new
+read belongs there too.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def _note_reference(session: Session, row: OutboxRow) -> str:
 async def _write_note_provenance(
     client: FhirClient, row: OutboxRow, note_ref: str
 ) -> dict[str, Any] | None:
-    """The note's Provenance: searched by target first, since Provenance has no identifier."""
+    """The note's Provenance: searched by target first, since Provenance has no identifier
+    (hence Provenance search-type in `ehr.capabilities.CHART_NEEDS`)."""
     async for found in client.search("Provenance", [("target", note_ref)], max_pages=1):
         return found
     return await client.create({**row.payload, "target": [{"reference": note_ref}]})

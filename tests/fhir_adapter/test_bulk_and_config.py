@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fhir_adapter.bulk import BulkExportError, read_export
+from fhir_adapter.ehr.capabilities import read_problems
 from fhir_adapter.settings import SettingsError, load_settings
 
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "config.example.toml"
@@ -55,5 +56,6 @@ def test_config_example_loads_and_names_missing_secrets_in_production() -> None:
     clinic = settings.connection("clinic")
     assert clinic.vendor == "epic" and clinic.write.care_plan_store == "builtin"
     assert "system/DocumentReference.c" in clinic.auth.scopes  # type: ignore[union-attr]
+    assert read_problems(clinic) == []  # its scopes cover all the pipeline reads
     with pytest.raises(SettingsError, match="private_key_file"):
         load_settings(EXAMPLE)

@@ -1,5 +1,6 @@
-"""Start-up check of the write targets: against sekmet-fhir's real CapabilityStatement, and
-against statements written here for what sekmet cannot show (a server lacking interactions)."""
+"""Start-up check of the write targets and of the scopes for what the pipeline reads: against
+sekmet-fhir's real CapabilityStatement and token endpoint, and against statements written here
+for what sekmet cannot show (a server lacking interactions)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from fhir_adapter.ehr.capabilities import (
     ServerCapabilities,
+    read_problems,
     scope_grants,
     target_problems,
     verify_write_targets,
@@ -23,6 +25,11 @@ ALL_TARGETS: dict[str, Any] = {
     "chart": {"note": True, "communication": True, "provenance": True},
     "care_plan_store": "ehr",
 }
+# What fetching a session's inputs reads (Patient, transcripts and their Binary, PHQ-9/GAD-7).
+INPUT_SCOPES = (
+    "system/Patient.r system/DocumentReference.s system/Binary.r "
+    "system/QuestionnaireResponse.s system/Observation.s"
+)
 
 
 @pytest.mark.integration
@@ -62,7 +69,7 @@ async def test_separate_store_is_checked_with_its_own_client(sekmet_server: Sekm
         "rs384",
         vendor="oracle-health",
         scopes="system/Group.r system/Encounter.s system/DocumentReference.c "
-        "system/DocumentReference.s system/Provenance.c",
+        f"system/Provenance.cs {INPUT_SCOPES}",
         write={"care_plan_store": store},
     )
     async with FhirClient(conn) as ehr, FhirClient(conn.write.care_plan_store) as store_client:  # type: ignore[arg-type]
@@ -75,7 +82,8 @@ async def test_separate_store_is_checked_with_its_own_client(sekmet_server: Sekm
 async def test_scopes_that_do_not_grant_a_target(sekmet_server: SekmetServer) -> None:
     conn = sekmet_server.connection(
         "rs384",
-        scopes="system/Encounter.s system/DocumentReference.rs system/Provenance.c",
+        scopes="system/Encounter.s system/DocumentReference.rs system/Provenance.cs "
+        + INPUT_SCOPES,
         write={"chart": {"note": True, "provenance": True}},
     )
     async with FhirClient(conn) as fhir:
@@ -86,6 +94,31 @@ async def test_scopes_that_do_not_grant_a_target(sekmet_server: SekmetServer) ->
         "ehr.sekmet.write.chart.note needs DocumentReference create, which none of the "
         "scopes in ehr.sekmet.auth.scopes grants; add system/DocumentReference.c (SMART v2) "
         "or system/DocumentReference.write (v1)"
+    )
+
+
+@pytest.mark.integration
+async def test_start_up_names_binary_read_and_provenance_search_missing_from_the_scopes(
+    sekmet_server: SekmetServer,
+) -> None:
+    """Transcripts given as a url are read as a Binary, and the note's Provenance is searched
+    for by target before its create: scopes without either stop the start-up, each named."""
+    conn = sekmet_server.connection(
+        "rs384",
+        scopes="system/Encounter.s system/Patient.r system/DocumentReference.cs "
+        "system/QuestionnaireResponse.s system/Observation.s system/Provenance.c",
+        write={"chart": {"note": True, "provenance": True}, "care_plan_store": "builtin"},
+    )
+    async with FhirClient(conn) as fhir:
+        with pytest.raises(CapabilityError) as info:
+            await verify_write_targets(conn, fhir)
+    assert info.value.problems == (
+        "ehr.sekmet: fetching a session's inputs needs Binary read, which none of the scopes "
+        "in ehr.sekmet.auth.scopes grants; add system/Binary.r (SMART v2) or "
+        "system/Binary.read (v1)",
+        "ehr.sekmet.write.chart.provenance needs Provenance search-type, which none of the "
+        "scopes in ehr.sekmet.auth.scopes grants; add system/Provenance.s (SMART v2) or "
+        "system/Provenance.read (v1), or set ehr.sekmet.write.chart.provenance = false",
     )
 
 
@@ -130,6 +163,7 @@ def test_targets_missing_from_the_statement_are_named_with_their_setting() -> No
     problems = target_problems(_conn(write=ALL_TARGETS | {"chart": {"communication": False}}), caps)
     assert [p.split(",")[0] for p in problems] == [
         "ehr.clinic.write.chart.note needs DocumentReference create",
+        "ehr.clinic.write.chart.provenance needs Provenance search-type",
         "ehr.clinic.write.care_plan_store needs Task create",
         "ehr.clinic.write.care_plan_store needs Task update",
         "ehr.clinic.write.care_plan_store needs Task search-type",
@@ -204,17 +238,64 @@ def test_scope_grants(
     assert scope_grants(scopes, resource_type, interaction) is expected
 
 
-def test_the_poll_needs_encounter_search_and_for_a_panel_group_read() -> None:
-    from fhir_adapter.ehr.capabilities import poll_problems
-
-    panel = {"scope": "group", "group": "Group/panel"}
-    conn = _conn(vendor="generic", encounter_poll=panel,
+def _scoped(scopes: list[str], **fields: Any) -> EhrConnection:
+    return _conn(vendor="generic",
                  auth={"type": "client-secret", "client_id": "c", "client_secret": "s",
-                       "token_endpoint": "https://ehr.example.org/token",
-                       "scopes": ["system/Encounter.rs", "system/Patient.r"]})  # fmt: skip
-    assert poll_problems(conn) == [
+                       "token_endpoint": "https://ehr.example.org/token", "scopes": scopes},
+                 **fields)  # fmt: skip
+
+
+def test_the_poll_needs_encounter_search_and_for_a_panel_group_read() -> None:
+    panel = {"scope": "group", "group": "Group/panel"}
+    conn = _scoped(["system/Encounter.rs", *INPUT_SCOPES.split()], encounter_poll=panel)
+    assert read_problems(conn) == [
         "ehr.clinic.encounter_poll.scope = 'group' needs Group read, which none of the scopes "
         "in ehr.clinic.auth.scopes grants; add system/Group.r (SMART v2) or system/Group.read "
         "(v1)"
     ]
-    assert poll_problems(_conn(vendor="generic")) == []  # no SMART scopes named: nothing known
+    assert read_problems(_conn(vendor="generic")) == []  # no SMART scopes named: nothing known
+
+
+def test_fetching_inputs_needs_each_read_named_with_the_scope_to_add() -> None:
+    """What `fetch_inputs` reads; a token without Binary.r cannot read a transcript given as a
+    url (Epic's and Oracle Health's), which the start-up check now names."""
+    no_binary = [s for s in INPUT_SCOPES.split() if s != "system/Binary.r"]
+    conn = _scoped(
+        ["system/Encounter.s", *no_binary], write={"chart": {"note": False, "provenance": False}}
+    )
+    binary = (
+        "ehr.clinic: fetching a session's inputs needs Binary read, which none of the scopes in "
+        "ehr.clinic.auth.scopes grants; add system/Binary.r (SMART v2) or system/Binary.read "
+        "(v1)"
+    )
+    assert read_problems(conn) == [binary]
+    assert target_problems(conn, ServerCapabilities.from_statement(_statement({}))) == [binary]
+    # v1 words and wildcards grant them too.
+    assert read_problems(_scoped(["system/*.read"])) == []
+    only_encounters = read_problems(_scoped(["system/Encounter.read"]))
+    assert [p.split(",")[0].split(" needs ")[1] for p in only_encounters] == [
+        "Patient read",
+        "DocumentReference search-type",
+        "Binary read",
+        "QuestionnaireResponse search-type",
+        "Observation search-type",
+    ]
+
+
+def test_provenance_needs_search_as_well_as_create() -> None:
+    """The note's Provenance is searched for by target before its create (writeback)."""
+    chart = {"chart": {"note": False, "provenance": True}, "care_plan_store": "builtin"}
+    unlisted = ServerCapabilities.from_statement(_statement({"Provenance": ["create"]}))
+    assert target_problems(_conn(write=chart), unlisted) == [
+        "ehr.clinic.write.chart.provenance needs Provenance search-type, which the "
+        "CapabilityStatement of https://ehr.example.org/fhir does not list; set "
+        "ehr.clinic.write.chart.provenance = false"
+    ]
+    caps = ServerCapabilities.from_statement(_statement({"Provenance": ["create", "search-type"]}))
+    scopes = ["system/Encounter.s", *INPUT_SCOPES.split()]
+    assert target_problems(_scoped([*scopes, "system/Provenance.c"], write=chart), caps) == [
+        "ehr.clinic.write.chart.provenance needs Provenance search-type, which none of the "
+        "scopes in ehr.clinic.auth.scopes grants; add system/Provenance.s (SMART v2) or "
+        "system/Provenance.read (v1), or set ehr.clinic.write.chart.provenance = false"
+    ]
+    assert target_problems(_scoped([*scopes, "system/Provenance.cs"], write=chart), caps) == []

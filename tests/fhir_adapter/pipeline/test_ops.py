@@ -72,6 +72,40 @@ def test_check_reports_each_step_and_fails_on_missing_scopes_or_a_dead_server(
     assert missing.exit_code == 2 and "no EHR connection 'nope'" in missing.stderr
 
 
+def test_check_names_each_read_and_write_the_granted_scopes_do_not_cover(
+    sekmet_server: SekmetServer, tmp_path: Path
+) -> None:
+    """The token endpoint grants all that is asked, but what is asked lacks Binary.r (a
+    transcript given as a url) and Provenance.s (the note's Provenance is searched for before
+    its create): each is a FAIL line naming the scope to add, and no search is tried."""
+    clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
+    conn = connection(
+        sekmet_server, clinic, care_plan_store="builtin", communication=False,
+        scopes="system/Encounter.s system/Patient.r system/DocumentReference.cs "
+        "system/QuestionnaireResponse.s system/Observation.s system/Provenance.c",
+    )  # fmt: skip
+    config = config_toml(tmp_path / "short.toml", settings_for(tmp_path, [conn]), conn)
+
+    result = runner.invoke(app, ["check", "-c", str(config)])
+    assert result.exit_code == 1, result.output
+    # `check`'s columns: connection (16), step (14), ok/FAIL (4), detail.
+    lines = [(ln[17:31].strip(), ln[32:36].strip(), ln[37:]) for ln in result.stdout.splitlines()]
+    assert [(step, mark) for step, mark, _ in lines] == [
+        ("capability", "ok"), ("token", "ok"), ("scopes", "FAIL"), ("write targets", "FAIL"),
+    ]  # fmt: skip
+    assert lines[2][2] == (
+        f"ehr.{CONNECTION}: fetching a session's inputs needs Binary read, which none of the "
+        f"scopes in ehr.{CONNECTION}.auth.scopes grants; add system/Binary.r (SMART v2) or "
+        "system/Binary.read (v1)"
+    )
+    assert lines[3][2] == (
+        f"ehr.{CONNECTION}.write.chart.provenance needs Provenance search-type, "
+        f"which none of the scopes in ehr.{CONNECTION}.auth.scopes grants; add "
+        "system/Provenance.s (SMART v2) or system/Provenance.read (v1), or set "
+        f"ehr.{CONNECTION}.write.chart.provenance = false"
+    )
+
+
 async def test_an_encounter_that_keeps_failing_is_dead_lettered_then_retried_by_an_operator(
     sekmet_server: SekmetServer,
     pipeline_triton: TritonHandle,
