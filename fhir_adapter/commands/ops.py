@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Argument(help="JSON Lines file to write.")],
         config: ConfigOption = None,
     ) -> None:
-        """Write one JSON line per clinician decision on a Task (no patient identifiers)."""
+        """Write one JSON line per clinician decision on a Task: no patient reference, but the
+        session's quoted turns (PHI), so the file is written readable by its owner alone."""
         from fhir_adapter.smart.feedback import export
 
         check_output_path(out, "OUT", folder=False, make_parents=False)
@@ -92,7 +93,8 @@ def register(app: typer.Typer) -> None:
                 count = export(store, out)
             except OSError as exc:  # no permission, disk full
                 fail(f"cannot write {out}: {exc.strerror}; check the path and its permissions")
-        typer.echo(f"{count} feedback records written to {out}")
+        typer.echo(f"{count} feedback records written to {out} (mode 0600: it quotes session "
+                   "turns; handle it as PHI, like the transcripts)")  # fmt: skip
 
     @outbox_app.command("list")
     def outbox_list(
