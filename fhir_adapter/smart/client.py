@@ -322,7 +322,12 @@ class SmartApp:
             return None
         if response.status_code != 200:
             raise LaunchError(502, f"The EHR answered {response.status_code}.")
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError as exc:  # a 200 that is not JSON: an SSO or proxy page, not FHIR
+            raise LaunchError(
+                502, "The EHR answered with a page, not FHIR data; open the app from the EHR again."
+            ) from exc
         return body if isinstance(body, dict) else None
 
     async def fetch_attachment(self, base_url: str, access_token: str, url: str) -> Attachment:
