@@ -65,7 +65,7 @@ class DraftResult:
 
 
 def _context(
-    row_encounter: str, row_patient: str, enc: dict[str, Any], transcript: str,
+    row_encounter: str, row_patient: str, enc: dict[str, Any], transcript: str | None,
     source: str | None = None,
 ) -> EncounterContext:  # fmt: skip
     start, end = encounter_period(enc)
@@ -89,7 +89,7 @@ def _context(
         period_start=start,
         # A finished encounter without an end is taken to end when it started.
         period_end=end or start,
-        transcript=Ref(transcript),
+        transcript=Ref(transcript) if transcript else None,
         # The display names the clinic for quality teams (fidelity by clinic).
         organization=(
             Ref(provider["reference"], provider.get("display"))

@@ -22,11 +22,20 @@ changed, and queues it exactly as the draft step does:
 Idempotent: a decision that changes nothing (a rerun, a double submit) writes nothing, queues
 nothing and records nothing. Every outbox row commits with the store change it carries, and
 is sent later by the normal write-back (the route kicks it after the commit).
+
+Stale pages: approve, edit and reject carry the Task versions the clinician's page showed; a
+decision that would change a Task since changed by someone else is refused (DecisionError,
+`mapping.fhir.approval`), one that changes nothing is the idempotent repeat.
+
+Provenance: one per decision, its targets the versions the decision wrote ("Task/1/_history/3"
+in our store), so two decisions on one Task never share one, and a retried write of the same
+decision is the same one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -37,17 +46,19 @@ from sqlalchemy.orm import Session
 from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.pipeline.draft import encounter_context
 from fhir_adapter.pipeline.jobs import LOCAL
+from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.settings import EhrConnection, FhirStore
 from fhir_adapter.store import Store, outbox, resources, work
 from fhir_adapter.store.models import FeedbackRow, OutboxRow
 from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, outbox_key
 from fhir_adapter.store.resources import Query
+from mapping.errors import DecisionError
 from mapping.fhir import approval
 from mapping.fhir.audit import DecisionKind, LaunchContext, audit_event, clinician_provenance
 from mapping.fhir.codes import P_REVIEW_ENCOUNTER, SID_NOTE, SID_NOTE_VERSION
 from mapping.fhir.context import EncounterContext, ModelInfo, NoteOptions, Ref
 from mapping.fhir.device import device_id
-from mapping.fhir.identifiers import note_value
+from mapping.fhir.identifiers import normalize_reference, note_value
 from mapping.fhir.note import superseding_note
 from mapping.fhir.references import is_fhir_id, reference_id
 from mapping.fhir.summary import Approval, approved_summary, model_confidence
@@ -60,6 +71,10 @@ __all__ = ["Actor", "AddItem", "ApproveItems", "Decided", "EditItem", "NotFound"
 
 # Tasks of one session read at most (a session drafts a handful).
 MAX_TASKS = 500
+# The pipeline's steps before the session's drafts are stored: an item added then would meet
+# the draft step's guard for decided sessions, which keeps the clinician's plan and so writes
+# no note for the session.
+PROCESSING = frozenset({Step.FETCH, Step.DETECT, Step.DRAFT})
 
 
 class NotFound(Exception):
@@ -81,6 +96,8 @@ class Actor:
 @dataclass(frozen=True)
 class ApproveItems:
     task_ids: tuple[str, ...] | None = None  # None: the whole plan
+    # Task id -> the versionId the clinician's page showed (None: not checked).
+    versions: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,12 +106,14 @@ class EditItem:
     description: str | None = None
     category: str | None = None
     due: date | None = None
+    version: str | None = None  # the Task's versionId the page showed (None: not checked)
 
 
 @dataclass(frozen=True)
 class RejectItem:
     task_id: str
     reason: str
+    version: str | None = None  # the Task's versionId the page showed (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -138,17 +157,29 @@ def _encounter_of(task: dict[str, Any]) -> str:
     return str((task.get("encounter") or {}).get("reference", ""))
 
 
-def _context(session: Session, actor: Actor, encounter: str) -> tuple[EncounterContext, Actor]:
+def _context(
+    session: Session, actor: Actor, encounter: str, adding: bool = False
+) -> tuple[EncounterContext, Actor]:
     """The session's context from the work filed under the actor's connection, or under
-    `local` (a backfill, the demo): then the actor writes to our store only."""
+    `local` (a backfill, the demo): then the actor writes to our store only.
+
+    Without a transcript where the pipeline skipped the session (none found, or unreadable):
+    a clinician's own item needs only the session, patient and practitioner. An item added
+    while the session is still being processed is a DecisionError (see PROCESSING)."""
     names = [actor.connection.name] if actor.connection is not None else []
     bare = str(reference_id(encounter))
     for name in [*names, LOCAL]:
         row = work.get_encounter(session, name, encounter)
         enc = work.source(session, name, "Encounter", bare)
         if row is not None and enc is not None and row.patient == actor.patient:
+            if adding and row.step in PROCESSING:
+                raise DecisionError(
+                    "this session's transcript is still being processed, so nothing was "
+                    "added; the homework the model drafts appears on this page within a few "
+                    "minutes: reload it then, and add what the model missed"
+                )
             source = actor.connection.base_url if name != LOCAL and actor.connection else None
-            ctx = encounter_context(encounter, actor.patient, enc, row.state["transcript"],
+            ctx = encounter_context(encounter, actor.patient, enc, row.state.get("transcript"),
                                     source)  # fmt: skip
             return ctx, actor if name != LOCAL else dataclasses.replace(actor, connection=None)
     raise NotFound(encounter)
@@ -180,7 +211,8 @@ class _Writes:
 
     def __init__(self, session: Session, actor: Actor, now: datetime) -> None:
         self.session, self.actor, self.now = session, actor, now
-        self.written: list[str] = []
+        self.written: list[str] = []  # "Type/id"
+        self.versions: list[str] = []  # the same, "Type/id/_history/n": the versions written
 
     def put(self, body: dict[str, Any]) -> bool:
         rtype, rid = body["resourceType"], body["id"]
@@ -189,6 +221,7 @@ class _Writes:
         if before is not None and before["meta"]["versionId"] == stored["meta"]["versionId"]:
             return False
         self.written.append(f"{rtype}/{rid}")
+        self.versions.append(f"{rtype}/{rid}/_history/{stored['meta']['versionId']}")
         self._care_plan_store(without_server_meta(stored))
         return True
 
@@ -198,6 +231,11 @@ class _Writes:
             return
         target = conn.write.care_plan_store
         if target == "ehr" or isinstance(target, FhirStore):
+            if body["resourceType"] == "Provenance":
+                # Our version numbers are not the care-plan store's (it counts its own writes,
+                # and queued writes of one resource coalesce): there the targets are unversioned.
+                body = {**body, "target": [{**t, "reference": normalize_reference(t["reference"])}
+                                           for t in body["target"]]}  # fmt: skip
             outbox.enqueue(self.session, conn.name, CARE_PLAN_STORE, outbox_key(body), body)
 
 
@@ -317,7 +355,7 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
         if isinstance(action, AddItem):
             kind = "add"
             encounter = actor.encounter or _latest_encounter(session, actor)
-            ctx, actor = _context(session, actor, encounter)
+            ctx, actor = _context(session, actor, encounter, adding=True)
             writes.actor = actor
             decision_add = approval.Add(clinician, now, action.category, action.description,
                                         action.due)  # fmt: skip
@@ -351,7 +389,7 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
                 kind = "approve"
                 if plan is None:
                     raise NotFound(f"no homework plan for {encounter}")
-                approve = approval.Approve(clinician, now, action.task_ids)
+                approve = approval.Approve(clinician, now, action.task_ids, action.versions)
                 decision: approval.Decision = approve
                 done = approval.approve(plan, tasks, approve)
                 before = {t["id"]: t for t in tasks}
@@ -362,12 +400,12 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
             elif isinstance(action, EditItem):
                 kind = "edit"
                 decision = approval.Edit(clinician, now, action.description, action.category,
-                                         action.due)  # fmt: skip
+                                         action.due, action.version)  # fmt: skip
                 if writes.put(approval.edit(first[0], decision)):
                     _feedback(session, first[0], decision, now)
             else:
                 kind = "reject"
-                decision = approval.Reject(clinician, now, action.reason)
+                decision = approval.Reject(clinician, now, action.reason, action.version)
                 if writes.put(approval.reject(first[0], decision)):
                     _feedback(session, first[0], decision, now)
         if not writes.written:
@@ -377,7 +415,7 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
             t.get("status") == "requested" for t in tasks
         ):
             _note(writes, ctx, tasks)
-        care = [w for w in writes.written if not w.startswith("DocumentReference/")]
+        care = [v for v in writes.versions if not v.startswith("DocumentReference/")]
         provenance = as_json(clinician_provenance(care, clinician, kind, now=now,
                                                   launch=actor.launch))  # fmt: skip
         writes.put(provenance)

@@ -65,6 +65,7 @@ class Item:
     reviewed_in: str | None = None
     review_quote: str | None = None
     review_position: str | None = None
+    version: str = ""  # meta.versionId: the decision forms send it back (stale page check)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def item(task: dict[str, Any]) -> Item:
         reviewed_in=_reference(task, P_REVIEW_ENCOUNTER, "output"),
         review_quote=_string(task, P_REVIEW_QUOTE, "output"),
         review_position=_string(task, P_REVIEW_POSITION, "output"),
+        version=str(task.get("meta", {}).get("versionId", "")),
     )
 
 

@@ -36,12 +36,18 @@ token expires; never in the cookie, whose random id is the only key that decrypt
 kept the same way, so the callback may reach another replica than the launch did.
 
 Actions (POST, same Origin and the session's CSRF token, else 403; a Task of another
-patient 404; then 303 back to the review screen):
+patient 404; a body over MAX_FORM_BODY 413, never cut; then 303 back to the review screen):
 
     POST /smart/review/approve            the whole plan, or the Tasks ticked (`task`)
     POST /smart/review/tasks/{id}/edit    description, category, due
     POST /smart/review/tasks/{id}/reject  reason
     POST /smart/review/add                category, description, due
+
+Approve, edit and reject forms carry `version-<task id>`, the versionId of each Task the page
+showed: a decision that would change a Task someone changed since is refused (409, reload);
+one that changes nothing (a double submit, a reload's resend) is the idempotent 303. A form
+without a Task's version (a page from before they were shown) cannot say what the clinician
+saw, so any change it would make is refused the same way.
 
 Each is applied by `fhir_adapter.smart.actions` (store and outbox in one transaction) and the
 connection's write-back is started after the commit.
@@ -79,6 +85,7 @@ from fhir_adapter.web.sessions import (
 )
 from mapping import terminology
 from mapping.errors import DecisionError, MappingError, ResourceError
+from mapping.fhir.approval import MAX_DESCRIPTION, MAX_REASON
 from mapping.fhir.audit import LaunchContext
 from mapping.fhir.codes import CS_HOMEWORK_CATEGORY
 from mapping.fhir.context import Ref
@@ -98,7 +105,11 @@ EHR_COOKIE = "hwf-smart-ehr"
 EHR_COOKIE_S = 30 * 24 * 3600
 # A session ends with its access token; an EHR that says nothing about expiry gets an hour.
 DEFAULT_TOKEN_S = 3600
-MAX_FORM_BODY = 16 * 1024
+# The largest form the review screen sends fits: a description of MAX_DESCRIPTION characters
+# at up to 4 UTF-8 bytes each, 3 bytes each once percent-encoded, plus the other fields (CSRF
+# token, category, due, the versions of a plan's items). A larger body is refused, never cut.
+MAX_FORM_BODY = MAX_DESCRIPTION * 4 * 3 + 16 * 1024
+VERSION_FIELD = "version-"  # + a Task id: the versionId of that Task the page showed
 CATEGORIES = tuple((code, terminology.display(CS_HOMEWORK_CATEGORY, code))
                    for code in ("practice", "take-action", "journal", "learn"))  # fmt: skip
 DONE = {"approve": "approved", "edit": "edited", "reject": "rejected", "add": "added"}
@@ -316,6 +327,9 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
                 "trend": trend,
                 "has_trend": any(trend.values()),
                 "categories": CATEGORIES,
+                "max_description": MAX_DESCRIPTION,
+                "max_reason": MAX_REASON,
+                "version_field": VERSION_FIELD,
                 "done": DONE.get(request.query_params.get("done", "")),
             },
         )
@@ -363,21 +377,34 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
             },
         )
 
-    async def form_of(request: Request, session: SmartSession) -> list[tuple[str, str]] | None:
+    async def fields(request: Request) -> list[tuple[str, str]] | None:
+        """The form's fields; None for a body over MAX_FORM_BODY (refused whole: a cut body
+        loses its last fields and splits a character)."""
         body = await request.body()
-        pairs = parse_qsl(body[:MAX_FORM_BODY].decode("utf-8", "replace"))
-        csrf = next((v for k, v in pairs if k == "csrf"), None)
-        if not same_origin(request) or not same_value(session.csrf, csrf):
+        if len(body) > MAX_FORM_BODY:
             return None
-        return pairs
+        return parse_qsl(body.decode("utf-8", "replace"))
+
+    def too_large(request: Request) -> Response:
+        return page(
+            request,
+            413,
+            f"Nothing was saved: the form is larger than this app accepts (a description is "
+            f"at most {MAX_DESCRIPTION} characters, a reason {MAX_REASON}). Go back, shorten "
+            "the text and send it again.",
+            "Too large",
+        )
 
     async def act(request: Request, make: Callable[[dict[str, str], list[tuple[str, str]]],
                                                     actions.Action]) -> Response:  # fmt: skip
         session = current(request)
         if session is None:
             return no_session(request)
-        pairs = await form_of(request, session)
+        pairs = await fields(request)
         if pairs is None:
+            return too_large(request)
+        csrf = next((v for k, v in pairs if k == "csrf"), None)
+        if not same_origin(request) or not same_value(session.csrf, csrf):
             return page(request, 403, "Refused: the form expired or came from elsewhere.",
                         "Refused")  # fmt: skip
         deps = active()
@@ -417,26 +444,28 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
     async def approve(request: Request) -> Response:
         def make(form: dict[str, str], pairs: list[tuple[str, str]]) -> actions.Action:
             chosen = tuple(v for k, v in pairs if k == "task")
-            return actions.ApproveItems(None if form.get("all") else chosen)
+            return actions.ApproveItems(None if form.get("all") else chosen, _versions(pairs))
 
         return await act(request, make)
 
     @router.post("/review/tasks/{task_id}/edit")
     async def edit(request: Request, task_id: str) -> Response:
-        def make(form: dict[str, str], _: list[tuple[str, str]]) -> actions.Action:
+        def make(form: dict[str, str], pairs: list[tuple[str, str]]) -> actions.Action:
             return actions.EditItem(
                 task_id,
                 form.get("description") or None,
                 form.get("category") or None,
                 _due(form.get("due")),
+                _versions(pairs).get(task_id, ""),
             )
 
         return await act(request, make)
 
     @router.post("/review/tasks/{task_id}/reject")
     async def reject(request: Request, task_id: str) -> Response:
-        def make(form: dict[str, str], _: list[tuple[str, str]]) -> actions.Action:
-            return actions.RejectItem(task_id, form.get("reason", ""))
+        def make(form: dict[str, str], pairs: list[tuple[str, str]]) -> actions.Action:
+            return actions.RejectItem(task_id, form.get("reason", ""),
+                                      _versions(pairs).get(task_id, ""))  # fmt: skip
 
         return await act(request, make)
 
@@ -454,8 +483,10 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         session = current(request)
         if session is None:
             return no_session(request)
-        body = await request.body()
-        form = dict(parse_qsl(body[:MAX_FORM_BODY].decode("utf-8", "replace")))
+        pairs = await fields(request)
+        if pairs is None:
+            return too_large(request)
+        form = dict(pairs)
         if not same_origin(request) or not same_value(session.csrf, form.get("csrf")):
             return page(request, 403, "Sign-out refused: the form expired or came from elsewhere.")
         sessions.end(request.cookies.get(policy.name(SESSION_COOKIE)))
@@ -489,6 +520,11 @@ def _app_context_encounter(value: Any) -> str | None:
     except ValueError:
         return None
     return _reference("Encounter", body.get("encounter")) if isinstance(body, dict) else None
+
+
+def _versions(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Task id -> the versionId the page showed, from the form's `version-<id>` fields."""
+    return {k.removeprefix(VERSION_FIELD): v for k, v in pairs if k.startswith(VERSION_FIELD)}
 
 
 def _due(value: str | None) -> date | None:

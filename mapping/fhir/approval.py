@@ -13,10 +13,16 @@ new JSON that validates as R4B. Each is idempotent: applying a decision to its o
 returns that output unchanged, and a decision that changes nothing leaves `lastModified`
 alone, so a double submit writes nothing new.
 
+Stale pages: a decision may name the Task versions (`meta.versionId`) the clinician saw. A
+decision that would change a Task whose version is another is a DecisionError (someone else
+changed it since: applying the form's values would silently undo their change); one that
+changes nothing is still the idempotent repeat, whatever version it names.
+
 States (R4 task-status; the CarePlan follows its Tasks):
 
     Task      draft --edit--> draft --approve--> requested --edit--> requested
-              draft --reject--> rejected          (approve or edit it: DecisionError)
+              draft --reject--> rejected          (approve or edit it, or reject it again
+                                                   with another reason: DecisionError)
               add --> requested
     CarePlan  draft/proposal --approve--> active/plan
 
@@ -88,6 +94,8 @@ from mapping.fhir.text import clean, day, instant, quoted
 from mapping.fhir.validate import as_json, parse
 
 __all__ = [
+    "MAX_DESCRIPTION",
+    "MAX_REASON",
     "Add",
     "Approve",
     "Approved",
@@ -103,6 +111,11 @@ __all__ = [
 
 Json = Mapping[str, Any]
 Resource = Json | FHIRAbstractModel
+
+# What a clinician may write (characters, a line break counting one): the review screen's
+# fields say the same (maxlength), so only a hand-made request meets these errors.
+MAX_DESCRIPTION = 2000
+MAX_REASON = 500
 
 
 # --- decisions ---------------------------------------------------------------------------------
@@ -129,20 +142,30 @@ def _category_code(code: str) -> str:
     return code
 
 
-def _text(value: str, what: str) -> str:
+def _text(value: str, what: str, limit: int | None) -> str:
     cleaned = clean(value)
     if not cleaned:
         raise ResourceError(f"{what} is empty; say what the client is to do")
+    # A browser counts a line break as one character and sends it as CRLF.
+    length = len(cleaned.replace("\r\n", "\n"))
+    if limit is not None and length > limit:
+        raise ResourceError(
+            f"{what} is {length} characters long; shorten it to {limit} characters or fewer"
+        )
     return cleaned
 
 
 @dataclass(frozen=True)
 class Approve:
-    """Approve the drafts named by `task_ids` (None: every Task of the plan still a draft)."""
+    """Approve the drafts named by `task_ids` (None: every Task of the plan still a draft).
+
+    `versions`: Task id -> the versionId the clinician saw; a Task the approval would change
+    must be there with its current version (None: not checked)."""
 
     clinician: Ref
     now: datetime
     task_ids: tuple[str, ...] | None = None
+    versions: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         _check_who(self.clinician, self.now)
@@ -150,20 +173,22 @@ class Approve:
 
 @dataclass(frozen=True)
 class Edit:
-    """Change a Task's description, category (a code of our homework-category) or due date."""
+    """Change a Task's description, category (a code of our homework-category) or due date;
+    `version` is the Task's versionId the clinician saw (None: not checked)."""
 
     clinician: Ref
     now: datetime
     description: str | None = None
     category: str | None = None
     due: date | None = None
+    version: str | None = None
 
     def __post_init__(self) -> None:
         _check_who(self.clinician, self.now)
         if self.description is None and self.category is None and self.due is None:
             raise ResourceError("an edit names at least one of description, category, due")
-        if self.description is not None:
-            _text(self.description, "the description")
+        if self.description is not None:  # its length is checked if it changes (see edit)
+            _text(self.description, "the description", None)
         if self.category is not None:
             _category_code(self.category)
         if isinstance(self.due, datetime):
@@ -172,15 +197,17 @@ class Edit:
 
 @dataclass(frozen=True)
 class Reject:
-    """Decline a draft; `reason` is recorded on the Task and in the model team's feedback."""
+    """Decline a draft; `reason` is recorded on the Task and in the model team's feedback;
+    `version` is the Task's versionId the clinician saw (None: not checked)."""
 
     clinician: Ref
     now: datetime
     reason: str
+    version: str | None = None
 
     def __post_init__(self) -> None:
         _check_who(self.clinician, self.now)
-        _text(self.reason, "the reason for rejecting")
+        _text(self.reason, "the reason for rejecting", MAX_REASON)
 
 
 @dataclass(frozen=True)
@@ -196,7 +223,7 @@ class Add:
     def __post_init__(self) -> None:
         _check_who(self.clinician, self.now)
         _category_code(self.category)
-        _text(self.description, "the description")
+        _text(self.description, "the description", MAX_DESCRIPTION)
         if isinstance(self.due, datetime):
             raise ResourceError("due is a date (the day it is due by), not a datetime")
 
@@ -259,6 +286,21 @@ def _refuse(task: Json, action: str, hint: str) -> DecisionError:
     return DecisionError(f"{_task_id(task)} is {task.get('status')}: it cannot be {action}; {hint}")
 
 
+def _check_seen(task: Resource, seen: str | None) -> None:
+    """Refuse to change a Task the clinician saw in another version (`seen`; None: not
+    checked; "": a form that named none, never current). Called only for a decision that
+    changes the Task: a repeat that changes nothing stands, whatever page it came from."""
+    data = as_json(task) if isinstance(task, FHIRAbstractModel) else task
+    current = (data.get("meta") or {}).get("versionId")
+    if seen is None or (current is not None and seen == str(current)):
+        return
+    raise DecisionError(
+        f"{_task_id(data)} was changed by someone else (or in another tab) since this page "
+        "was loaded, so nothing was saved; reload the page to see it as it is now, then "
+        "decide again"
+    )
+
+
 def _finish_task(before: dict[str, Any], after: dict[str, Any], now: datetime) -> dict[str, Any]:
     """`after` validated, with lastModified = now; `before` itself when nothing changed."""
     if after == before:
@@ -312,6 +354,9 @@ def edit(task: Resource, decision: Edit) -> dict[str, Any]:
     if decision.description is not None:
         description = clean(decision.description)
         if description != before.get("description"):
+            # Only a new text is held to the limit: the form sends the drafted one back as it
+            # is when the clinician changes something else, however long the model made it.
+            _text(description, "the description", MAX_DESCRIPTION)
             was = before.get("description")
             changes.append(
                 f"description was {quoted(was)}" if isinstance(was, str) else "description set"
@@ -341,6 +386,7 @@ def edit(task: Resource, decision: Edit) -> dict[str, Any]:
             _set_due(after, decision.due)
     if not changes:
         return as_json(parse(before, Task))
+    _check_seen(task, decision.version)
     after.setdefault("note", []).append(
         _note(
             decision.clinician,
@@ -356,16 +402,30 @@ def reject(task: Resource, decision: Reject) -> dict[str, Any]:
     confidence stay, the review status goes (nothing was set to follow up)."""
     before = _stored(task, "Task")
     status = before.get("status")
-    if status not in ("draft", "rejected"):
+    reason = clean(decision.reason)
+    if status == "rejected":
+        # The same rejection again (a double submit) stands; another reason would silently
+        # replace the first decision, and the model team would get two contradictory labels.
+        was = (before.get("statusReason") or {}).get("text")
+        if reason == was:
+            return as_json(parse(before, Task))
+        raise _refuse(
+            before,
+            "rejected again",
+            f"it was rejected already{f' ({quoted(was)})' if was else ''}; reload the page to "
+            "see it, and add a new item if the homework is wanted after all",
+        )
+    if status != "draft":
         raise _refuse(
             before,
             "rejected",
             "only a draft can be rejected; an approved or added item is part of the plan "
             "(change it with edit)",
         )
+    _check_seen(task, decision.version)
     after = copy.deepcopy(before)
     after["status"] = "rejected"
-    after["statusReason"] = {"text": clean(decision.reason)}
+    after["statusReason"] = {"text": reason}
     after.pop("businessStatus", None)
     return _finish_task(before, after, decision.now)
 
@@ -450,7 +510,9 @@ def approve(careplan: Resource, tasks: Sequence[Resource], decision: Approve) ->
     `tasks` are every Task of the plan (each CarePlan activity, and items added by a clinician
     `basedOn` it), as stored, so the narrative lists them all; Tasks added since are appended
     as activities. Drafts not approved stay drafts; a rejected Task named in `task_ids` is a
-    DecisionError, as is an approval that leaves nothing approved.
+    DecisionError, as is an approval that leaves nothing approved, and one that would approve
+    a draft in another version than `versions` names (or not named there: a draft that
+    appeared after the page was loaded).
     """
     plan = _stored(careplan, "CarePlan")
     plan_ref = f"CarePlan/{plan['id']}"
@@ -491,7 +553,12 @@ def approve(careplan: Resource, tasks: Sequence[Resource], decision: Approve) ->
             "add an item or leave the plan as it is"
         )
     # Compared as serialized, so that a server's spelling of the same value is no change.
-    changed = any(a != as_json(parse(b, Task)) for a, b in zip(after, items, strict=True))
+    changes = [a != as_json(parse(b, Task)) for a, b in zip(after, items, strict=True)]
+    seen = decision.versions
+    for raw, item, change in zip(tasks, items, changes, strict=True):
+        if change and seen is not None:
+            _check_seen(raw, seen.get(item["id"], ""))
+    changed = any(changes)
     new_activity = any(_task_id(t) not in _activity_refs(plan) for t in items)
     if plan.get("status") == "active" and not changed and not new_activity:
         return Approved(as_json(parse(plan, CarePlan)), after)

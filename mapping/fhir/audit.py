@@ -114,7 +114,8 @@ def clinician_provenance(
     version written ("Task/1/_history/2") where the store has answered with it.
 
     Its id derives from the decision, clinician and targets, so a retried write is the same
-    Provenance. `recorded` is `now`.
+    Provenance; pass the versions written, so that the next decision on the same resource is
+    another one (not an overwrite of this one). `recorded` is `now`.
     """
     _check(decision, clinician, now)
     if not targets:

@@ -61,7 +61,9 @@ class EncounterContext:
     `practitioners[0]` is the treating practitioner: the note's author and the Tasks'
     requester; all of them receive the Communication. `organization` is the organization the
     AI acts for; US Core Provenance requires it (`onBehalfOf`) for a Device agent, so without
-    it the Provenance claims only the AI Transparency profile.
+    it the Provenance claims only the AI Transparency profile. `transcript` is None for a
+    session the pipeline read no transcript of (skipped): a clinician may still add homework
+    to it, but nothing can be drafted from it (`source_transcript`).
     """
 
     patient: Ref
@@ -69,7 +71,7 @@ class EncounterContext:
     practitioners: tuple[Ref, ...]
     period_start: datetime
     period_end: datetime
-    transcript: Ref
+    transcript: Ref | None
     organization: Ref | None = None
     # The FHIR base the encounter comes from. Identifiers derive from it and the reference, so
     # that two EHRs' "Encounter/1" never share a CarePlan, Task or note in one store; None
@@ -83,10 +85,20 @@ class EncounterContext:
         ref = self.encounter.reference
         return f"{self.source.rstrip('/')}/{ref}" if self.source else ref
 
+    def source_transcript(self) -> Ref:
+        """The transcript the model's drafts and their Provenance cite."""
+        if self.transcript is None:
+            raise ResourceError(
+                f"{self.encounter.reference} has no transcript; drafts and their Provenance "
+                "cite the transcript they came from, so pass its DocumentReference"
+            )
+        return self.transcript
+
     def __post_init__(self) -> None:
         _expect(self.patient, "Patient", what="patient")
         _expect(self.encounter, "Encounter", what="encounter")
-        _expect(self.transcript, "DocumentReference", what="transcript")
+        if self.transcript is not None:
+            _expect(self.transcript, "DocumentReference", what="transcript")
         if not self.practitioners:
             raise ResourceError("no practitioner given; pass the Encounter's treating practitioner")
         for ref in self.practitioners:

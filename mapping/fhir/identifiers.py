@@ -20,7 +20,9 @@ with U+001F (unit separator, which no reference or code contains):
     note version    ("note-version", encounter, digest of the note's text), the masterIdentifier
                     of each version of the note (the identifier stays the note's, per encounter)
     clinician Provenance
-                    ("provenance-clinician", decision, clinician, targets sorted)
+                    ("provenance-clinician", decision, clinician, targets sorted), the targets
+                    with the versions written ("Task/1/_history/3"), so that each decision on
+                    a resource has its own Provenance and a retried write the same one
     AuditEvent      ("audit-event", decision, outcome, clinician, instant, session, entities
                     sorted)
 

@@ -72,7 +72,7 @@ def build_provenance(
         "reason": [{"coding": [ai_asserted()]}],
         "agent": [agent],
         "entity": [
-            {"role": "source", "what": ctx.transcript.as_json()},
+            {"role": "source", "what": ctx.source_transcript().as_json()},
             {
                 "role": "derivation",
                 "what": {

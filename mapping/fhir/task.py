@@ -138,7 +138,10 @@ def build_task(
     if client is not None and clean(client.text):
         inputs.append({"type": _parameter(P_CLIENT_REPLY), "valueString": clean(client.text)})
     inputs += [
-        {"type": _parameter(P_SOURCE_DOCUMENT), "valueReference": ctx.transcript.as_json()},
+        {
+            "type": _parameter(P_SOURCE_DOCUMENT),
+            "valueReference": ctx.source_transcript().as_json(),
+        },
         {
             "type": _parameter(P_SOURCE_POSITION),
             "valueString": describe_position(therapist.first, therapist.last),

@@ -13,6 +13,8 @@ import pytest
 from mapping.errors import DecisionError, ResourceError
 from mapping.fhir import Ref, problems
 from mapping.fhir.approval import (
+    MAX_DESCRIPTION,
+    MAX_REASON,
     Add,
     Approve,
     Edit,
@@ -301,6 +303,61 @@ def test_edit_refusals() -> None:
         edit(rejected, Edit(CLINICIAN, NOW, description="x"))
 
 
+def test_text_is_held_to_the_forms_limits() -> None:
+    """The review screen's maxlength, on the server: a character of any script counts one, a
+    line break (CRLF from a browser) one; only a changed description is held to it."""
+    assert Add(CLINICIAN, NOW, "learn", "字" * MAX_DESCRIPTION)
+    assert Add(CLINICIAN, NOW, "learn", "a\r\n" * (MAX_DESCRIPTION // 2))
+    with pytest.raises(ResourceError, match="2001 characters long; shorten it to 2000"):
+        Add(CLINICIAN, NOW, "learn", "字" * (MAX_DESCRIPTION + 1))
+    with pytest.raises(ResourceError, match="reason for rejecting is 501 characters"):
+        Reject(CLINICIAN, NOW, "x" * (MAX_REASON + 1))
+    task = drafts("two-homework").tasks[0]
+    with pytest.raises(ResourceError, match="description is 2001 characters"):
+        edit(task, Edit(CLINICIAN, NOW, description="y" * (MAX_DESCRIPTION + 1)))
+    # A drafted description over the limit, sent back unchanged with another change, stands.
+    long = {**task, "description": "z" * (MAX_DESCRIPTION + 500)}
+    out = edit(long, Edit(CLINICIAN, NOW, description=long["description"], category="journal"))
+    assert out["description"] == long["description"] and problems(out) == []
+
+
+def test_a_change_from_a_stale_page_is_refused_and_a_repeat_stands() -> None:
+    """prac-1 rewords a draft; a page loaded before (version 1) sends the old wording with a
+    new category: refused, not a silent undo. A resend of a decision already applied changes
+    nothing, whatever version its page showed."""
+    d = drafts("two-homework")
+    first, second = stored(d.tasks[0], "1"), stored(d.tasks[1], "1")
+    reword = Edit(CLINICIAN, NOW, description="Walk ten minutes a day", version="1")
+    reworded = edit(first, reword)
+    now = stored(reworded, "2")
+    stale = Edit(CLINICIAN, LATER, description=first["description"], category="journal",
+                 version="1")  # fmt: skip
+    with pytest.raises(DecisionError, match=f"Task/{first['id']} was changed by someone else.*"
+                       "reload the page"):  # fmt: skip
+        edit(now, stale)
+    with pytest.raises(DecisionError, match="changed by someone else"):
+        reject(now, Reject(CLINICIAN, LATER, "not homework", version="1"))
+    with pytest.raises(DecisionError, match="changed by someone else"):
+        edit(now, dataclasses.replace(stale, version=""))  # a form that names no version
+    assert edit(now, dataclasses.replace(reword, now=LATER)) == reworded  # the double submit
+    assert edit(now, dataclasses.replace(stale, version="2"))["code"]["coding"][0]["code"] == (
+        "journal"
+    )
+    # Approve: each draft it would change as the page showed it; one the page never showed
+    # (drafted since) is refused too.
+    plan = stored(d.careplan)
+    for versions in ({first["id"]: "1", second["id"]: "1"}, {first["id"]: "2"}):
+        with pytest.raises(DecisionError, match="changed by someone else"):
+            approve(plan, [now, second], Approve(CLINICIAN, LATER, versions=versions))
+    seen = {first["id"]: "2", second["id"]: "1"}
+    done = approve(plan, [now, second], Approve(CLINICIAN, LATER, versions=seen))
+    assert {t["status"] for t in done.tasks} == {"requested"}
+    again = [stored(t, "3") for t in done.tasks]
+    assert approve(stored(done.careplan, "2"), again, Approve(CLINICIAN, LATER, versions=seen)) == (
+        done
+    )
+
+
 def test_an_approved_task_can_still_be_edited(review: Flow) -> None:
     approved = review.approved.tasks[0]
     out = edit(approved, Edit(CLINICIAN, LATER, due=date(2024, 5, 16)))
@@ -320,6 +377,16 @@ def test_reject_records_the_reason_and_is_idempotent(review: Flow) -> None:
     assert reject(out, review.reject) == out
     assert reject(out, dataclasses.replace(review.reject, now=LATER)) == out
     assert problems(out) == []
+
+
+def test_a_rejected_task_is_not_rejected_again_for_another_reason() -> None:
+    """The same rejection resent stands; another reason would overwrite the first decision and
+    give the model team a second, contradictory label."""
+    once = reject(drafts("two-homework").tasks[1], Reject(CLINICIAN, NOW, "Not homework"))
+    assert reject(stored(once, "2"), Reject(CLINICIAN, LATER, " Not homework ", "1")) == once
+    with pytest.raises(DecisionError, match="is rejected: it cannot be rejected again; it was "
+                       "rejected already \\(“Not homework”\\)"):  # fmt: skip
+        reject(stored(once, "2"), Reject(CLINICIAN, LATER, "Small talk", "2"))
 
 
 def test_only_a_draft_can_be_rejected(review: Flow) -> None:

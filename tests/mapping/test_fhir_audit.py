@@ -69,6 +69,9 @@ def test_provenance_id_is_stable_and_without_organization_claims_no_us_core() ->
     one = clinician_provenance(TARGETS, CLINICIAN, "approve", now=NOW, launch=LAUNCH)
     two = clinician_provenance(TARGETS[::-1], CLINICIAN, "approve", now=NOW, launch=LAUNCH)
     assert one.id == two.id
+    # Versioned targets: the next decision on the same Task is another Provenance.
+    later = ["CarePlan/cp1/_history/2", "Task/t1/_history/4"]
+    assert clinician_provenance(later, CLINICIAN, "approve", now=NOW, launch=LAUNCH).id != one.id
     bare = as_json(
         clinician_provenance(TARGETS, CLINICIAN, "approve", now=NOW, launch=LaunchContext("s"))
     )

@@ -5,7 +5,9 @@ our store only). The EHR/care-plan store round trip through the outbox is not co
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,16 +19,21 @@ from sqlalchemy import func, select
 
 from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.security import TokenVerifier
+from fhir_adapter.pipeline.jobs import LOCAL
+from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.samples import sample_export_dir
 from fhir_adapter.settings import EhrConnection
-from fhir_adapter.smart import SmartApp
+from fhir_adapter.smart import SmartApp, actions
 from fhir_adapter.smart.devserver import DevClient, DevEhr, dev_ehr_router
-from fhir_adapter.store import Store, resources
+from fhir_adapter.smart.routes import MAX_FORM_BODY
+from fhir_adapter.store import Store, open_store, resources, work
 from fhir_adapter.store.models import FeedbackRow, OutboxRow, ResourceVersionRow
 from fhir_adapter.store.resources import Query
+from mapping.fhir.approval import MAX_DESCRIPTION
+from mapping.fhir.audit import LaunchContext, clinician_provenance
 from mapping.fhir.codes import AIAST
-from mapping.fhir.context import ModelInfo
-from mapping.fhir.validate import problems
+from mapping.fhir.context import ModelInfo, Ref
+from mapping.fhir.validate import as_json, problems
 from tests.fhir_adapter.smart.test_launch import (
     BASE,
     ISS,
@@ -77,6 +84,14 @@ def _csrf(app: App) -> str:
     return found.group(1)
 
 
+def _versions(app: App) -> dict[str, str]:
+    """The review page's `version-<task id>` fields, as its forms send them."""
+    page = app.client.get("/smart/review")
+    assert page.status_code == 200, page.text[-500:]
+    fields = re.findall(r'name="version-([^"]+)" value="([^"]*)"', page.text)
+    return {f"version-{task}": version for task, version in fields}
+
+
 def _post(app: App, path: str, **form: Any) -> httpx.Response:
     return app.client.post(f"/smart/review{path}", data=form, headers={"origin": BASE},
                            follow_redirects=False)  # fmt: skip
@@ -103,18 +118,21 @@ def test_actions_end_to_end_and_idempotent(app: App, store: Store) -> None:
     drafted = _drafts(store)
     assert len(drafted) >= 2 and all(t["status"] == "draft" for t in drafted)
     first, second = drafted[0]["id"], drafted[1]["id"]
+    loaded = _versions(app)
 
-    def every_action() -> list[httpx.Response]:
+    def every_action(seen: Callable[[], dict[str, str]]) -> list[httpx.Response]:
         return [
             _post(app, f"/tasks/{first}/edit", csrf=csrf, description="Walk 10 minutes daily",
-                  category="take-action", due="2099-01-01"),
-            _post(app, f"/tasks/{second}/reject", csrf=csrf, reason="Not homework: small talk"),
-            _post(app, "/approve", csrf=csrf, all="1"),
+                  category="take-action", due="2099-01-01", **seen()),
+            _post(app, f"/tasks/{second}/reject", csrf=csrf, reason="Not homework: small talk",
+                  **seen()),
+            _post(app, "/approve", csrf=csrf, all="1", **seen()),
             _post(app, "/add", csrf=csrf, category="journal",
                   description="Write down one good thing each evening"),
         ]  # fmt: skip
 
-    done = every_action()
+    # Each form as the page shows it after the decision before (the 303 reloads it).
+    done = every_action(lambda: _versions(app))
     assert [r.status_code for r in done] == [303] * 4, [r.text[-300:] for r in done]
     assert done[0].headers["location"] == "/smart/review?done=edit"
     after = {t["id"]: t for t in tasks(store, "Patient/pat-1")
@@ -136,7 +154,9 @@ def test_actions_end_to_end_and_idempotent(app: App, store: Store) -> None:
     assert all(a["agent"][0]["who"]["reference"] == "Practitioner/prac-1" for a in audit)
     clinician = [p for p in provenance
                  if p["agent"][0]["who"]["reference"] == "Practitioner/prac-1"]  # fmt: skip
-    assert {t["reference"] for p in clinician for t in p["target"]} >= {
+    targets = [t["reference"] for p in clinician for t in p["target"]]
+    assert all("/_history/" in t for t in targets), targets  # the versions each decision wrote
+    assert {t.split("/_history/")[0] for t in targets} >= {
         f"Task/{first}",
         f"Task/{second}",
         f"Task/{added[0]['id']}",
@@ -150,9 +170,10 @@ def test_actions_end_to_end_and_idempotent(app: App, store: Store) -> None:
         )
     assert note["masterIdentifier"] and "reviewed by clinician" in note["description"]
 
-    # A rerun of every action changes nothing: same versions, no outbox rows, no feedback.
+    # A rerun of every action changes nothing: same versions, no outbox rows, no feedback; even
+    # resent from the page as first loaded (every version since changed), it is no error.
     before = _state(store)
-    again = every_action()
+    again = every_action(lambda: loaded)
     assert [r.status_code for r in again] == [303] * 4, [r.text[-300:] for r in again]
     assert _state(store) == before
 
@@ -185,8 +206,8 @@ def test_feedback_export(app: App, store: Store, tmp_path: Any) -> None:
     csrf = _csrf(app)
     target = _drafts(store)[-1]
     if target["status"] == "draft":
-        assert _post(app, f"/tasks/{target['id']}/reject", csrf=csrf,
-                     reason="Small talk").status_code == 303  # fmt: skip
+        assert _post(app, f"/tasks/{target['id']}/reject", csrf=csrf, reason="Small talk",
+                     **_versions(app)).status_code == 303  # fmt: skip
     out = tmp_path / "feedback.jsonl"
     count = export(store, out)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -202,7 +223,8 @@ def test_a_refused_decision_is_audited(app: App, store: Store) -> None:
     csrf = _csrf(app)
     mine = sorted(t["id"] for t in tasks(store, "Patient/pat-2")
                   if t["encounter"]["reference"] == "Encounter/enc-2-3")  # fmt: skip
-    rejected = _post(app, f"/tasks/{mine[0]}/reject", csrf=csrf, reason="not homework")
+    rejected = _post(app, f"/tasks/{mine[0]}/reject", csrf=csrf, reason="not homework",
+                     **_versions(app))  # fmt: skip
     assert rejected.status_code == 303
     refused = _post(app, "/approve", csrf=csrf, task=mine[0])
     assert refused.status_code == 409 and "rejected" in refused.text
@@ -213,3 +235,180 @@ def test_a_refused_decision_is_audited(app: App, store: Store) -> None:
     assert failures[0]["subtype"][1]["code"] == "approve"
     assert {e["what"].get("reference") for e in failures[0]["entity"]} >= {f"Task/{mine[0]}"}
     assert problems(failures[0]) == []
+
+
+def _task(store: Store, task_id: str) -> dict[str, Any]:
+    with store.session() as session:
+        found = resources.get(session, "Task", task_id)
+    assert found is not None
+    return found
+
+
+def _session_drafts(store: Store, patient: str, encounter: str) -> list[dict[str, Any]]:
+    return sorted((t for t in tasks(store, f"Patient/{patient}")
+                   if t["encounter"]["reference"] == f"Encounter/{encounter}"
+                   and t["status"] == "draft"), key=lambda t: t["id"])  # fmt: skip
+
+
+def test_a_long_edit_is_kept_whole_or_refused_whole(app: App, store: Store) -> None:
+    """The longest description the form allows, in a script of 3 UTF-8 bytes a character
+    (9 percent-encoded), arrives whole with the fields after it; a longer one is refused with
+    what to do, and a body over the limit is refused, never cut (it was: the text ended in
+    U+FFFD and the category and due date were lost)."""
+    assert launch(app, "pat-1", "enc-1-1").status_code == 303
+    csrf = _csrf(app)
+    assert f'maxlength="{MAX_DESCRIPTION}"' in app.client.get("/smart/review").text
+    task = _session_drafts(store, "pat-1", "enc-1-1")[0]["id"]
+    text = "宿" * MAX_DESCRIPTION
+    done = _post(app, f"/tasks/{task}/edit", csrf=csrf, description=text, category="journal",
+                 due="2099-01-01", **_versions(app))  # fmt: skip
+    assert done.status_code == 303, done.text[-500:]
+    after = _task(store, task)
+    assert after["description"] == text
+    assert after["code"]["coding"][0]["code"] == "journal"
+    assert after["restriction"]["period"]["end"] == "2099-01-01"
+
+    before = _state(store)
+    over = _post(app, f"/tasks/{task}/edit", csrf=csrf, description="a" * 20_000,
+                 category="learn", **_versions(app))  # fmt: skip
+    assert over.status_code == 400
+    assert "20000 characters long; shorten it to 2000" in over.text
+    huge = _post(app, f"/tasks/{task}/edit", csrf=csrf, description="宿" * (MAX_FORM_BODY // 9),
+                 category="learn", **_versions(app))  # fmt: skip
+    assert huge.status_code == 413 and "Nothing was saved" in huge.text
+    logout = app.client.post("/smart/logout", data={"csrf": csrf, "pad": "a" * MAX_FORM_BODY},
+                             headers={"origin": BASE})  # fmt: skip
+    assert logout.status_code == 413
+    assert _state(store) == before
+    assert _task(store, task)["description"] == text
+
+
+def test_a_stale_page_cannot_undo_another_decision(app: App, store: Store) -> None:
+    """A page loaded before someone else's decision (another clinician, another tab) sends
+    its prefilled values: refused (409, reload), never a silent undo; a rejection is not
+    rejected again for another reason; the same decision resent stands."""
+    assert launch(app, "pat-3", "enc-3-2").status_code == 303
+    csrf = _csrf(app)
+    edited, rejected = _session_drafts(store, "pat-3", "enc-3-2")[:2]
+    category = edited["code"]["coding"][0]["code"]
+    loaded = _versions(app)
+    reworded = "Walk for ten minutes after lunch"
+    assert _post(app, f"/tasks/{edited['id']}/edit", csrf=csrf, description=reworded,
+                 category=category, **_versions(app)).status_code == 303  # fmt: skip
+
+    # The stale page changes only the category; its form still carries the old wording.
+    stale = _post(app, f"/tasks/{edited['id']}/edit", csrf=csrf,
+                  description=edited["description"], category="learn", **loaded)  # fmt: skip
+    assert stale.status_code == 409
+    assert "changed by someone else" in stale.text and "reload the page" in stale.text
+    now = _task(store, edited["id"])
+    assert now["description"] == reworded and now["code"]["coding"][0]["code"] == category
+    # Approving the plan from it would approve wording the clinician never saw.
+    assert _post(app, "/approve", csrf=csrf, all="1", **loaded).status_code == 409
+    assert _task(store, edited["id"])["status"] == "draft"
+
+    path = f"/tasks/{rejected['id']}/reject"
+    assert _post(app, path, csrf=csrf, reason="Not homework", **loaded).status_code == 303
+    again = _post(app, path, csrf=csrf, reason="Small talk", **_versions(app))
+    assert again.status_code == 409 and "rejected again" in again.text
+    assert _post(app, path, csrf=csrf, reason="Not homework", **loaded).status_code == 303
+    assert _task(store, rejected["id"])["statusReason"]["text"] == "Not homework"
+    with store.session() as session:
+        labels = session.scalars(
+            select(FeedbackRow.decision).where(FeedbackRow.task == f"Task/{rejected['id']}")
+        ).all()
+    assert labels == ["reject"]
+
+    # From the page as it is now, the plan is approved.
+    assert _post(app, "/approve", csrf=csrf, all="1", **_versions(app)).status_code == 303
+    assert _task(store, edited["id"])["status"] == "requested"
+
+
+def test_each_decision_has_its_own_provenance(app: App, store: Store) -> None:
+    """The same clinician editing the same Task twice: two Provenances, each naming the
+    version it wrote (they shared one id, the second overwriting the first, or, within the
+    same second, not written at all); the second resent writes none."""
+    assert launch(app, "pat-3", "enc-3-1").status_code == 303
+    csrf = _csrf(app)
+    task = _session_drafts(store, "pat-3", "enc-3-1")[0]["id"]
+    version = int(_task(store, task)["meta"]["versionId"])
+    path = f"/tasks/{task}/edit"
+    for text in ("Breathe slowly for five minutes", "Breathe slowly for ten minutes"):
+        assert _post(app, path, csrf=csrf, description=text, **_versions(app)).status_code == 303
+    before = _state(store)
+    assert _post(app, path, csrf=csrf, description="Breathe slowly for ten minutes",
+                 **_versions(app)).status_code == 303  # fmt: skip
+    assert _state(store) == before
+    with store.session() as session:
+        every, _ = resources.search(session, Query("Provenance", count=500))
+    mine = [
+        p for p in every if any(t["reference"].startswith(f"Task/{task}/") for t in p["target"])
+    ]
+    assert sorted(t["reference"] for p in mine for t in p["target"]) == [
+        f"Task/{task}/_history/{version + 1}",
+        f"Task/{task}/_history/{version + 2}",
+    ]
+    assert all(p["meta"]["versionId"] == "1" for p in mine)  # neither overwrote the other
+    assert all(problems(p) == [] for p in mine)
+
+
+def test_the_care_plan_store_gets_the_provenance_targets_unversioned(tmp_path: Path) -> None:
+    """Our versions are not the care-plan store's (it counts its own writes, and queued
+    writes of one resource coalesce): the copy queued for it names the resources only."""
+    fresh = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    conn = EhrConnection(name="ehr1", base_url="https://ehr.example/fhir",
+                         write={"care_plan_store": "ehr"})  # fmt: skip
+    actor = actions.Actor(conn, "Patient/pat-1", None, Ref("Practitioner/prac-1"),
+                          LaunchContext("audit-key"), MODEL)  # fmt: skip
+    now = datetime(2024, 5, 3, 9, 30, tzinfo=UTC)
+    provenance = as_json(clinician_provenance(["Task/t1/_history/3"], actor.clinician, "edit",
+                                              now=now, launch=actor.launch))  # fmt: skip
+    try:
+        with fresh.session() as session:
+            assert actions._Writes(session, actor, now).put(provenance)
+        with fresh.session() as session:
+            [row] = session.scalars(select(OutboxRow)).all()
+            ours = resources.get(session, "Provenance", provenance["id"])
+        assert ours is not None and ours["target"] == [{"reference": "Task/t1/_history/3"}]
+        assert row.payload["target"] == [{"reference": "Task/t1"}]
+        assert row.payload["id"] == provenance["id"]
+    finally:
+        fresh.close()
+
+
+def test_add_to_a_session_without_a_transcript(app: App, store: Store) -> None:
+    """A session the pipeline skipped (no transcript) takes the clinician's own homework: it
+    needs only the session, patient and practitioner (it was a 500). One still being
+    processed is refused with why, since the draft step would then leave it without a note."""
+    with store.session() as session:
+        enc = work.source(session, LOCAL, "Encounter", "enc-3-3")
+        assert enc is not None
+        for bare, step, state in (
+            ("enc-3-8", Step.DETECT, {}),
+            ("enc-3-9", Step.SKIPPED, {"skipped": "no transcript"}),
+        ):
+            reference = f"Encounter/{bare}"
+            app.ehr.data["Encounter"][bare] = {**enc, "id": bare}  # so the EHR launches it
+            work.stage_source(session, LOCAL, {**enc, "id": bare}, reference, "Patient/pat-3")
+            row, _ = work.upsert_encounter(session, LOCAL, reference, "Patient/pat-3", None,
+                                           None, step)  # fmt: skip
+            row.state = state
+    assert launch(app, "pat-3", "enc-3-9").status_code == 303
+    csrf = _csrf(app)
+    added = _post(app, "/add", csrf=csrf, category="learn", description="Read the sleep leaflet")
+    assert added.status_code == 303, added.text[-500:]
+    [task] = [t for t in tasks(store, "Patient/pat-3")
+              if t["encounter"]["reference"] == "Encounter/enc-3-9"]  # fmt: skip
+    assert (task["status"], task["description"]) == ("requested", "Read the sleep leaflet")
+    with store.session() as session:
+        [plan], _ = resources.search(session, Query("CarePlan", encounter="Encounter/enc-3-9"))
+    assert plan["status"] == "active"
+    assert plan["activity"] == [{"reference": {"reference": f"Task/{task['id']}"}}]
+    assert problems(task) == [] and problems(plan) == []
+
+    assert launch(app, "pat-3", "enc-3-8").status_code == 303
+    csrf = _csrf(app)
+    refused = _post(app, "/add", csrf=csrf, category="learn", description="Read the leaflet")
+    assert refused.status_code == 409 and "still being processed" in refused.text
+    assert not [t for t in tasks(store, "Patient/pat-3")
+                if t["encounter"]["reference"] == "Encounter/enc-3-8"]  # fmt: skip

@@ -159,7 +159,8 @@ def test_launch_edit_reject_add_approve(
     clinician = "Practitioner/prac-1"
     provenance = [p for p in _search(served.store, "Provenance")
                   if p["agent"][0]["who"]["reference"] == clinician]  # fmt: skip
-    targets = {t["reference"] for p in provenance for t in p["target"]}
+    # Each decision's Provenance names the versions it wrote ("Task/x/_history/n").
+    targets = {t["reference"].split("/_history/")[0] for p in provenance for t in p["target"]}
     assert targets >= {*(f"Task/{t}" for t in now), f"CarePlan/{plan['id']}"}
     audit = _search(served.store, "AuditEvent", patient=PATIENT)
     kinds = sorted(a["subtype"][1]["code"] for a in audit)
