@@ -202,5 +202,6 @@ def build_service(settings: Settings, extra_routers: Sequence[APIRouter] = ()) -
         opened=opened,
         public_routers=(jwks_router(settings), *extra_routers),
         max_body_bytes=settings.api.max_body_bytes,
+        max_sessions=settings.api.max_sessions,
     )
     return service

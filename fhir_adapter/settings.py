@@ -463,6 +463,10 @@ class ApiSettings(_Model):
     auth: ApiAuthSettings = Field(default_factory=ApiAuthSettings)
     # Larger request bodies are refused (413) before they are read.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    # Signed-in browser sessions kept at once, each of the clinician review app and of the
+    # dashboard; past it the one expiring soonest is ended (logged, the clinician signs in again).
+    # Pending app launches, which anyone may start, have a bound of their own and never evict one.
+    max_sessions: int = Field(10_000, ge=10)
 
     def base_url(self) -> str:
         """Where the API is reached: `public_base_url`, else http://host:port."""

@@ -1,5 +1,6 @@
 """SMART on FHIR scopes, parsed once for the whole code base: what we ask EHRs for
-(`ehr.capabilities`) and what the API's bearer tokens grant (`api.security`).
+(`ehr.capabilities`), what the API's bearer tokens grant (`api.security`), and what an EHR
+granted the clinician app (`smart.routes`).
 
     system/Task.rs?patient=Patient/1   v2: context, resource type, permission letters (c r u d s)
                                        and a search restriction
@@ -9,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -49,3 +50,13 @@ def parse_scope(text: str) -> Scope | None:
 
 def parse_scopes(texts: Iterable[str]) -> list[Scope]:
     return [scope for text in texts if (scope := parse_scope(text)) is not None]
+
+
+def unreadable(
+    granted: Iterable[Scope], resource_types: Iterable[str], contexts: Collection[str]
+) -> list[str]:
+    """Those of `resource_types` that no scope of `contexts` grants read ("r") of. A scope
+    with a search restriction does not count: it reaches only part of what it names, and the
+    caller shows all of it."""
+    usable = [s for s in granted if s.context in contexts and not s.restriction]
+    return [t for t in resource_types if not any(s.covers(t, "r") for s in usable)]

@@ -156,12 +156,15 @@ def create_app(
     opened: Callable[[], AbstractAsyncContextManager[ApiDeps]] | None = None,
     public_routers: Sequence[APIRouter] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_sessions: int | None = None,
 ) -> FastAPI:
     """The app over `deps`, or over what `opened` yields for the app's lifetime.
 
     `public_routers` are served without a token: the JWK Set, whose keys must be public, and
     in the demo alone its development EHR.
-    Request bodies over `max_body_bytes` are refused before they are read.
+    Request bodies over `max_body_bytes` are refused before they are read. The dashboard and
+    the clinician app each keep at most `max_sessions` signed-in sessions (None:
+    `web.sessions.MAX_SESSIONS`, the setting's default).
     """
     if (deps is None) == (opened is None):
         raise ValueError("create_app: pass deps or opened, not both")
@@ -201,9 +204,10 @@ def create_app(
     from fhir_adapter.cds import cds_router
     from fhir_adapter.smart import smart_router
     from fhir_adapter.web import dashboard_router
+    from fhir_adapter.web.sessions import MAX_SESSIONS
 
-    app.include_router(dashboard_router(active))
-    app.include_router(smart_router(active))
+    app.include_router(dashboard_router(active, max_sessions or MAX_SESSIONS))
+    app.include_router(smart_router(active, max_sessions or MAX_SESSIONS))
     app.include_router(cds_router(active))
 
     @app.exception_handler(ApiError)

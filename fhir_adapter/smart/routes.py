@@ -2,9 +2,12 @@
 
     GET  /smart/launch?iss=&launch=   EHR launch (both) or standalone launch (iss, or neither:
                                       the connection marked standalone_default)
-    GET  /smart/callback?code=&state= code exchange, id_token check, session; to /smart/review
-                                      (the encounter: the token's `encounter`, else the one
-                                      in a CDS Hooks card's `appContext` the EHR passed on)
+    GET  /smart/callback?code=&state= code exchange, id_token check, the grant check (403
+                                      unless the granted scopes let the clinician read what
+                                      the screen shows: REQUIRED_READ), session (replacing
+                                      the browser's previous one); to /smart/review (the
+                                      encounter: the token's `encounter`, else the one in a
+                                      CDS Hooks card's `appContext` the EHR passed on)
     GET  /smart/review                the session's patient: this session's drafts, earlier
                                       homework and its review, the PHQ-9/GAD-7 trend
                                       (these pages without a session: 302 to /smart/launch,
@@ -33,7 +36,9 @@ Session: what the launch established (EHR connection, fhirUser, patient, encount
 token for reading the EHR) lives in the database, shared by every API process, until the access
 token expires; never in the cookie, whose random id is the only key that decrypts it
 (`fhir_adapter.web.sessions`). The access token is never logged or shown. Pending launches are
-kept the same way, so the callback may reach another replica than the launch did.
+kept the same way, so the callback may reach another replica than the launch did. The two are
+bounded apart: anyone may start a launch, so a flood of them evicts only other pending launches
+(MAX_PENDING_LAUNCHES, oldest first), never a clinician's session (`api.max_sessions`).
 
 Actions (POST, same Origin and the session's CSRF token, else 403; a Task of another
 patient 404; a body over MAX_FORM_BODY 413, never cut; then 303 back to the review screen):
@@ -50,7 +55,9 @@ without a Task's version (a page from before they were shown) cannot say what th
 saw, so any change it would make is refused the same way.
 
 Each is applied by `fhir_adapter.smart.actions` (store and outbox in one transaction) and the
-connection's write-back is started after the commit.
+connection's write-back is started after the commit: the EHR receives it under the service's
+backend identity (its SMART Backend Services connection), the clinician named as author and
+verifier in its Provenance, not under the clinician's token.
 """
 
 from __future__ import annotations
@@ -75,8 +82,10 @@ from fhir_adapter.ehr.attachments import inline_attachments
 from fhir_adapter.smart import actions, review
 from fhir_adapter.smart.client import SmartApp
 from fhir_adapter.smart.errors import LaunchError
+from fhir_adapter.smart_scopes import parse_scopes, unreadable
 from fhir_adapter.web.dashboard import _WEB, SecuredRoute
 from fhir_adapter.web.sessions import (
+    MAX_SESSIONS,
     CookiePolicy,
     ExpiringStore,
     new_token,
@@ -97,6 +106,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LAUNCH_TTL_S = 600
+# Pending launches kept at most. Anyone may start one, so past this a new launch evicts the
+# oldest pending ones (all live LAUNCH_TTL_S), never a session: those are another kind, bounded
+# by `api.max_sessions`.
+MAX_PENDING_LAUNCHES = 1000
 LAUNCH_COOKIE = "hwf-smart-launch"
 SESSION_COOKIE = "hwf-smart"
 # The EHR connection this browser last signed in through (a name from the settings, no secret):
@@ -105,6 +118,13 @@ EHR_COOKIE = "hwf-smart-ehr"
 EHR_COOKIE_S = 30 * 24 * 3600
 # A session ends with its access token; an EHR that says nothing about expiry gets an hour.
 DEFAULT_TOKEN_S = 3600
+# What the review screen shows of the launch patient, so what the clinician's own grant must
+# let them read (patient/ or user/ scopes, v1 or v2, wildcards): the PHQ-9/GAD-7 totals
+# (Observation), shown from our store, and the transcript the drafts are drawn from and quote
+# (DocumentReference, and its Binary where given by url), read from the EHR with their token.
+# Not Task: the drafts are ours, and Epic and Oracle Health hold no such Task to grant.
+REQUIRED_READ = ("Observation", "DocumentReference", "Binary")
+READ_CONTEXTS = ("patient", "user")
 # The largest form the review screen sends fits: a description of MAX_DESCRIPTION characters
 # at up to 4 UTF-8 bytes each, 3 bytes each once percent-encoded, plus the other fields (CSRF
 # token, category, due, the versions of a plan's items). A larger body is refused, never cut.
@@ -139,7 +159,7 @@ class SmartSession:
     fhir_user: str | None
     patient: str  # "Patient/<id>"
     encounter: str | None  # "Encounter/<id>"
-    scope: str
+    scope: str  # as granted (checked against REQUIRED_READ at the callback)
     csrf: str
     expires: float
     access_token: str = ""  # never logged, never rendered
@@ -161,11 +181,13 @@ def _reference(kind: str, value: Any) -> str | None:
     return f"{kind}/{bare}" if is_fhir_id(bare) else None
 
 
-def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
+def smart_router(active: Callable[[], ApiDeps], max_sessions: int = MAX_SESSIONS) -> APIRouter:
+    """The app's routes; at most `max_sessions` clinician sessions at once (`api.max_sessions`)."""
     router = APIRouter(prefix="/smart", include_in_schema=False, route_class=SecuredRoute)
     templates = Jinja2Templates(directory=_WEB / "templates")
-    launches = ExpiringStore("smart-launch", PendingLaunch, lambda: active().store)
-    sessions = ExpiringStore("smart-session", SmartSession, lambda: active().store)
+    launches = ExpiringStore("smart-launch", PendingLaunch, lambda: active().store,
+                             MAX_PENDING_LAUNCHES)  # fmt: skip
+    sessions = ExpiringStore("smart-session", SmartSession, lambda: active().store, max_sessions)
 
     def base(request: Request) -> str:
         return f"{request.scope.get('root_path', '')}/smart"
@@ -262,6 +284,16 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         access = token.get("access_token")
         if not isinstance(access, str) or not access:
             return page(request, 502, "The EHR sent no access token.")
+        requested = conn.smart_app.scopes if conn.smart_app is not None else []
+        scope = _granted_scope(token.get("scope"), requested)
+        missing = unreadable(parse_scopes(scope.split()), REQUIRED_READ, READ_CONTEXTS)
+        if missing:
+            # No session: the screen would show this patient's data from our store, and the
+            # decisions go to the EHR under our backend identity, whatever the EHR granted.
+            logger.warning("SMART sign-in at %s refused: no read of %s granted", conn.name,
+                           ", ".join(missing))  # fmt: skip
+            return page(request, 403, _not_granted(conn.name, missing, requested),
+                        "Access not granted")  # fmt: skip
         lifetime = int(token.get("expires_in") or DEFAULT_TOKEN_S)
         fhir_user = claims.get("fhirUser") or claims.get("profile")
         encounter = _reference("Encounter", token.get("encounter")) or _app_context_encounter(
@@ -274,13 +306,16 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
             fhir_user=str(fhir_user) if fhir_user else None,
             patient=patient,
             encounter=encounter,
-            scope=str(token.get("scope", "")),
+            scope=scope,
             csrf=new_token(),
             expires=time.time() + max(60, lifetime),
             access_token=access,
             launch=pending.launch,
             audit_key=new_token(),
         )
+        # One review session per browser: a new sign-in ends the one its cookie names, which
+        # would otherwise live on, unreachable, until its token expired and fill the bound.
+        sessions.end(request.cookies.get(policy.name(SESSION_COOKIE)))
         session_id = sessions.put(made)
         logger.info("SMART session for %s (%s) at %s", made.fhir_user, made.patient, conn.name)
         response = RedirectResponse(f"{base(request)}/review", status_code=303)
@@ -506,6 +541,35 @@ def smart_router(active: Callable[[], ApiDeps]) -> APIRouter:
         return Response((_WEB / "static" / name).read_bytes(), media_type=media_type)
 
     return router
+
+
+def _granted_scope(value: Any, requested: list[str]) -> str:
+    """The scopes the EHR granted: the token response's `scope`. An EHR may leave it out only
+    when it granted exactly what was asked for (RFC 6749 5.1), so then that is what `requested`
+    says; anything but a string grants nothing."""
+    if value is None:
+        return " ".join(requested)
+    return value if isinstance(value, str) else ""
+
+
+def _not_granted(connection: str, missing: list[str], requested: list[str]) -> str:
+    """The refusal page's text: what was not granted and who can change that, in the scope
+    syntax (SMART v1 or v2) the connection already asks with."""
+    v1 = any(s.endswith((".read", ".write", ".*")) for s in requested)
+    needed = " ".join(f"patient/{t}.{'read' if v1 else 'rs'}" for t in missing)
+    told = (
+        f"Ask this service's administrator to add {needed} to "
+        f"ehr.{connection}.smart_app.scopes, and the EHR's administrator to register the same "
+        "scopes for the app; then open the app again from the patient's chart."
+        if unreadable(parse_scopes(requested), missing, READ_CONTEXTS)
+        else f"This service asks for that (ehr.{connection}.smart_app.scopes): ask the EHR's "
+        f"administrator to register {needed} for the app and grant it to your sign-in; then "
+        "open the app again from the patient's chart."
+    )
+    return (
+        f"The EHR signed you in but did not let this app read the patient's "
+        f"{', '.join(missing)}, which the review screen shows. Nothing was opened. {told}"
+    )
 
 
 def _app_context_encounter(value: Any) -> str | None:

@@ -34,6 +34,7 @@ from fastapi.templating import Jinja2Templates
 from fhir_adapter.api.outcome import ApiError, operation_outcome
 from fhir_adapter.web import data
 from fhir_adapter.web.sessions import (
+    MAX_SESSIONS,
     CookiePolicy,
     SessionStore,
     WebSession,
@@ -104,11 +105,12 @@ def _invalid(message: str) -> JSONResponse:
     return JSONResponse(operation_outcome("invalid", message), status_code=400)
 
 
-def dashboard_router(active: Callable[[], ApiDeps]) -> APIRouter:
-    """The dashboard's routes over the app's dependencies (store and token verifier)."""
+def dashboard_router(active: Callable[[], ApiDeps], max_sessions: int = MAX_SESSIONS) -> APIRouter:
+    """The dashboard's routes over the app's dependencies (store and token verifier); at most
+    `max_sessions` dashboard sessions at once (`api.max_sessions`)."""
     router = APIRouter(prefix="/dashboard", include_in_schema=False, route_class=SecuredRoute)
     templates = Jinja2Templates(directory=_WEB / "templates")
-    sessions = SessionStore(lambda: active().store)
+    sessions = SessionStore(lambda: active().store, max_sessions)
 
     def current(request: Request) -> WebSession | None:
         return sessions.get(request.cookies.get(CookiePolicy.of(request).session))

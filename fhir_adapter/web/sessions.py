@@ -6,6 +6,8 @@ subject and the token's expiry, nothing a stolen cookie could replay elsewhere).
 in the database (table `web_session`), so every API replica sees them and a restart keeps
 them: keyed by a hash of the id, encrypted under a key derived from the id (only the browser
 holds it), at most `max_sessions` of a kind, each ending no later than its token's `exp`.
+Kinds are bounded apart: a flood of one (pending SMART launches, which anyone may start) never
+evicts another (signed-in sessions).
 
 CSRF: the logout form carries the session's own token (synchronizer token); the login form,
 made before there is a session, carries a random value that must equal its HttpOnly,
@@ -18,6 +20,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -39,8 +42,11 @@ from starlette.responses import Response
 from fhir_adapter.store import Store
 from fhir_adapter.store.models import WebSessionRow
 
-# Sessions of one kind kept at most; the one expiring soonest makes room for a new one.
-MAX_SESSIONS = 1000
+logger = logging.getLogger(__name__)
+
+# Signed-in sessions of one kind kept at most (`api.max_sessions`'s default): past it the one
+# expiring soonest is ended to make room for a new one, and that is logged.
+MAX_SESSIONS = 10_000
 # Hosts where plain http is the development set-up: the cookie cannot be Secure there.
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -122,9 +128,10 @@ def _cipher(session_id: str) -> AESGCM:
 class ExpiringStore(Generic[S]):
     """Values of one kind (a frozen dataclass of JSON values with `expires`) by a random id,
     in the database, so every API process sees them; each gone at its `expires`. At most
-    `max_sessions` of the kind: the one expiring soonest makes room (unauthenticated launches
-    cannot fill the table). Only a hash of each id is stored, and the value is encrypted
-    under a key derived from the id (AES-GCM, the kind as associated data)."""
+    `max_sessions` of the kind, counted apart from every other kind: the one expiring soonest
+    makes room (logged by count and kind, nothing of its content). Only a hash of each id is
+    stored, and the value is encrypted under a key derived from the id (AES-GCM, the kind as
+    associated data)."""
 
     def __init__(
         self,
@@ -175,9 +182,12 @@ class ExpiringStore(Generic[S]):
             self._drop_expired(session)
             count = session.scalar(select(func.count()).select_from(WebSessionRow).where(kind))
             if count and count >= self._max:
+                over = count - self._max + 1
                 soonest = select(WebSessionRow.key).where(kind)
-                soonest = soonest.order_by(WebSessionRow.expires_at).limit(count - self._max + 1)
+                soonest = soonest.order_by(WebSessionRow.expires_at).limit(over)
                 session.execute(delete(WebSessionRow).where(WebSessionRow.key.in_(soonest)))
+                logger.warning("%s: %d kept at most; ended the %d expiring soonest for a new "
+                               "one", self._kind, self._max, over)  # fmt: skip
             session.merge(self._new_row(session_id, made))
         return session_id
 
@@ -226,9 +236,11 @@ class ExpiringStore(Generic[S]):
         return found
 
     def end(self, session_id: str | None) -> None:
+        """Remove the value under `session_id`, if it is of this kind."""
         if session_id:
+            mine = (WebSessionRow.key == _key(session_id), WebSessionRow.kind == self._kind)
             with self._store().session() as session:
-                session.execute(delete(WebSessionRow).where(WebSessionRow.key == _key(session_id)))
+                session.execute(delete(WebSessionRow).where(*mine))
 
     def __len__(self) -> int:
         now = datetime.now(UTC)

@@ -4,11 +4,13 @@ ASGI transport, and a store filled by the real pipeline (`homework-fhir demo --n
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 from authlib.integrations.httpx_client._compat import httpx2 as oauth_http
 from fastapi.testclient import TestClient
 from joserfc.jwk import KeySet, RSAKey
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.security import TokenVerifier
@@ -27,7 +29,7 @@ from fhir_adapter.ehr.jwks import jwks_router
 from fhir_adapter.ehr.keys import generate_key_pair, public_jwk
 from fhir_adapter.samples import sample_export_dir
 from fhir_adapter.settings import EhrConnection, load_settings
-from fhir_adapter.smart import SmartApp
+from fhir_adapter.smart import SmartApp, routes
 from fhir_adapter.smart.devserver import DevClient, DevEhr, dev_ehr_router, encode_launch
 from fhir_adapter.store import Store, open_store, resources
 from fhir_adapter.store.models import WebSessionRow
@@ -57,19 +59,23 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 class Tamper(oauth_http.AsyncBaseTransport):  # type: ignore[misc]
     """The app's own ASGI transport for authlib's token requests (httpx2 or httpx, as authlib
-    uses); optionally rewrites the token response's id_token."""
+    uses); optionally rewrites the token response's id_token, or edits the response (`edit`)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.tamper = False
+        self.edit: Callable[[dict[str, Any]], None] | None = None
 
     async def handle_async_request(self, request: Any) -> Any:
         response = await self.inner.handle_async_request(request)
-        if self.tamper and request.url.path.endswith("/dev-ehr/token"):
+        if (self.tamper or self.edit) and request.url.path.endswith("/dev-ehr/token"):
             await response.aread()
             body = response.json()
-            header, payload, signature = body["id_token"].split(".")
-            body["id_token"] = f"{header}.{payload}.{signature[::-1]}"
+            if self.tamper:
+                header, payload, signature = body["id_token"].split(".")
+                body["id_token"] = f"{header}.{payload}.{signature[::-1]}"
+            if self.edit:
+                self.edit(body)
             return oauth_http.Response(200, json=body)
         return response
 
@@ -81,23 +87,32 @@ class App:
     ehr: DevEhr
 
 
-@pytest.fixture
-def app(store: Store) -> Iterator[App]:
+@contextmanager
+def serve(store: Store, scopes: list[str] | None = None, **options: Any) -> Iterator[App]:
+    """The app and the dev EHR on `store`; `scopes` the app asks for (None: the default),
+    `options` for create_app."""
     redirect = f"{BASE}/smart/callback"
     ehr = DevEhr(f"{BASE}/dev-ehr", sample_export_dir(), DevClient("demo", SECRET, redirect))
     conn = EhrConnection(
         name="dev_ehr",
         base_url=ISS,
-        smart_app={"client_id": "demo", "client_secret": SECRET, "redirect_uri": redirect},
-    )
+        smart_app={"client_id": "demo", "client_secret": SECRET, "redirect_uri": redirect,
+                   **({"scopes": scopes} if scopes is not None else {})},
+    )  # fmt: skip
     deps = ApiDeps(store=store, verifier=TokenVerifier(KeySet([KEY]), "i", "a"))
-    made = create_app(deps, public_routers=[dev_ehr_router(ehr)])
+    made = create_app(deps, public_routers=[dev_ehr_router(ehr)], **options)
     transport = Tamper(oauth_http.ASGITransport(app=made))
     deps.smart = SmartApp(
         {"dev_ehr": conn}, transport=httpx.ASGITransport(app=made), oauth_transport=transport
     )
     with TestClient(made, base_url=BASE) as client:
         yield App(client, transport, ehr)
+
+
+@pytest.fixture
+def app(store: Store) -> Iterator[App]:
+    with serve(store) as made:
+        yield made
 
 
 def _field(html: str, name: str) -> str:
@@ -369,3 +384,129 @@ def test_logout_needs_csrf(app: App) -> None:
                          headers={"origin": BASE})  # fmt: skip
     assert ok.status_code == 200
     assert app.client.get("/smart/review", follow_redirects=False).status_code == 302
+
+
+def signed_in(client: TestClient) -> bool:
+    """The review screen opens (without a session it would redirect to a launch)."""
+    return client.get("/smart/review", follow_redirects=False).status_code == 200
+
+
+def no_sessions(store: Store) -> None:
+    """Forget the sessions and launches earlier tests left in the module's store (bounds are
+    counted over the table)."""
+    with store.session() as session:
+        session.execute(delete(WebSessionRow))
+
+
+def _granting(scope: str | None) -> Callable[[dict[str, Any]], None]:
+    """A token response edit: the EHR grants `scope` (None: says nothing of what it granted)."""
+
+    def edit(body: dict[str, Any]) -> None:
+        body.pop("scope", None)
+        if scope is not None:
+            body["scope"] = scope
+
+    return edit
+
+
+def test_a_grant_without_read_of_what_the_screen_shows_is_refused(app: App) -> None:
+    """The screen shows the patient's Observations from our store and reads the transcript
+    (DocumentReference, Binary) from the EHR: a grant that does not let the clinician read
+    them all makes no session (403, saying what is missing and where to
+    register it). patient/ or user/ read in v1 or v2 syntax, wildcards included, does."""
+    app.transport.edit = _granting(
+        "launch openid fhirUser launch/patient patient/DocumentReference.rs "
+        "patient/Observation.rs?category=survey"
+    )
+    refused = launch(app)
+    assert refused.status_code == 403, refused.text
+    assert "Observation, Binary" in refused.text and "Nothing was opened" in refused.text
+    assert "ehr.dev_ehr.smart_app.scopes" in refused.text
+    assert "patient/Observation.rs patient/Binary.rs" in refused.text
+    assert "hwf-smart=" not in refused.headers.get("set-cookie", "")
+    assert not signed_in(app.client)
+    assert app.client.get("/smart/static/review.js").status_code == 401
+    for granted in ("openid fhirUser launch/patient user/*.read",
+                    "patient/Observation.r user/DocumentReference.read patient/Binary.*",
+                    "patient/*.cruds"):  # fmt: skip
+        app.transport.edit = _granting(granted)
+        assert launch(app).status_code == 303, granted
+        assert signed_in(app.client), granted
+
+
+def test_a_token_response_without_scope_grants_what_was_asked(store: Store) -> None:
+    """An EHR may leave `scope` out only when it granted what was asked for: the app's
+    scopes then decide (the default ones open the screen; narrower ones are refused, the page
+    saying to add the rest to the connection's settings)."""
+    with serve(store) as default:
+        default.transport.edit = _granting(None)
+        assert launch(default).status_code == 303
+        assert signed_in(default.client)
+    narrow = ["launch", "openid", "fhirUser", "launch/patient", "launch/encounter"]
+    with serve(store, scopes=narrow) as app:
+        app.transport.edit = _granting(None)
+        refused = launch(app)
+        assert refused.status_code == 403, refused.text
+        assert "Observation, DocumentReference, Binary" in refused.text
+        assert ("add patient/Observation.rs patient/DocumentReference.rs patient/Binary.rs to "
+                "ehr.dev_ehr.smart_app.scopes") in refused.text  # fmt: skip
+        assert not signed_in(app.client)
+    # Named in the syntax the connection asks with (here v1).
+    told = routes._not_granted("epic", ["Binary"], ["launch", "patient/Task.read"])
+    assert "add patient/Binary.read to ehr.epic.smart_app.scopes" in told
+
+
+def test_a_new_sign_in_ends_the_browsers_previous_session(store: Store) -> None:
+    """Each sign-in in one browser ends the session its cookie named: launching again and again
+    (a clinician moving from chart to chart) keeps one session, so it does not push another
+    clinician's session out at the bound."""
+    no_sessions(store)
+    with serve(store, max_sessions=2) as app:
+        other = TestClient(app.client.app, base_url=BASE)
+        assert launch(App(other, app.transport, app.ehr)).status_code == 303
+        first = None
+        for _ in range(3):
+            assert launch(app).status_code == 303
+            if first is None:
+                first = app.client.cookies["hwf-smart"]
+        assert app.client.cookies["hwf-smart"] != first
+        assert signed_in(other)  # still signed in
+        assert signed_in(app.client)
+        stale = TestClient(app.client.app, base_url=BASE, cookies={"hwf-smart": first or ""})
+        assert not signed_in(stale)
+
+
+def test_launches_never_evict_sessions_and_sessions_have_their_own_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone may GET /smart/launch: a flood of launches evicts only pending launches (the
+    oldest first), never a signed-in session. Sessions are bounded by `max_sessions`; past it
+    the one expiring soonest ends, logged without anything of the clinician or patient."""
+    monkeypatch.setattr(routes, "MAX_PENDING_LAUNCHES", 3)
+    no_sessions(store)
+    with serve(store, max_sessions=2) as app:
+        # A session nearer its end than any pending launch: first in line, were they counted
+        # together.
+        app.transport.edit = lambda body: body.update(expires_in=120)
+        assert launch(app).status_code == 303
+        app.transport.edit = None
+        pending = app.client.get("/smart/launch", params={"iss": ISS}, follow_redirects=False)
+        state = re.search(r"state=([^&]+)", pending.headers["location"])
+        assert state
+        flood = TestClient(app.client.app, base_url=BASE)
+        for _ in range(10):
+            assert flood.get("/smart/launch", follow_redirects=False).status_code == 302
+        assert signed_in(app.client)  # the session stays
+        evicted = app.client.get("/smart/callback", params={"state": state.group(1), "code": "x"})
+        assert evicted.status_code == 400 and "expired or was already used" in evicted.text
+        # Two other browsers sign in: the first session, expiring soonest, makes room.
+        caplog.set_level(logging.WARNING, "fhir_adapter.web.sessions")
+        for _ in range(2):
+            browser = TestClient(app.client.app, base_url=BASE)
+            assert launch(App(browser, app.transport, app.ehr)).status_code == 303
+            assert signed_in(browser)
+        assert not signed_in(app.client)
+        logged = [r.getMessage() for r in caplog.records if r.name == "fhir_adapter.web.sessions"]
+        ended = "kept at most; ended the 1 expiring soonest for a new one"
+        assert f"smart-launch: 3 {ended}" in logged
+        assert [m for m in logged if m.startswith("smart-session")] == [f"smart-session: 2 {ended}"]
