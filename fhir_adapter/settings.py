@@ -31,7 +31,9 @@ A minimal config file::
     private_key_file = "/run/secrets/ehr-clinic.private.pem"
     kid = "clinic-2025-01"
     algorithm = "ES384"
-    scopes = "system/Encounter.rs system/DocumentReference.rs system/DocumentReference.c"
+    scopes = ["system/Encounter.rs", "system/Patient.r", "system/DocumentReference.crs",
+              "system/Binary.r", "system/QuestionnaireResponse.rs", "system/Observation.rs",
+              "system/Provenance.cs"]
     jwks_url = "https://homework.example.org/.well-known/jwks.json"
 
     [ehr.clinic.write]

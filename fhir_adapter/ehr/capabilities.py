@@ -36,6 +36,7 @@ __all__ = [
     "read_needs",
     "read_problems",
     "scope_grants",
+    "score_needs",
     "target_needs",
     "target_problems",
     "verify_write_targets",
@@ -60,8 +61,8 @@ CARE_PLAN_NEEDS: tuple[tuple[str, str], ...] = (
 # - "panel": `group_members`' Group read, with `encounter_poll.scope = "group"`;
 # - "inputs": `fetch_inputs`' Patient read, transcript search and Binary read (a transcript
 #   given as a url, `fetch_attachment`), then a search per PHQ-9/GAD-7 source of the vendor
-#   profile (`questionnaire_sources`, added by `read_needs`). The poll's amended transcripts
-#   read the same DocumentReference and Binary.
+#   profile (`questionnaire_sources`, `score_needs`: any one will do). The poll's amended
+#   transcripts read the same DocumentReference and Binary.
 READ_NEEDS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "poll": (("Encounter", "search-type"),),
     "panel": (("Group", "read"),),
@@ -150,9 +151,15 @@ def read_needs(conn: EhrConnection) -> list[Need]:
     for part in READ_NEEDS:
         if part in parts:
             needs.extend(Need(parts[part], t, i, "") for t, i in READ_NEEDS[part])
-    sources = vendor_profile(conn.vendor).questionnaire_sources
-    needs.extend(Need(parts["inputs"], t, "search-type", "") for t in sources)
     return needs
+
+
+def score_needs(conn: EhrConnection) -> list[Need]:
+    """The PHQ-9/GAD-7 searches of the vendor profile (`questionnaire_sources`): any one will
+    do, as the fetch logs a refused one and reads the others."""
+    inputs = f"ehr.{conn.name}: fetching a session's PHQ-9/GAD-7 totals"
+    sources = vendor_profile(conn.vendor).questionnaire_sources
+    return [Need(inputs, t, "search-type", "") for t in sources]
 
 
 def scope_grants(scopes: Iterable[str], resource_type: str, interaction: str) -> bool | None:
@@ -200,11 +207,22 @@ def read_problems(conn: EhrConnection) -> list[str]:
     """What the pipeline reads (the poll, each session's inputs) that the connection's scopes
     do not grant, one line each (empty when all is; nothing is known without SMART scopes)."""
     scopes = list(getattr(conn.auth, "scopes", []))
-    return [
-        _scope_problem(need, f"ehr.{conn.name}")
+    label = f"ehr.{conn.name}"
+    problems = [
+        _scope_problem(need, label)
         for need in read_needs(conn)
         if scope_grants(scopes, need.resource_type, need.interaction) is False
     ]
+    scores = score_needs(conn)
+    if scores and all(scope_grants(scopes, n.resource_type, n.interaction) is False
+                      for n in scores):  # fmt: skip
+        types = [n.resource_type for n in scores]
+        problems.append(
+            f"{scores[0].setting} needs {' or '.join(types)} search-type, which none of the "
+            f"scopes in {label}.auth.scopes grants; add "
+            f"{' or '.join(f'system/{t}.s' for t in types)} (SMART v2; v1: .read)"
+        )
+    return problems
 
 
 def write_problems(

@@ -178,6 +178,15 @@ def _context(
                     "added; the homework the model drafts appears on this page within a few "
                     "minutes: reload it then, and add what the model missed"
                 )
+            # A session that failed before its drafts were stored goes back to that step when
+            # an operator retries it (`work retry`): the same guard holds.
+            failed_at = row.state.get("failed_at", "fetch")  # as `work retry` reads it
+            if adding and row.step == Step.FAILED and failed_at in PROCESSING:
+                raise DecisionError(
+                    "this session's transcript could not be processed yet, so nothing was "
+                    "added; ask your administrator to retry it (homework-fhir work retry), "
+                    "then reload this page and add what the model missed"
+                )
             source = actor.connection.base_url if name != LOCAL and actor.connection else None
             ctx = encounter_context(encounter, actor.patient, enc, row.state.get("transcript"),
                                     source)  # fmt: skip

@@ -77,6 +77,7 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import IntegrityError
 
 from fhir_adapter.ehr.attachments import inline_attachments
 from fhir_adapter.smart import actions, review
@@ -467,6 +468,13 @@ def smart_router(active: Callable[[], ApiDeps], max_sessions: int = MAX_SESSIONS
         except DecisionError as exc:
             await asyncio.to_thread(actions.refused, deps.store, actor, action, str(exc), now)
             return page(request, 409, str(exc), "Not possible")
+        except IntegrityError:
+            # Two decisions on one Task at the same moment, both from its current version:
+            # the second's new version collides with the first's, and its transaction is
+            # rolled back whole; nothing of it was saved, as with a stale page.
+            return page(request, 409, "This homework was changed by someone else at the same "
+                        "moment, so nothing was saved; reload the page to see it as it is now, "
+                        "then decide again.", "Not possible")  # fmt: skip
         except (ResourceError, ValueError) as exc:
             return page(request, 400, str(exc), "Please check the form")
         if decided.queued_for is not None and deps.write_back is not None:

@@ -277,9 +277,20 @@ def test_fetching_inputs_needs_each_read_named_with_the_scope_to_add() -> None:
         "Patient read",
         "DocumentReference search-type",
         "Binary read",
-        "QuestionnaireResponse search-type",
-        "Observation search-type",
+        "QuestionnaireResponse or Observation search-type",
     ]
+
+
+def test_one_source_of_scores_is_enough() -> None:
+    """The fetch reads PHQ-9/GAD-7 from each source the vendor offers and logs a refused one,
+    so a build without QuestionnaireResponse search starts; with neither it cannot."""
+    others = [s for s in INPUT_SCOPES.split()
+              if s not in ("system/QuestionnaireResponse.s", "system/Observation.s")]  # fmt: skip
+    scores = "ehr.clinic: fetching a session's PHQ-9/GAD-7 totals needs"
+    assert read_problems(_scoped(["system/Encounter.s", *others, "system/Observation.s"])) == []
+    [neither] = read_problems(_scoped(["system/Encounter.s", *others]))
+    assert neither.startswith(f"{scores} QuestionnaireResponse or Observation search-type")
+    assert "system/QuestionnaireResponse.s or system/Observation.s" in neither
 
 
 def test_provenance_needs_search_as_well_as_create() -> None:

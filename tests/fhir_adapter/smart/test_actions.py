@@ -386,6 +386,7 @@ def test_add_to_a_session_without_a_transcript(app: App, store: Store) -> None:
         for bare, step, state in (
             ("enc-3-8", Step.DETECT, {}),
             ("enc-3-9", Step.SKIPPED, {"skipped": "no transcript"}),
+            ("enc-3-7", Step.FAILED, {"failed_at": "fetch"}),
         ):
             reference = f"Encounter/{bare}"
             app.ehr.data["Encounter"][bare] = {**enc, "id": bare}  # so the EHR launches it
@@ -412,3 +413,33 @@ def test_add_to_a_session_without_a_transcript(app: App, store: Store) -> None:
     assert refused.status_code == 409 and "still being processed" in refused.text
     assert not [t for t in tasks(store, "Patient/pat-3")
                 if t["encounter"]["reference"] == "Encounter/enc-3-8"]  # fmt: skip
+    # Failed before its drafts: a retry puts it back at that step, so the same guard.
+    assert launch(app, "pat-3", "enc-3-7").status_code == 303
+    csrf = _csrf(app)
+    refused = _post(app, "/add", csrf=csrf, category="learn", description="Read the leaflet")
+    assert refused.status_code == 409 and "work retry" in refused.text
+    assert not [t for t in tasks(store, "Patient/pat-3")
+                if t["encounter"]["reference"] == "Encounter/enc-3-7"]  # fmt: skip
+
+
+def test_two_decisions_at_the_same_moment_are_409_not_500(app: App, store: Store) -> None:
+    """Both read the Task's current version and pass the version check; the second's new
+    version then collides with the first's in the store. That is the state made here: the
+    next version already written (the other decision, committed between this one's read and
+    write). Nothing of the second is saved, and the clinician is told to reload."""
+    assert launch(app, "pat-2", "enc-2-3").status_code == 303
+    csrf = _csrf(app)
+    draft = next(t for t in tasks(store, "Patient/pat-2")
+                 if t["encounter"]["reference"] == "Encounter/enc-2-3"
+                 and t["status"] == "draft")  # fmt: skip
+    version = int(draft["meta"]["versionId"])
+    with store.session() as session:
+        other = {**draft, "description": "the other edit"}
+        session.add(ResourceVersionRow(resource_type="Task", id=draft["id"],
+                                       version_id=version + 1, last_updated=datetime.now(UTC),
+                                       body=other))  # fmt: skip
+    before = _state(store)
+    answer = _post(app, f"/tasks/{draft['id']}/edit", csrf=csrf, description="Walk twice",
+                   **{f"version-{draft['id']}": str(version)})  # fmt: skip
+    assert answer.status_code == 409 and "at the same moment" in answer.text
+    assert _state(store) == before
