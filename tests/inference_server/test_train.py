@@ -239,3 +239,33 @@ def test_a_missing_teacher_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"no distillation teacher at .*--set distill_weight=0"):
         train(TINY, tmp_path / "out", config, progress=False, teacher_dir=tmp_path / "none")
     assert not (tmp_path / "out").exists()
+
+
+def test_weight_averaging_keeps_the_mean_of_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`average_from`: what is scored and kept is the running mean of the weights after each
+    optimiser step from that epoch on, not the last step's weights."""
+    splits = split_examples(read_corpus(TINY))
+    steps: list[dict[str, torch.Tensor]] = []
+    step = torch.optim.AdamW.step
+
+    def recording(self: torch.optim.AdamW, *args: Any, **kwargs: Any) -> Any:
+        result = step(self, *args, **kwargs)
+        heads = self.param_groups[0]["params"]
+        steps.append({str(i): p.detach().clone() for i, p in enumerate(heads)})
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    config = TrainConfig(
+        epochs=1, batch_size=4, hidden=16, lora_layers=0, distill_weight=0.0, average_from=1
+    )
+    fitted = fit(splits["train"], splits["dev"], config, cache_dir=None, progress=False)
+    assert len(steps) > 1
+    kept = list(fitted.model.heads.parameters())
+    mean = [torch.stack([s[str(i)] for s in steps]).mean(0) for i in range(len(kept))]
+    assert all(torch.allclose(k, m, atol=1e-6) for k, m in zip(kept, mean, strict=True))
+    assert not torch.allclose(kept[0], steps[-1]["0"], atol=1e-6)
+
+
+def test_weight_averaging_setting_is_checked() -> None:
+    with pytest.raises(ValueError, match="average_from must be >= 0"):
+        TrainConfig(average_from=-1)
