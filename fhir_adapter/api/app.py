@@ -240,6 +240,10 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # The checks failing now, by the type of their failure: a probe every few seconds during
+    # an outage logs its traceback once, not on every probe, and its recovery once.
+    failing: dict[str, str] = {}
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
@@ -248,18 +252,28 @@ def create_app(
             # Anyone may call /readyz: a message can name a host or URL (the model server's),
             # so the reply names only the exception's type; the detail goes to the server log
             # (redacted as every logged exception is).
-            logger.warning("readiness check %s failed", name, exc_info=exc)
-            return f"unavailable: {type(exc).__name__}; see the server log"
+            kind = type(exc).__name__
+            if failing.get(name) != kind:
+                logger.warning("readiness check %s failed", name, exc_info=exc)
+            else:
+                logger.debug("readiness check %s still failing (%s)", name, kind)
+            failing[name] = kind
+            return f"unavailable: {kind}; see the server log"
+
+        def passed(name: str) -> str:
+            if failing.pop(name, None) is not None:
+                logger.warning("readiness check %s recovered", name)
+            return "ok"
 
         try:
             active().store.ping()
-            checks["database"] = "ok"
+            checks["database"] = passed("database")
         except Exception as exc:  # readiness reports any failure, it never raises
             checks["database"] = failed("database", exc)
         for name, check in active().readiness:
             try:
                 await check()
-                checks[name] = "ok"
+                checks[name] = passed(name)
             except Exception as exc:
                 checks[name] = failed(name, exc)
         ready = all(v == "ok" for v in checks.values())

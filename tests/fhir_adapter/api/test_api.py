@@ -90,6 +90,35 @@ def test_a_failed_readiness_check_names_no_host(
     assert "model.internal" in caplog.text and "readiness check model failed" in caplog.text
 
 
+def test_an_outage_logs_its_traceback_once_and_its_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Probes come every few seconds: one traceback per outage, not one per probe.
+    down = [True]
+
+    async def model() -> None:
+        if down[0]:
+            raise ConnectionError("model server unreachable")
+
+    store = open_store(f"sqlite:///{tmp_path / 'ready.db'}")
+    verifier = TokenVerifier(KeySet([KEY]), ISSUER, AUDIENCE)
+    deps = ApiDeps(store=store, verifier=verifier, readiness=[("model", model)])
+    with TestClient(create_app(deps)) as client:
+        codes = [client.get("/readyz").status_code for _ in range(3)]
+        down[0] = False
+        codes.append(client.get("/readyz").status_code)
+        down[0] = True
+        codes.append(client.get("/readyz").status_code)
+    store.close()
+    assert codes == [503, 503, 503, 200, 503]
+    records = [r for r in caplog.records if "readiness check model" in r.getMessage()]
+    assert [(r.getMessage(), r.exc_info is not None) for r in records if r.levelno >= 30] == [
+        ("readiness check model failed", True),
+        ("readiness check model recovered", False),
+        ("readiness check model failed", True),
+    ]
+
+
 @pytest.mark.parametrize("path", ["/fhir/metadata", "/fhir/Task", "/fhir/Task/x"])
 def test_every_other_route_needs_a_token(client: TestClient, path: str) -> None:
     response = client.get(path)
