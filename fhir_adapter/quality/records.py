@@ -1,8 +1,10 @@
 """Read fidelity records (sessions, homework items, scores) out of the built-in store.
 
-Rows are narrowed in SQL by type and date (indexed) with a day's margin on each side, since
-the indexed date is not always the one a record is dated by (a note is indexed by its end);
-`mapping.quality` then applies the exact period.
+Rows are narrowed in SQL by type and date (indexed) with a day's margin, since the indexed date
+is not always the one a record is dated by; `mapping.quality` then applies the exact period.
+A note is indexed by its `date`, which is when it was written: its session's end for a draft,
+the approval for a reviewed version (days or weeks later). Notes are never written before their
+session, so they are narrowed by the period's start only.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def _rows(
         query = query.where(
             ResourceRow.date >= shifted(datetime.combine(start, time(), UTC), -_MARGIN)
         )
-    if end is not None:
+    # A note's date may fall any time after its session (approval), so no upper bound for it.
+    if end is not None and resource_type != "DocumentReference":
         query = query.where(
             ResourceRow.date < shifted(datetime.combine(end, time(), UTC), 2 * _MARGIN)
         )
@@ -83,7 +86,8 @@ def _rows(
 
 
 def load(store: Store, start: date | None = None, end: date | None = None) -> Records:
-    """Every session, homework item and score dated within [start - 1 day, end + 1 day]."""
+    """Every homework item and score dated within [start - 1 day, end + 1 day], and every
+    session whose note is dated from start - 1 day on (the caller applies the exact period)."""
     with store.session() as session:
         return Records(
             sessions=list(_rows(session, "DocumentReference", start, end, session_record)),

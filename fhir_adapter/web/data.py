@@ -221,13 +221,12 @@ def _search_all(store: Store, resource_type: str, params: list[tuple[str, str]])
 
 def _clinic_encounters(store: Store, filters: Filters) -> set[str]:
     """The encounters whose session (our chart note) was held at `filters.clinic`."""
-    # A note's indexed date is its session's end: a day's margin either side, then the note
-    # itself says which encounter it records.
+    # A note is dated when written: its session's end, or its approval days or weeks later.
+    # Never before the session, so only the start bounds it (a day's margin); the Tasks
+    # already hold the period, and the note itself says which encounter it records.
     params: list[tuple[str, str]] = [("type", "11506-3")]
     if filters.start:
         params.append(("date", f"ge{shifted(filters.start, -timedelta(days=1)).isoformat()}"))
-    if filters.end:
-        params.append(("date", f"le{shifted(filters.end, timedelta(days=1)).isoformat()}"))
     encounters = set()
     for note in _search_all(store, "DocumentReference", params):
         record = session_record(note)

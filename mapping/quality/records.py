@@ -11,9 +11,10 @@ reader returns None for them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from mapping.fhir.codes import (
@@ -117,15 +118,27 @@ def shifted(when: _Day, delta: timedelta) -> _Day:
         return date.max if later else date.min
 
 
+# A FHIR date or dateTime to the day or finer (coarser ones, "2025" or "2025-01", name no day).
+_DAY_OR_FINER = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+_FRACTION = re.compile(r"(\.[0-9]{6})[0-9]+")  # Python reads at most microseconds
+
+
 def _when(value: Any) -> datetime | None:
-    """A FHIR dateTime with a zone as a datetime; None for a partial or zoneless value."""
-    if not isinstance(value, str) or "T" not in value:
+    """A FHIR date or dateTime as an aware datetime; None for a year, a month or no date.
+
+    A bare date ("2025-01-15") is its midnight, and a time without a zone is, in UTC: as the
+    store indexes them (EHRs send both for scores), so they fall on the day they name.
+    """
+    if not isinstance(value, str) or not _DAY_OR_FINER.fullmatch(value):
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00")))
+    except ValueError:  # a day or time that does not exist: 2025-02-30, 25:00
         return None
-    return parsed if parsed.tzinfo is not None else None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _ours(body: Json, system: str) -> bool:

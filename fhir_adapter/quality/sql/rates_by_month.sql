@@ -2,15 +2,17 @@
 WITH sessions AS (
     SELECT substr(s.session_start, 1, 7) AS month,
            COUNT(*) AS sessions,
-           SUM(CASE WHEN EXISTS (SELECT 1 FROM homework_tasks t WHERE t.encounter = s.encounter)
-                    THEN 1 ELSE 0 END) AS with_homework
+           COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM homework_tasks t
+                                          WHERE t.encounter = s.encounter)
+                             THEN 1 ELSE 0 END), 0) AS with_homework
     FROM homework_sessions s
     WHERE substr(s.session_start, 1, 10) BETWEEN :start AND :end
     GROUP BY substr(s.session_start, 1, 7)
 ), tasks AS (
     SELECT substr(authored_on, 1, 7) AS month,
-           SUM(CASE WHEN review_status IN ('reviewed', 'not-reviewed') THEN 1 ELSE 0 END) AS followed_up,
-           SUM(CASE WHEN review_status = 'reviewed' THEN 1 ELSE 0 END) AS reviewed
+           COALESCE(SUM(CASE WHEN review_status IN ('reviewed', 'not-reviewed') THEN 1 ELSE 0 END), 0)
+               AS followed_up,
+           COALESCE(SUM(CASE WHEN review_status = 'reviewed' THEN 1 ELSE 0 END), 0) AS reviewed
     FROM homework_tasks
     WHERE substr(authored_on, 1, 10) BETWEEN :start AND :end
     GROUP BY substr(authored_on, 1, 7)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fhir_adapter.store import Store, open_store, resources
+from mapping.fhir.codes import SID_NOTE
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +60,14 @@ def sample_store(database_url: str, sample_resources: list[dict[str, Any]]) -> I
             resources.put(session, body)
     yield store
     store.close()
+
+
+def approve_later(store: Store, encounter: str, when: str) -> None:
+    """Re-date `encounter`'s chart note to `when`, as a clinician's approval does: the reviewed
+    version, written over the draft in the built-in store, is dated by the approval."""
+    with store.session() as session:
+        found, _ = resources.search(
+            session, resources.Query("DocumentReference", encounter=encounter)
+        )
+        [note] = [n for n in found if any(i["system"] == SID_NOTE for i in n["identifier"])]
+        resources.put(session, {**note, "date": when})

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.measurereport import MeasureReport
 
 from fhir_adapter.store import Store
+from tests.fhir_adapter.quality.samples import approve_later
 from tests.security.support import app_over, bearer
 
 REVIEW = "/fhir/Measure/homework-review-rate/$evaluate-measure"
@@ -214,3 +215,27 @@ def test_outcomes_link_review_to_score_change(client: TestClient) -> None:
     assert body["association"]["phq9"]["n"] == 3
     assert body["association"]["phq9"]["low"] is None  # an interval needs 4 courses or more
     assert "confounded" in body["caveats"]
+
+
+def test_a_note_approved_weeks_later_counts_in_its_sessions_month(
+    client: TestClient, sample_store: Store
+) -> None:
+    # Approval re-dates the note (a draft is dated by its session's end); reports go by the
+    # session, so the session stays in February and March gains nothing.
+    feb, mar = "periodStart=2025-02&periodEnd=2025-02", "periodStart=2025-03&periodEnd=2025-03"
+    at_clinic = "clinic=Organization/clinic-1"  # a Task's clinic is its session's
+    queries = [
+        f"{ASSIGNMENT}?{feb}",
+        f"{REVIEW}?{feb}&{at_clinic}",
+        f"{ASSIGNMENT}?{feb}&{at_clinic}",
+    ]
+    before = [populations(get(client, q)["group"][0]) for q in queries]
+    encounter = min(t["encounter"]["reference"] for t in ids(client, "Task?status=draft"))
+    approve_later(sample_store, encounter, "2025-03-20T09:00:00Z")
+    assert count(client, "DocumentReference?date=2025-03-20") == 1
+    assert [populations(get(client, q)["group"][0]) for q in queries] == before
+    assert before[0]["denominator"] == 9 and before[1]["initial-population"] > 0
+    outcomes = get(client, f"/quality/outcomes?{feb}&{at_clinic}")["courses"]
+    assert sum(c["sessions"] for c in outcomes) == 9
+    for later in (f"{ASSIGNMENT}?{mar}", f"{REVIEW}?{mar}&{at_clinic}"):
+        assert populations(get(client, later)["group"][0])["initial-population"] == 0

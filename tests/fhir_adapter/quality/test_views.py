@@ -97,9 +97,15 @@ def test_sql_answers_equal_evaluate_measure(sample_store: Store) -> None:
 
 
 def test_a_period_with_no_sessions(sample_store: Store) -> None:
+    # Counts are 0, as $evaluate-measure says (SUM over no rows is NULL); rates have none.
     materialise(sample_store)
-    [row] = run_query(sample_store, "review_rate", date(2030, 1, 1), date(2030, 3, 31))
-    assert row["tasks"] == 0 and row["review_rate"] is None
+    empty = (date(2030, 1, 1), date(2030, 3, 31))
+    [row] = run_query(sample_store, "review_rate", *empty)
+    assert row == {"tasks": 0, "followed_up": 0, "reviewed": 0, "review_rate": None}
+    [row] = run_query(sample_store, "assignment_rate", *empty)
+    assert row == {"sessions": 0, "with_homework": 0, "assignment_rate": None}
+    for grouped in ("assignment_rate_by_therapist", "review_rate_by_therapist", "rates_by_month"):
+        assert run_query(sample_store, grouped, *empty) == []  # no therapist, no month
 
 
 def task_rows(store: Store) -> dict[str, str]:

@@ -1,11 +1,13 @@
 """The dashboard's doors, over the app (TestClient): sessions, CSRF, security headers, and who
-may log in. The figures and the browser itself: test_dashboard_browser.py."""
+may log in; and the clinic drill-down over the samples. The figures and the browser itself:
+test_dashboard_browser.py."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,10 @@ from joserfc.jwk import KeySet, RSAKey
 
 from fhir_adapter.api import ApiDeps, create_app
 from fhir_adapter.api.security import TokenVerifier, issue_token
-from fhir_adapter.store import open_store
+from fhir_adapter.store import Store, open_store, resources
+from fhir_adapter.web.data import Drill, Filters, tasks
 from fhir_adapter.web.sessions import SessionStore
+from tests.fhir_adapter.quality.samples import approve_later
 
 ISSUER, AUDIENCE = "https://issuer.test", "https://homework.test/fhir"
 KEY = RSAKey.generate_key(2048, parameters={"kid": "web-rsa"})
@@ -228,3 +232,15 @@ def test_sessions_end_with_their_token_and_are_bounded(tmp_path: Path) -> None:
     # Another process on the same database (a replica) sees the same sessions.
     assert SessionStore(lambda: store).get(second) == sessions.get(second)
     store.close()
+
+
+def test_the_clinic_drill_down_keeps_a_session_approved_weeks_later(sample_store: Store) -> None:
+    # Approval re-dates the note; the clinic is still read from it for the session's Tasks.
+    february = Filters(date(2025, 2, 1), date(2025, 2, 28), clinic="Organization/clinic-1")
+    before = tasks(sample_store, february, Drill())
+    with sample_store.session() as session:
+        drafts, _ = resources.search(session, resources.Query("Task", status=["draft"], count=500))
+    assert before["total"] == len(drafts) > 0  # every sample session was held at clinic-1
+    encounter = min(t["encounter"]["reference"] for t in drafts)
+    approve_later(sample_store, encounter, "2025-03-20T09:00:00Z")
+    assert tasks(sample_store, february, Drill()) == before
