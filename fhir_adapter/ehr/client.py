@@ -23,7 +23,8 @@ import base64
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
@@ -89,6 +90,7 @@ class FhirClient:
         retry: RetryPolicy | None = None,
         clock: Clock = utc_now,
         sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -99,6 +101,7 @@ class FhirClient:
         self._retry = retry or RetryPolicy()
         self._clock = clock
         self._sleep = sleep
+        self._monotonic = monotonic
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
         # EHRs are busy, shared systems that throttle per client: a handful of connections,
@@ -176,6 +179,7 @@ class FhirClient:
             max_bytes=max_bytes,
             sleep=self._sleep,
             clock=self._clock,
+            monotonic=self._monotonic,
             rng=self._rng,
         )
 

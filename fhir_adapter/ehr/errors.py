@@ -17,11 +17,13 @@
 Every error carries the HTTP `status` (None for network errors) and, when the server sent
 one, its `OperationOutcome` parsed into a fhir.resources R4B model. Messages name the method,
 the path (never the query, which may hold identifiers) and what to do next; they never
-include resource bodies.
+include resource bodies or any server text (an outcome's `diagnostics`, a non-JSON body),
+only its codes and paths: they are logged and stored.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -141,14 +143,35 @@ def parse_operation_outcome(body: Any) -> OperationOutcome | None:
 
 
 def outcome_summary(outcome: OperationOutcome | None, limit: int = 3) -> str:
-    """'severity/code: diagnostics' for the first issues, for error messages and logs."""
+    """'severity/code [detail codes] at paths' for the first issues: codes and paths only.
+
+    Never `diagnostics` or `details.text`: they are free text, and a server's validation error
+    often repeats the value it refused, which in our writes may quote the session. These
+    messages are logged and stored (the outbox's `last_error`).
+    """
     if outcome is None or not outcome.issue:
         return ""
     parts = []
     for issue in outcome.issue[:limit]:
-        text = issue.diagnostics or (issue.details.text if issue.details else None) or ""
-        parts.append(f"{issue.severity}/{issue.code}: {text}".rstrip(": "))
+        part = f"{_token(issue.severity)}/{_token(issue.code)}"
+        codings = (issue.details.coding if issue.details else None) or []
+        codes = [_token(c.code) for c in codings if c.code]
+        if codes:
+            part += f" [{', '.join(codes)}]"
+        paths = [_token(p) for p in (issue.expression or issue.location or [])]
+        if paths:
+            part += f" at {', '.join(paths)}"
+        parts.append(part)
     more = len(outcome.issue) - limit
     if more > 0:
         parts.append(f"... and {more} more")
     return "; ".join(parts)
+
+
+# A code or a FHIRPath as servers write them: short, no spaces, no quotes. Anything else may
+# carry a value (a path with a quoted literal, a "code" that is a sentence) and is withheld.
+_TOKEN = re.compile(r"[^\s'\"]{1,128}")
+
+
+def _token(value: str | None) -> str:
+    return value if value is not None and _TOKEN.fullmatch(value) else "<withheld>"

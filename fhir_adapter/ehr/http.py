@@ -11,6 +11,9 @@ have processed it: the connection never opened, or it answered 429/503. After a 
 connection or a read timeout a create may or may not have happened; resending could chart
 the same note twice, so we raise TemporaryFhirError and let the caller's idempotency check
 (search by our identifier) decide on the next run.
+
+A request, all its attempts and waits together, ends within `RetryPolicy.deadline_s`: a wait
+that would pass it is not waited for (TemporaryFhirError, the caller retries later).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,12 +76,19 @@ class RetryPolicy:
     window; more would hold a worker (and a connection to a busy EHR) for minutes, while the
     poller's next run picks up whatever failed anyway. A `Retry-After` longer than
     `max_retry_after_s` is not waited for: we give up at once and pass it on.
+
+    `deadline_s` bounds one request, attempts and waits together. A write holds its outbox
+    row for `store.outbox.CLAIM_LEASE` (10 min) and makes at most 2 requests (search by
+    identifier, or read, then create or update: `pipeline.writeback`), so 2 x 120 s stays under
+    half the lease; past the lease another worker would take the row, search before our create
+    landed, and chart a duplicate (tests/fhir_adapter/ehr/test_retries.py checks the bound).
     """
 
     max_attempts: int = 4
     base_delay_s: float = 1.0
     max_delay_s: float = 30.0
     max_retry_after_s: float = 120.0
+    deadline_s: float = 120.0
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Delay before retry number `retry` (1-based): exponential, half of it jittered."""
@@ -191,6 +202,7 @@ async def send_with_retries(
     max_bytes: int,
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    monotonic: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
 ) -> HttpResult:
     """Send `request`, retrying what is safe to retry; raise a FhirError for any failure."""
@@ -198,19 +210,31 @@ async def send_with_retries(
     method = request.method
     path = request.url.path
     idempotent = method in IDEMPOTENT_METHODS
+    deadline = monotonic() + policy.deadline_s
     for attempt in range(1, policy.max_attempts + 1):
         last = attempt == policy.max_attempts
         retry_after: float | None = None
         try:
-            response = await http.send(request, auth=auth, stream=True)
-            try:
-                content = await _read_bounded(response, max_bytes)
-            finally:
-                await response.aclose()
+            # httpx's timeouts are per read, so a slow trickle (or a token fetch, which runs
+            # inside `send`) could outlast the deadline without this.
+            async with asyncio.timeout(max(0.0, deadline - monotonic())):
+                response = await http.send(request, auth=auth, stream=True)
+                try:
+                    content = await _read_bounded(response, max_bytes)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:  # ours (asyncio.timeout); httpx's are not TimeoutError
+            tried = f"{attempt} attempts" if idempotent else "it may have been applied"
+            raise TemporaryFhirError(
+                f"{method} {path}: no answer within the request's {policy.deadline_s:g}s "
+                f"deadline ({tried})"
+            ) from exc
         except NOT_SENT_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if last:
                 raise TemporaryFhirError(f"{method} {path}: {reason} ({attempt} attempts)") from exc
+            failure = TemporaryFhirError(f"{method} {path}: {reason}")
+            failure.__cause__ = exc
         except MAYBE_SENT_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if last or not idempotent:
@@ -218,11 +242,14 @@ async def send_with_retries(
                     f"{attempt} attempts" if idempotent else "not resent: it may have been applied"
                 )
                 raise TemporaryFhirError(f"{method} {path}: {reason} ({tried})") from exc
+            failure = TemporaryFhirError(f"{method} {path}: {reason}")
+            failure.__cause__ = exc
         except TemporaryFhirError as exc:  # from the auth flow: token endpoint 429/5xx
             reason = str(exc)
             retry_after = exc.retry_after
             if last:
                 raise
+            failure = exc
         else:
             status = response.status_code
             if status < 400:
@@ -242,7 +269,15 @@ async def send_with_retries(
                 error.message += f"; asked to retry after {retry_after:.0f}s, over our bound"
                 raise error
             reason = f"status {status}"
+            failure = error
         delay = retry_after if retry_after is not None else policy.backoff(attempt, rng)
+        if monotonic() + delay >= deadline:
+            # Give up now rather than wake up past the deadline; the caller retries later.
+            failure.message += (
+                f"; a retry in {delay:.0f}s would pass the request's {policy.deadline_s:g}s "
+                f"deadline ({attempt} attempts)"
+            )
+            raise failure
         log.warning(
             "%s %s: %s; retry %d of %d in %.1fs",
             method, path, reason, attempt, policy.max_attempts - 1, delay,

@@ -6,6 +6,7 @@ Retry-After, 5xx bursts, timeouts, dropped connections, broken error bodies.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from fhir_adapter.ehr.errors import (
 )
 from fhir_adapter.ehr.http import RetryPolicy, parse_retry_after
 from fhir_adapter.settings import FhirEndpoint
+from fhir_adapter.store.outbox import CLAIM_LEASE
 
 BASE = "https://ehr.example.org/fhir"
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -67,14 +69,36 @@ class Sleeps:
         self.delays.append(delay)
 
 
-def _client(script: Script, sleeps: Sleeps, **endpoint: Any) -> FhirClient:
+class Timeline(Sleeps):
+    """Sleeps that move a monotonic clock, as real ones would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    async def __call__(self, delay: float) -> None:
+        await super().__call__(delay)
+        self.now += delay
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _client(
+    script: Script,
+    sleeps: Sleeps,
+    retry: RetryPolicy | None = None,
+    monotonic: Callable[[], float] | None = None,
+    **endpoint: Any,
+) -> FhirClient:
     return FhirClient(
         FhirEndpoint(base_url=BASE, **endpoint),
         transport=httpx.MockTransport(script),
         sleep=sleeps,
         clock=lambda: NOW,
+        monotonic=monotonic or (lambda: 0.0),
         rng=random.Random(7),
-        retry=RetryPolicy(max_attempts=4, base_delay_s=1.0, max_delay_s=30.0),
+        retry=retry or RetryPolicy(max_attempts=4, base_delay_s=1.0, max_delay_s=30.0),
     )
 
 
@@ -140,9 +164,77 @@ async def test_bound_reached_raises_temporary_error_with_the_outcome() -> None:
     assert len(script.requests) == 4 and len(sleeps.delays) == 3
     assert error.status == 503
     assert error.outcome is not None and error.outcome.issue[0].diagnostics == "database busy"
-    assert str(error) == (
-        "GET /fhir/Patient/p1 answered 503: error/transient: database busy (4 attempts)"
+    assert str(error) == "GET /fhir/Patient/p1 answered 503: error/transient (4 attempts)"
+
+
+async def test_outcome_text_stays_out_of_the_error_message() -> None:
+    # Messages are logged and stored (outbox last_error); a validation error often repeats
+    # the refused value, here a quote of the session.
+    said = "she will walk to the park with her sister every morning"
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "invalid",
+                "details": {
+                    "coding": [{"system": "urn:vendor:msg", "code": "MSG_PARAM_INVALID"}],
+                    "text": f"Value '{said}' is too long",
+                },
+                "diagnostics": f"Task.note[0].text: '{said}' exceeds 200 characters",
+                "expression": ["Task.note[0].text"],
+            },
+            {"severity": "error", "code": "value", "location": [f"Task.note.where(text='{said}')"]},
+        ],
+    }
+    async with _client(Script(ok(outcome, 422)), Sleeps()) as fhir:
+        with pytest.raises(FatalFhirError) as info:
+            await fhir.create({"resourceType": "Task"})
+    assert str(info.value) == (
+        "POST /fhir/Task answered 422: error/invalid [MSG_PARAM_INVALID] at Task.note[0].text; "
+        "error/value at <withheld>"
     )
+    assert "walk" not in str(info.value) and "exceeds" not in str(info.value)
+    # The parsed outcome keeps the text for code that needs it; it is not logged.
+    assert info.value.outcome is not None and info.value.outcome.issue[0].diagnostics
+
+
+def test_request_deadline_keeps_a_write_inside_its_outbox_claim() -> None:
+    # A chart write is at most 2 requests (pipeline.writeback._write: search or read, then
+    # create or update); past CLAIM_LEASE another worker re-claims it and may chart it twice.
+    assert 2 * RetryPolicy().deadline_s <= CLAIM_LEASE.total_seconds() / 2
+
+
+@pytest.mark.parametrize("retry_after", ["120", "50"])
+async def test_throttled_forever_gives_up_within_the_request_deadline(retry_after: str) -> None:
+    timeline = Timeline()
+
+    def throttled(request: httpx.Request) -> httpx.Response:
+        timeline.now += 5.0  # each answer takes 5 s
+        return ok(OUTCOME, 429, **{"Retry-After": retry_after})
+
+    policy = RetryPolicy(max_attempts=10)
+    script = Script(*(throttled for _ in range(10)))
+    async with _client(script, timeline, retry=policy, monotonic=timeline.monotonic) as fhir:
+        with pytest.raises(TemporaryFhirError, match="would pass the request's 120s deadline"):
+            await fhir.create({"resourceType": "Task"})
+    assert timeline.now <= policy.deadline_s
+    assert len(script.requests) == (1 if retry_after == "120" else 3)
+
+
+async def test_an_answer_that_never_comes_ends_at_the_deadline() -> None:
+    async def hangs(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)
+        return ok()
+
+    policy = RetryPolicy(deadline_s=0.05)
+    async with FhirClient(
+        FhirEndpoint(base_url=BASE), transport=httpx.MockTransport(hangs), retry=policy
+    ) as fhir:
+        with pytest.raises(
+            TemporaryFhirError, match=r"no answer within the request's 0.05s deadline"
+        ):
+            await asyncio.wait_for(fhir.read("Patient", "p1"), timeout=10)
 
 
 @pytest.mark.parametrize(

@@ -221,9 +221,12 @@ async def test_invalid_bodies_fail_the_write_and_keep_it_for_a_requeue(
     first = await run_pass(settings, store, triton_backend)
 
     assert proxy.remaining() == 0
-    assert first.encounters_processed == 2 and first.writes_failed == 2
+    assert first.encounters_processed == 2 and first.writes_failed == 3
     failed = {r.resource_type: r for r in _outbox(store) if r.status == "failed"}
-    assert set(failed) == {"DocumentReference", "Communication"}
+    assert set(failed) == {"DocumentReference", "Communication", "Provenance"}
+    # The note's Provenance cannot land without its note: failed too, naming the note's row.
+    assert failed["Provenance"].last_error == (
+        f"waits on outbox row {failed['DocumentReference'].id}, which failed")  # fmt: skip
     assert "answered 422 with a body that is not an OperationOutcome" in str(
         failed["DocumentReference"].last_error
     )
@@ -231,7 +234,7 @@ async def test_invalid_bodies_fail_the_write_and_keep_it_for_a_requeue(
     # Failed writes stay failed (a retry would not fix them) until an operator requeues.
     assert (await run_pass(settings, store, triton_backend)).writes_done == 0
     with store.session() as session:
-        assert outbox.requeue(session, CONNECTION) == 2
+        assert outbox.requeue(session, CONNECTION) == 3
     await run_pass(settings, store, triton_backend)
     _, ehr = _assert_complete(sekmet_server, clinic, store)
     assert ehr.count(SID_COMMUNICATION) == 2  # the one created despite the error page: once
@@ -261,7 +264,7 @@ async def test_a_failed_earlier_session_holds_back_the_later_one(
 
     assert (first.encounters_failed, first.encounters_processed) == (1, 2)
     assert len(first.errors) == 1 and first.errors[0].startswith(sam.encounters[0])
-    assert "FatalFhirError" in first.errors[0] and "search refused" in first.errors[0]
+    assert "FatalFhirError" in first.errors[0] and "error/processing" in first.errors[0]
     with store.session() as session:
         held = [work.get_encounter(session, CONNECTION, e) for e in sam.encounters]
         assert [(r.step, r.attempts) for r in held if r] == [(Step.FETCH, 1), (Step.FETCH, 0)]
