@@ -135,18 +135,25 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
         connection: ConnectionOption = None,
         pending: Annotated[
-            bool, typer.Option(help="Also pull waiting retries forward to now.")
+            bool,
+            typer.Option(help="Also pull waiting retries forward to now (not writes in flight)."),
         ] = False,
     ) -> None:
-        """Put failed writes back in the queue (after fixing the cause); the next run sends them."""
+        """Put failed writes back in the queue (after fixing the cause); the next run sends them.
+
+        A note's Provenance comes back with its note. With --pending, writes a writer holds
+        (claimed, in flight) are left to it: pulled forward, another would send them again.
+        """
         from fhir_adapter.store import outbox
 
         settings = load_settings_or_exit(config)
+        busy = 0
         with store_only(settings) as store, store.session() as session:
             n = outbox.requeue(session, connection, ids or ())
             if pending:
                 n += outbox.requeue(session, connection, ids or (), outbox.OutboxStatus.PENDING)
-        typer.echo(f"requeued {n} writes")
+                busy = outbox.in_flight(session, connection, ids or ())
+        typer.echo(f"requeued {n} writes" + (f"; left {busy} in flight alone" if busy else ""))
 
     work_app = typer.Typer(help="Encounters in the pipeline, and those set aside after failing.")
     app.add_typer(work_app, name="work")

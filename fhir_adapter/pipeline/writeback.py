@@ -77,6 +77,14 @@ class NotYet(Exception):
     """The write depends on another one that has not landed yet; try again next flush."""
 
 
+class WaitsOnFailed(Exception):
+    """The write depends on another one that failed: it cannot land until that one is retried."""
+
+    def __init__(self, row_id: int) -> None:
+        super().__init__(f"waits on outbox row {row_id}, which failed")
+        self.row_id = row_id
+
+
 def _note_reference(session: Session, row: OutboxRow) -> str:
     system, _, value = row.identifier_value.partition("|")
     note = session.scalar(
@@ -88,6 +96,8 @@ def _note_reference(session: Session, row: OutboxRow) -> str:
             OutboxRow.identifier_value == value,
         )
     )
+    if note is not None and note.status == outbox.OutboxStatus.FAILED:
+        raise WaitsOnFailed(note.id)
     if note is None or note.status != outbox.OutboxStatus.DONE or not note.server_id:
         raise NotYet
     return f"DocumentReference/{note.server_id}"
@@ -128,8 +138,10 @@ def _newer_version(payload: Mapping[str, Any], found: Mapping[str, Any]) -> bool
     """A note version (`masterIdentifier`) other than the one the server holds under the same
     identifier: the server has an earlier version, so recording `found` would lose this one."""
     wanted = payload.get("masterIdentifier")
-    return wanted is not None and found.get("id") is not None and (
-        found.get("masterIdentifier") != wanted
+    return (
+        wanted is not None
+        and found.get("id") is not None
+        and (found.get("masterIdentifier") != wanted)
     )
 
 
@@ -231,11 +243,19 @@ async def _send(
         except NotYet:
             outbox.release(session, row)
             return False
+        except WaitsOnFailed as exc:
+            # Failed too, so operators see it; `outbox.requeue` of the note brings it back.
+            log.warning("outbox row %s %s", row.id, exc)
+            outbox.mark_failed(session, row, str(exc))
+            summary.failed += 1
+            return True
     # `row` stays readable detached (the store's sessions do not expire on commit).
     outcome = await _attempt(client, row, note_ref)
     WRITES.labels(outcome=outcome.kind).inc()
     with store.session() as session:
-        current = session.get(OutboxRow, row_id)
+        # Locked: an enqueue of a newer payload either committed first (seen here, so the row
+        # stays pending) or waits for this commit and then sets the row back to pending.
+        current = session.get(OutboxRow, row_id, with_for_update=True, populate_existing=True)
         if current is None:
             return True
         if outcome.kind == "done":
@@ -247,6 +267,13 @@ async def _send(
         elif outcome.kind == "retry":
             outbox.mark_retry(session, current, outcome.error, outcome.delay)
             summary.retrying += 1
+        elif current.payload != row.payload:
+            # The refused payload was replaced while in flight: the newer one is tried before
+            # anything is marked failed.
+            log.warning("outbox row %s: an older payload was refused; sending the newer one",
+                        row_id)  # fmt: skip
+            outbox.release(session, current)
+            return False
         else:
             outbox.mark_failed(session, current, outcome.error)
             summary.failed += 1

@@ -59,17 +59,22 @@ def outbox_key(resource: dict[str, Any]) -> tuple[str, str]:
 
 
 def _by_key(
-    session: Session, connection: str, target: str, resource_type: str, system: str, value: str
-) -> OutboxRow | None:
-    return session.scalar(
-        select(OutboxRow).where(
-            OutboxRow.connection == connection,
-            OutboxRow.target == target,
-            OutboxRow.resource_type == resource_type,
-            OutboxRow.identifier_system == system,
-            OutboxRow.identifier_value == value,
-        )
+    session: Session, connection: str, target: str, resource_type: str, system: str, value: str,
+    *, lock: bool = False,
+) -> OutboxRow | None:  # fmt: skip
+    stmt = select(OutboxRow).where(
+        OutboxRow.connection == connection,
+        OutboxRow.target == target,
+        OutboxRow.resource_type == resource_type,
+        OutboxRow.identifier_system == system,
+        OutboxRow.identifier_value == value,
     )
+    if lock:
+        # FOR UPDATE (a no-op on SQLite, which serialises writers): waits for a writer that is
+        # recording an outcome, then reads what it committed. Refreshes a row this session
+        # already holds, or the read would keep its stale attributes.
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalar(stmt)
 
 
 def enqueue(
@@ -106,9 +111,17 @@ def enqueue(
                 session.flush()
             return fresh
         except IntegrityError:
-            row = _by_key(session, *key)
+            row = _by_key(session, *key, lock=True)
             if row is None:
                 raise
+    elif row.payload != payload:
+        # Read again, locked: a writer recording its outcome (`mark_sent`, which compares the
+        # payload it sent) must either finish first, so this sees its DONE and sets the row
+        # back to pending, or wait for this commit and see the new payload. Unchanged payloads
+        # take no lock, so drafts that all queue the model's Device do not queue behind it.
+        row = _by_key(session, *key, lock=True)
+        if row is None:  # deleted meanwhile; nothing deletes outbox rows today
+            raise RuntimeError(f"outbox row {key} vanished while enqueuing")
     if row.payload != payload:
         # A pending row keeps its time: it may be claimed and in flight in another process
         # (that writer sees the payload changed and leaves the row pending; see `mark_sent`).
@@ -148,6 +161,7 @@ def claim(session: Session, row_id: int, now: datetime | None = None) -> OutboxR
     serialises writers. Either way exactly one claimer gets rowcount 1.
     """
     now = now or _now()
+    # One `now` for both columns: `in_flight` recognises a claim by their exact distance.
     result = session.execute(
         update(OutboxRow)
         .where(
@@ -224,28 +238,80 @@ def mark_failed(session: Session, row: OutboxRow, error: str) -> None:
     session.flush()
 
 
+def _in_flight(row: OutboxRow, now: datetime) -> bool:
+    """Whether a pending row's lease is a live claim (a writer is sending it), not a backoff.
+
+    A claim sets `next_attempt_at` exactly CLAIM_LEASE after `updated_at`; a later enqueue
+    keeps the lease and clears `last_error`. A retry's backoff (`mark_retry`) always has a
+    `last_error`. So a lease with no error, or at that exact distance, may be a claim: left
+    alone (at worst a backoff waits its course), never pulled forward to be sent twice.
+    """
+    if row.status != OutboxStatus.PENDING or row.next_attempt_at <= now:
+        return False
+    return row.last_error is None or row.next_attempt_at - row.updated_at == CLAIM_LEASE
+
+
+def _rows(
+    session: Session, status: OutboxStatus, connection: str | None, ids: Sequence[int],
+    *, lock: bool = False,
+) -> list[OutboxRow]:  # fmt: skip
+    stmt = select(OutboxRow).where(OutboxRow.status == status).order_by(OutboxRow.id)
+    if connection is not None:
+        stmt = stmt.where(OutboxRow.connection == connection)
+    if ids:
+        stmt = stmt.where(OutboxRow.id.in_(list(ids)))
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return list(session.scalars(stmt))
+
+
+def _waiting_on(session: Session, note: OutboxRow) -> list[OutboxRow]:
+    """The failed Provenance rows of chart note `note` (failed because the note had)."""
+    if note.target != CHART or note.resource_type != "DocumentReference":
+        return []
+    stmt = select(OutboxRow).where(
+        OutboxRow.connection == note.connection,
+        OutboxRow.target == CHART,
+        OutboxRow.resource_type == "Provenance",
+        OutboxRow.identifier_system == NOTE_PROVENANCE,
+        OutboxRow.identifier_value == f"{note.identifier_system}|{note.identifier_value}",
+        OutboxRow.status == OutboxStatus.FAILED,
+    )
+    return list(session.scalars(stmt.with_for_update()))
+
+
 def requeue(
     session: Session, connection: str | None = None, ids: Sequence[int] = (),
     status: OutboxStatus = OutboxStatus.FAILED,
 ) -> int:  # fmt: skip
     """Put rows back to pending, due now (after an operator fixed the cause).
 
-    Failed rows by default; `status=PENDING` also pulls waiting retries forward. `ids` limits it
-    to those rows; `connection` to one connection.
+    Failed rows by default, with the failed Provenance of each note among them (it failed
+    waiting on its note); `status=PENDING` pulls waiting retries forward, leaving rows a writer
+    has claimed (`in_flight`). `ids` limits it to those rows; `connection` to one connection.
     """
-    stmt = select(OutboxRow).where(OutboxRow.status == status)
-    if connection is not None:
-        stmt = stmt.where(OutboxRow.connection == connection)
-    if ids:
-        stmt = stmt.where(OutboxRow.id.in_(list(ids)))
-    rows = list(session.scalars(stmt))
-    for row in rows:
+    now = _now()
+    # Locked: a claim racing this waits, then finds the row not due; or it committed first
+    # and this sees its lease.
+    rows = {row.id: row for row in _rows(session, status, connection, ids, lock=True)
+            if not _in_flight(row, now)}  # fmt: skip
+    if status == OutboxStatus.FAILED:
+        for note in list(rows.values()):
+            rows.update((row.id, row) for row in _waiting_on(session, note))
+    for row in rows.values():
         row.status = OutboxStatus.PENDING
         row.attempts = 0
-        row.next_attempt_at = _now()
-        row.updated_at = _now()
+        row.next_attempt_at = now
+        row.updated_at = now
     session.flush()
     return len(rows)
+
+
+def in_flight(session: Session, connection: str | None = None, ids: Sequence[int] = ()) -> int:
+    """How many pending rows a writer has claimed (and `requeue` leaves alone)."""
+    now = _now()
+    return sum(_in_flight(row, now) for row in _rows(session, OutboxStatus.PENDING,
+                                                      connection, ids))  # fmt: skip
 
 
 def listing(

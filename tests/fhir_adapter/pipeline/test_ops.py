@@ -4,6 +4,7 @@ and the dead-lettering they look at."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,49 @@ def test_outbox_list_and_retry(tmp_path: Path) -> None:
     try:
         with store.session() as session:
             assert outbox.counts(session) == {"done": 1, "pending": 1}
+    finally:
+        store.close()
+
+
+def test_outbox_retry_pending_leaves_writes_in_flight_alone(tmp_path: Path) -> None:
+    """`--pending` pulls a retry's backoff forward, never a writer's claim (pulled forward,
+    another flush would claim it too and could create the same note twice)."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url)
+
+    def comm(n: str, text: str = "x") -> dict[str, str]:
+        return {"resourceType": "Communication", "id": n, "status": text}
+
+    try:
+        with store.session() as s:
+            backoff = outbox.enqueue(s, "clinic", outbox.CHART, ("urn:x", "1"), comm("1"))
+            outbox.mark_retry(s, backoff, "HTTP 503", timedelta(minutes=30))
+            claimed = outbox.enqueue(s, "clinic", outbox.CHART, ("urn:x", "2"), comm("2"))
+            # Claimed after an earlier failure: the claim keeps that `last_error`.
+            reclaimed = outbox.enqueue(s, "clinic", outbox.CHART, ("urn:x", "3"), comm("3"))
+            outbox.mark_retry(s, reclaimed, "HTTP 503", timedelta(0))
+            # Claimed, then changed by another process while in flight.
+            changed = outbox.enqueue(s, "clinic", outbox.CHART, ("urn:x", "4"), comm("4"))
+            later = datetime.now(UTC) + timedelta(seconds=1)
+            for row in (claimed, reclaimed, changed):
+                assert outbox.claim(s, row.id, now=later) is not None
+            outbox.enqueue(s, "clinic", outbox.CHART, ("urn:x", "4"), comm("4", "changed"))
+            leases = {row.id: row.next_attempt_at for row in (claimed, reclaimed, changed)}
+            backoff_id = backoff.id
+    finally:
+        store.close()
+    config = tmp_path / "c.toml"
+    config.write_text(f'environment = "development"\ndatabase_url = "{url}"\n{DEV_AUTH}')
+
+    retried = runner.invoke(app, ["outbox", "retry", "--pending", "-c", str(config)])
+    assert retried.exit_code == 0, retried.output
+    assert retried.stdout.strip() == "requeued 1 writes; left 3 in flight alone"
+    store = open_store(url)
+    try:
+        with store.session() as s:
+            rows = {row.id: row for row in outbox.listing(s, "clinic")}
+            assert rows[backoff_id].next_attempt_at <= datetime.now(UTC)
+            assert {i: rows[i].next_attempt_at for i in leases} == leases
     finally:
         store.close()
 

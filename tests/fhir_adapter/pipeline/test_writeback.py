@@ -125,15 +125,17 @@ async def test_duplicates_in_the_chart_fail_the_write_and_keep_it(
         key = (NOTE_PROVENANCE, f"{system}|{ident}")
         provenance_id = outbox.enqueue(session, CONNECTION, CHART, key, provenance).id
 
-    assert await _flush(store, conn) == (0, 0, 1)
+    assert await _flush(store, conn) == (0, 0, 2)
     row = _row(store, row_id)
     assert row.status == "failed"
     assert "matches several DocumentReference" in str(row.last_error)
     assert "resolve the duplicates" in str(row.last_error)
     assert len(_by_identifier(sekmet_server, "DocumentReference", value)) == 2  # none added
-    # The note's Provenance waits for its note, never sent on its own.
+    # The note's Provenance is never sent on its own: failed with its note, naming it, so an
+    # operator sees it (and `outbox retry` of the note brings it back).
     waiting = _row(store, provenance_id)
-    assert (waiting.status, waiting.attempts) == ("pending", 0)
+    assert (waiting.status, waiting.last_error) == (
+        "failed", f"waits on outbox row {row_id}, which failed")  # fmt: skip
 
 
 async def test_care_plan_store_writes_are_puts_by_id(
