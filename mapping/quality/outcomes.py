@@ -5,7 +5,8 @@ homework items that the next session reviewed (items without a next session do n
 its change is last score minus first score in the period (negative = fewer symptoms), with
 both dates. Across patients the association is Spearman's rho between review rate and change,
 with a 95% interval from Fisher's z and the Bonett-Wright standard error
-sqrt((1 + rho^2 / 2) / (n - 3)); it needs at least 4 courses that have both.
+sqrt((1 + rho^2 / 2) / (n - 3)). Rho needs 3 courses that have both a review rate and a
+change, each varying; the interval needs 4, and is not given when rho is +-1.
 
 This is an observational association over routine care: who reviews homework, and which
 patients keep coming, are not random; it says nothing about cause.

@@ -131,9 +131,12 @@
       return name + ": not computable, " + n +
         " (rho needs 3 patients with scores, and review rates and changes that vary)";
     }
-    const interval = a.low === null || a.high === null
-      ? " (no interval: it needs 4 patients)"
-      : " (95% interval " + a.low.toFixed(2) + " to " + a.high.toFixed(2) + ")";
+    let interval = " (no interval: ρ is ±1)";
+    if (a.low !== null && a.high !== null) {
+      interval = " (95% interval " + a.low.toFixed(2) + " to " + a.high.toFixed(2) + ")";
+    } else if (a.n < 4) {
+      interval = " (no interval: it needs 4 patients)";
+    }
     return name + ": ρ " + a.rho.toFixed(2) + interval + ", " + n;
   }
 
