@@ -7,7 +7,8 @@ on (one day either side, since questionnaires are often filled in the day before
 one that matches no encounter is kept, unlinked, and counted, never dropped silently.
 
 A transcript that is new or changed (another document, an amended one, the same one with
-other content) for a session already processed or skipped sends the session back to DETECT.
+other content) for a session already processed or skipped sends the session back to DETECT,
+with the patient's later sessions, as a session charted late does (`_resettle_after`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class StageSummary:
     encounters_not_finished: int = 0
     # Processed sessions whose transcript is new or changed in this batch: processed again.
     encounters_amended: int = 0
-    # Processed sessions after a session charted late (new here, earlier than they): processed
-    # again, so review statuses are settled in session order.
+    # Processed sessions after a session charted late (new here, earlier than they) or amended:
+    # processed again, so review statuses are settled in session order.
     encounters_resettled: int = 0
     staged: int = 0
     unlinked: int = 0
@@ -183,6 +184,7 @@ def stage(
                 )
         else:
             summary.encounters_known += 1
+    amended: list[tuple[str, str, datetime]] = []
     for encounter, document in changed_transcripts.items():
         row = work.get_encounter(session, connection, encounter)
         if row is not None and row.step in (Step.DONE, Step.SKIPPED):
@@ -194,6 +196,14 @@ def stage(
                 summary.encounters.append(encounter)
             log.info("%s: transcript DocumentReference/%s is new or changed; reprocessing",
                      encounter, document)  # fmt: skip
+            if row.period_start is not None:
+                amended.append((row.patient, encounter, row.period_start))
+    # Once every amended session is reopened (one may be another's later session): its new
+    # Tasks must be settled by its next session again, and what it settled settled anew.
+    for patient, encounter, start in amended:
+        summary.encounters_resettled += _resettle_after(
+            session, connection, patient, encounter, start, amended=True
+        )
     for resource, patient in pending_links:
         encounter = _nearest_encounter(session, connection, patient, resource_time(resource))
         if encounter is None:
@@ -206,27 +216,37 @@ def stage(
 
 
 def _resettle_after(
-    session: Session, connection: str, patient: str, late: str, start: datetime
+    session: Session,
+    connection: str,
+    patient: str,
+    encounter: str,
+    start: datetime,
+    *,
+    amended: bool = False,
 ) -> int:
-    """A session charted late: the patient's processed sessions after it go back to DETECT
-    (the runner takes them again in session order), and the Tasks those sessions settled go
-    back to awaiting-review, so each Task is settled by its own next session. The targets are
-    updated when the sessions are processed again. Returns the sessions sent back."""
+    """A session charted late or `amended`: the patient's processed sessions after it go back
+    to DETECT (the runner takes them again in session order), and the Tasks those sessions
+    settled go back to awaiting-review, so each Task is settled by its own next session. An
+    amended session's own settling goes back too: it is done again from the new transcript.
+    The targets are updated when the sessions are processed again. Returns the sessions sent
+    back."""
     later = [
         row for row in work.patient_encounters(session, connection, patient, (Step.DONE,))
-        if row.period_start is not None and row.period_start > start and row.encounter != late
+        if row.period_start is not None and row.period_start > start and row.encounter != encounter
     ]  # fmt: skip
-    if not later:
+    again = {row.encounter for row in later} | ({encounter} if amended else set())
+    if not again:
         return 0
-    again = {row.encounter for row in later}
     found, _ = resources.search(session, Query("Task", patient=patient, count=10_000))
     for task in found:
         if review_encounter(task) in again:
             resources.put(session, awaiting_again(task))
+    cause = f"{encounter} {'amended' if amended else 'charted late'}"
     for row in later:
-        work.reopen(session, row, Step.DETECT, f"{late} charted late")
-    log.info("%s charted after %d later session(s) of its patient; settling again in order",
-             late, len(later))  # fmt: skip
+        work.reopen(session, row, Step.DETECT, cause)
+    if later:
+        log.info("%s; %d later session(s) of its patient settle again in order",
+                 cause, len(later))  # fmt: skip
     return len(later)
 
 

@@ -78,8 +78,8 @@ def review_encounter(task: Mapping[str, Any]) -> str | None:
 
 def awaiting_again(task: Mapping[str, Any]) -> dict[str, Any]:
     """The Task back to awaiting-review, its review outputs removed: a session charted late
-    came between it and the session that settled it, so the settling is done again, in
-    session order."""
+    came between it and the session that settled it, or one of them was amended, so the
+    settling is done again, in session order."""
     data = copy.deepcopy(dict(task))
     data["output"] = [
         o for o in data.get("output") or ()

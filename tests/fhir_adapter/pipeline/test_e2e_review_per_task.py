@@ -18,6 +18,7 @@ exactly one review turn (line 3) and no homework.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -92,6 +93,11 @@ ALEX = PatientPlan(
     (SessionPlan(ALEX_SESSION_1, "text/plain; charset=utf-8", 7.5),
      SessionPlan(ALEX_SESSION_2, "text/plain; charset=utf-8", 0.5)),
 )  # fmt: skip
+
+# Session 2 amended: the breathing follow-up (lines 3-6) taken out; nothing else is a review.
+ALEX_SESSION_2_NO_REVIEW = "".join(
+    line for n, line in enumerate(ALEX_SESSION_2.splitlines(keepends=True), 1) if not 3 <= n <= 6
+)
 
 # A backfill a year on: the sessions were held on 2025-03-04 and 2025-03-11 (UTC).
 BACKFILL_NOW = datetime(2025, 3, 11, 21, 0, tzinfo=UTC)
@@ -370,5 +376,82 @@ async def test_a_session_charted_late_is_settled_in_session_order(
         again = await ingest_pass(settings, store, backend, late, conn.name)
         assert again.encounters_processed == 0
         assert {t["id"]: t["meta"]["versionId"] for t in stored(store, "Task")} == versions
+    finally:
+        store.close()
+
+
+def _amended(export: list[dict[str, Any]], encounter: str, text: str) -> dict[str, Any]:
+    """`encounter`'s transcript as the EHR sends it once amended: the same DocumentReference,
+    docStatus amended, `text` as its content."""
+    [doc] = [r for r in export if r["resourceType"] == "DocumentReference"
+             and r["context"]["encounter"][0]["reference"] == encounter]  # fmt: skip
+    data = base64.b64encode(text.encode()).decode()
+    content = [{"attachment": {"contentType": "text/plain; charset=utf-8", "data": data}}]
+    return {**doc, "docStatus": "amended", "content": content}
+
+
+async def test_an_amended_session_is_settled_again_by_its_next_session(
+    sekmet_server: SekmetServer, backend: Backend, tmp_path: Path
+) -> None:
+    """Session 1's transcript is amended (a comma) after session 2 settled its homework: the
+    Tasks session 1 drafts again are settled again by session 2, not left awaiting review."""
+    clinic = seed_clinic(
+        sekmet_server, sessions=2, in_progress=False, plans=[ALEX], now=BACKFILL_NOW
+    )
+    export = clinic_resources(sekmet_server, clinic)
+    first = clinic.patients["alex"].encounters[0]
+    conn = connection(sekmet_server, clinic, client="rs384", care_plan_store="ehr")
+    settings = settings_for(tmp_path, [conn])
+    store = open_store(settings.database_url)
+    try:
+        both = await ingest_pass(settings, store, backend, export, conn.name)
+        assert (both.tasks_reviewed, both.tasks_not_reviewed) == (1, 1), both.errors
+        typo = ALEX_SESSION_1.replace("crowded and I", "crowded, and I")
+        assert typo != ALEX_SESSION_1
+        amended = await ingest_pass(settings, store, backend,
+                                    [_amended(export, first, typo)], conn.name)  # fmt: skip
+        # Session 1, then session 2 again.
+        assert amended.encounters_processed == 2, amended.errors
+        assert (amended.writes_failed, amended.writes_retrying) == (0, 0)
+        assert (amended.tasks_reviewed, amended.tasks_not_reviewed) == (1, 1)
+        _check_per_task_review(sekmet_server, CarePlanTarget("ehr", sekmet_server), store,
+                               clinic)  # fmt: skip
+    finally:
+        store.close()
+
+
+async def test_an_amended_reviewing_session_settles_the_homework_again(
+    sekmet_server: SekmetServer, backend: Backend, tmp_path: Path
+) -> None:
+    """Session 2's transcript is amended so it no longer follows the breathing up: session 1's
+    Tasks are settled again from the new text, both not reviewed, here and in the EHR."""
+    clinic = seed_clinic(
+        sekmet_server, sessions=2, in_progress=False, plans=[ALEX], now=BACKFILL_NOW
+    )
+    export = clinic_resources(sekmet_server, clinic)
+    alex = clinic.patients["alex"]
+    first, second = alex.encounters
+    conn = connection(sekmet_server, clinic, client="rs384", care_plan_store="ehr")
+    settings = settings_for(tmp_path, [conn])
+    store = open_store(settings.database_url)
+    try:
+        both = await ingest_pass(settings, store, backend, export, conn.name)
+        assert (both.tasks_reviewed, both.tasks_not_reviewed) == (1, 1), both.errors
+        amended = await ingest_pass(
+            settings, store, backend,
+            [_amended(export, second, ALEX_SESSION_2_NO_REVIEW)], conn.name,
+        )  # fmt: skip
+        assert amended.encounters_processed == 1, amended.errors
+        assert (amended.writes_failed, amended.writes_retrying) == (0, 0)
+        assert (amended.tasks_reviewed, amended.tasks_not_reviewed) == (0, 2)
+        ours = _by_category(stored(store, "Task", encounter=first))
+        assert set(ours) == {"practice", "journal"}
+        theirs = CarePlanTarget("ehr", sekmet_server).tasks(alex.patient)
+        for task in ours.values():
+            assert review_status(task) == "not-reviewed"
+            assert review_encounter(task) == second
+            assert _review_quote(task) is None
+            assert theirs[task["id"]]["businessStatus"] == task["businessStatus"]
+            assert theirs[task["id"]].get("output") == task.get("output")
     finally:
         store.close()
