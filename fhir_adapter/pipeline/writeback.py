@@ -5,10 +5,14 @@
 - chart (the EHR): no conditional create, so search by identifier first. Found and never
   confirmed by us: an earlier attempt landed before a crash, so it is recorded, not re-sent.
   Found and ours (a later change, e.g. an updated note): updated with If-Match. Found but
-  an earlier version of a reviewed note (another `masterIdentifier`): updated too. Not found:
-  created. A reviewed note for a vendor that refuses DocumentReference update is queued under
-  its version's key (`masterIdentifier`, which the `identifier` search also matches), so it is
-  created beside the note it replaces (`relatesTo`), never recorded as that note.
+  an earlier version of the note (another `masterIdentifier`, or other attachments: the
+  payload changed after an earlier one landed unconfirmed): updated too, with If-Match; where
+  the vendor refuses the update, a reviewed version is created as a new note replacing it, a
+  drafted one fails (as its update would). Not found: created. A reviewed note for a vendor
+  that refuses DocumentReference update is queued under its version's key (`masterIdentifier`,
+  which the `identifier` search also matches), so it is created beside the note it replaces
+  (`relatesTo`), never recorded as that note; a version queued before the one it replaces had
+  its EHR id names that one by identifier and waits for it, as a note's Provenance waits.
 A temporary failure (429/5xx/network, still failing after the client's bounded retries)
 leaves the row pending with a growing delay; a fatal one (400/403/422, a vendor rule) marks it
 failed: kept, with the error, for an operator to fix and requeue. Nothing is dropped.
@@ -28,11 +32,13 @@ from sqlalchemy.orm import Session
 
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import (
+    AmbiguousMatchError,
     AuthError,
     CapabilityError,
     FatalFhirError,
     FhirError,
     TemporaryFhirError,
+    VendorRuleError,
     VersionConflictError,
 )
 from fhir_adapter.metrics import WRITES
@@ -81,15 +87,15 @@ class WaitsOnFailed(Exception):
     """The write depends on another one that failed: it cannot land until that one is retried."""
 
     def __init__(self, row_id: int) -> None:
-        super().__init__(f"waits on outbox row {row_id}, which failed")
+        super().__init__(outbox.waits_on(row_id))
         self.row_id = row_id
 
 
-def _note_reference(session: Session, row: OutboxRow) -> str:
-    system, _, value = row.identifier_value.partition("|")
+def _written_note(session: Session, connection: str, system: str, value: str) -> str:
+    """The EHR reference of the chart note queued under `system|value`, once written."""
     note = session.scalar(
         select(OutboxRow).where(
-            OutboxRow.connection == row.connection,
+            OutboxRow.connection == connection,
             OutboxRow.target == CHART,
             OutboxRow.resource_type == "DocumentReference",
             OutboxRow.identifier_system == system,
@@ -103,6 +109,33 @@ def _note_reference(session: Session, row: OutboxRow) -> str:
     return f"DocumentReference/{note.server_id}"
 
 
+def _note_reference(session: Session, row: OutboxRow) -> str | None:
+    """The note `row` points at, as the EHR knows it: a note's Provenance (its target), or a
+    note's next version queued before the version it replaces was written (its `relatesTo`
+    names that one by identifier). None when `row` points at no note or already has its id."""
+    if row.identifier_system == NOTE_PROVENANCE:
+        system, _, value = row.identifier_value.partition("|")
+        return _written_note(session, row.connection, system, value)
+    if row.target == CHART and row.resource_type == "DocumentReference" and not row.server_id:
+        for relation in row.payload.get("relatesTo") or ():
+            target = relation.get("target") or {}
+            ident = target.get("identifier")
+            if ident and not target.get("reference"):
+                return _written_note(session, row.connection, ident["system"], ident["value"])
+    return None
+
+
+def _replacing(payload: Mapping[str, Any], note_ref: str) -> dict[str, Any]:
+    """`payload` with the note it replaces, named by identifier when queued, now by id."""
+    relations = [
+        {**r, "target": {"reference": note_ref}}
+        if (r.get("target") or {}).get("identifier") and not r["target"].get("reference")
+        else r
+        for r in payload.get("relatesTo") or ()
+    ]
+    return {**payload, "relatesTo": relations}
+
+
 async def _write_note_provenance(
     client: FhirClient, row: OutboxRow, note_ref: str
 ) -> dict[str, Any] | None:
@@ -113,45 +146,95 @@ async def _write_note_provenance(
     return await client.create({**row.payload, "target": [{"reference": note_ref}]})
 
 
-async def _write(client: FhirClient, row: OutboxRow) -> dict[str, Any] | None:
+async def _write(
+    client: FhirClient, row: OutboxRow, replaces: str | None = None
+) -> dict[str, Any] | None:
     # meta stays: it carries the AI security label and profiles; servers own versionId.
-    payload = dict(row.payload)
+    payload = dict(row.payload) if replaces is None else _replacing(row.payload, replaces)
     if row.target == CARE_PLAN_STORE:
         return await client.update(payload)
     if row.server_id is not None:
         current = await client.read(row.resource_type, row.server_id)
         return await client.update({**payload, "id": row.server_id}, if_match=_version(current))
     if row.identifier_system != ID_SYSTEM:
-        found = await client.search_by_identifier(
-            row.resource_type, row.identifier_system, row.identifier_value
-        )
+        refusal = client.vendor.refusal(row.resource_type, "update")
+        found = await _landed(client, row, payload, refusal is None)
         if found is not None:
-            if _newer_version(payload, found):
-                # A reviewed version of a note whose first write landed unconfirmed: update it.
+            if not _earlier_version(payload, found):
+                return found  # this payload landed, unconfirmed
+            if refusal is None:
+                # The payload changed after an earlier one landed unconfirmed: update that one.
                 return await client.update({**payload, "id": found["id"]},
                                            if_match=_version(found))  # fmt: skip
-            return found
+            if not payload.get("masterIdentifier"):
+                # A drafted note changed after it landed: refused, as its update would be.
+                raise VendorRuleError(
+                    f"{client.name}: {row.resource_type} update: {refusal} "
+                    "(an earlier version of this note is in the chart)"
+                )
+            # A reviewed version: a new note replacing the one found (a retry finds it by its
+            # `masterIdentifier`: `_landed`).
+            ref = f"{row.resource_type}/{found['id']}"
+            return await client.create(
+                {**payload, "relatesTo": [{"code": "replaces", "target": {"reference": ref}}]}
+            )
     return await client.create(payload)
 
 
-def _newer_version(payload: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
-    """A note version (`masterIdentifier`) other than the one the server holds under the same
-    identifier: the server has an earlier version, so recording `found` would lose this one."""
-    wanted = payload.get("masterIdentifier")
-    return (
-        wanted is not None
-        and found.get("id") is not None
-        and (found.get("masterIdentifier") != wanted)
+async def _landed(
+    client: FhirClient, row: OutboxRow, payload: Mapping[str, Any], updatable: bool
+) -> dict[str, Any] | None:
+    """What an earlier attempt left on the server, found by the row's key. A reviewed version
+    created beside the note it replaces (vendor refuses update) shares that key with it: a
+    retry finds both, so it looks for its own `masterIdentifier` then (one request more only
+    then: a write stays within two requests, inside its claim)."""
+    try:
+        return await client.search_by_identifier(
+            row.resource_type, row.identifier_system, row.identifier_value
+        )
+    except AmbiguousMatchError as exc:
+        version = payload.get("masterIdentifier") or {}
+        system, value = version.get("system"), version.get("value")
+        if updatable or not (system and value) or (system, value) == (
+            row.identifier_system, row.identifier_value,
+        ):  # fmt: skip
+            raise
+        found = await client.search_by_identifier(row.resource_type, system, value)
+        if found is None:
+            raise exc
+        return found
+
+
+def _attachments(resource: Mapping[str, Any]) -> list[str]:
+    return sorted(
+        "".join(str(c["attachment"]["data"]).split())
+        for c in resource.get("content") or ()
+        if isinstance(c, Mapping) and (c.get("attachment") or {}).get("data")
     )
+
+
+def _earlier_version(payload: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
+    """Whether `found` (under the row's key) is an earlier version of the note `payload` is:
+    another `masterIdentifier`, or, for a drafted note (none), other attachment data. Recording
+    it would lose `payload`. A server that returns no data (a Binary url) cannot tell: kept."""
+    if found.get("id") is None:
+        return False
+    wanted = payload.get("masterIdentifier")
+    if wanted is not None:
+        have = found.get("masterIdentifier") or {}
+        return (have.get("system"), have.get("value")) != (wanted.get("system"),
+                                                           wanted.get("value"))  # fmt: skip
+    have_data = _attachments(found)
+    return bool(have_data) and have_data != _attachments(payload)
 
 
 async def _attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> _Outcome:
     """One write; the outcome to record. Runs outside any database transaction."""
     try:
-        if note_ref is not None:
+        if row.identifier_system == NOTE_PROVENANCE and note_ref is not None:
             stored = await _write_note_provenance(client, row, note_ref)
         else:
-            stored = await _write(client, row)
+            stored = await _write(client, row, note_ref)
     except TemporaryFhirError as exc:
         return _Outcome("retry", str(exc), retry_delay(row.attempts, exc.retry_after))
     except (AuthError, VersionConflictError) as exc:
@@ -237,9 +320,7 @@ async def _send(
             summary.failed += 1
             return True
         try:
-            note_ref = (
-                _note_reference(session, row) if row.identifier_system == NOTE_PROVENANCE else None
-            )
+            note_ref = _note_reference(session, row)
         except NotYet:
             outbox.release(session, row)
             return False

@@ -15,9 +15,10 @@ changed, and queues it exactly as the draft step does:
   the EHR allows DocumentReference update (generic), the same note is updated in place (PUT
   with If-Match; its earlier version stays in the server's history, so `relatesTo` is
   dropped: it would name the note itself). Where it does not (Epic, Oracle Health), the
-  reviewed version is a new note, `relatesTo` replaces the latest written version, queued
-  under its version's key (`masterIdentifier`). A note not yet written is simply written in
-  its reviewed form.
+  reviewed version is a new note, `relatesTo` replaces the version before it, queued under
+  its version's key (`masterIdentifier`); while that one has no EHR id yet (its write in
+  flight or unconfirmed) the new note waits for it. A note never sent is simply written in its
+  reviewed form.
 
 Idempotent: a decision that changes nothing (a rerun, a double submit) writes nothing, queues
 nothing and records nothing. Every outbox row commits with the store change it carries, and
@@ -262,8 +263,9 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
         return
     conn = actor.connection
     chart = conn is not None and conn.write.chart.note
+    # Locked: a writer claiming the note now waits for this decision (see `_next_version`).
     original = (
-        outbox._by_key(session, conn.name, CHART, "DocumentReference", SID_NOTE, value)
+        outbox._by_key(session, conn.name, CHART, "DocumentReference", SID_NOTE, value, lock=True)
         if conn is not None and chart
         else None
     )
@@ -280,17 +282,19 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
     summary = approved_summary(day(ctx.period_start), shown, actor.model, approval_of, earlier)
     doc_status = str(ours.get("docStatus") or "preliminary")
     options = NoteOptions(doc_status="final" if doc_status == "final" else "preliminary")
-    previous_id = original.server_id if original is not None and original.server_id else ours["id"]
-    replaces = _latest_written(session, conn.name, value) if conn is not None and chart else None
-    new = as_json(
-        superseding_note({**ours, "id": replaces or previous_id}, ctx, summary,
-                         clinician=actor.clinician, now=now, options=options)
-    )  # fmt: skip
-    pending = _unsent_version(session, conn.name, value) if conn is not None and chart else None
-    if pending is not None:
-        # A reviewed version not yet in the EHR (write-back pending or retrying): this one takes
-        # its place, under its key, so the chart gets one new note, not one per decision.
-        new["masterIdentifier"] = {**new["masterIdentifier"], "value": pending}
+    new = as_json(superseding_note(ours, ctx, summary, clinician=actor.clinician, now=now,
+                                   options=options))  # fmt: skip
+    refused = conn is not None and vendor_profile(conn.vendor).refusal("DocumentReference",
+                                                                      "update")  # fmt: skip
+    version = (
+        _next_version(session, conn.name, value, original, str(new["masterIdentifier"]["value"]))
+        if conn is not None and chart and refused
+        else None
+    )
+    if version is not None:
+        key, replaces = version
+        new["masterIdentifier"] = {**new["masterIdentifier"], "value": key}
+        new["relatesTo"] = [{"code": "replaces", "target": replaces}]
     in_place = {k: v for k, v in new.items() if k != "relatesTo"}
     # Our store: the note updated in place (its history keeps the drafted version).
     stored = resources.put(session, {**in_place, "id": ours["id"]}, now=now)
@@ -298,37 +302,54 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
         writes.written.append(f"DocumentReference/{ours['id']}")
     if conn is None or not chart:
         return
-    updatable = vendor_profile(conn.vendor).refusal("DocumentReference", "update") is None
-    if updatable or original is None or not original.server_id:
-        # PUT in place where the EHR allows it; a note not yet written goes out reviewed.
+    if version is None:
+        # PUT in place where the EHR allows it; a note not yet in the chart goes out reviewed.
         outbox.enqueue(session, conn.name, CHART, (SID_NOTE, value), in_place)
     else:
-        # A new note replacing the latest written version, keyed by its own version.
-        key = (SID_NOTE_VERSION, str(new["masterIdentifier"]["value"]))
-        outbox.enqueue(session, conn.name, CHART, key, new)
+        # A new note replacing the version before it, keyed by its own version.
+        outbox.enqueue(session, conn.name, CHART, (SID_NOTE_VERSION, version[0]), new)
 
 
-def _unsent_version(session: Session, connection: str, value: str) -> str | None:
-    """The key (masterIdentifier) of a reviewed version of the note `value` queued as a new
-    note and not yet written to the EHR, if any."""
-    rows = session.scalars(
-        select(OutboxRow).where(
-            OutboxRow.connection == connection,
-            OutboxRow.target == CHART,
-            OutboxRow.resource_type == "DocumentReference",
-            OutboxRow.identifier_system == SID_NOTE_VERSION,
-            OutboxRow.server_id.is_(None),
-        )
+def _next_version(
+    session: Session, connection: str, value: str, original: OutboxRow | None, fresh: str
+) -> tuple[str, dict[str, Any]] | None:
+    """For a vendor that refuses note update: the key (`masterIdentifier`) under which the
+    reviewed note `value` is queued as a new note, and the note it replaces (`relatesTo`
+    target); None while nothing of the note can be in the chart (it goes out reviewed).
+
+    The latest version, if never sent (or refused), takes this one's place under its key, so
+    the chart gets one new note, not one per decision. One that may have been sent (in flight,
+    or landed unconfirmed) is never reused: its key would find that note and this version
+    would be recorded as it. Each version replaces the one before; one without its EHR id yet
+    is named by its key, and the writer waits for the id (`writeback._note_reference`).
+    """
+    versions = _versions(session, connection, value)
+    if original is None or (not versions and _not_in_chart(original)):
+        return None
+    latest = versions[-1] if versions else None
+    if latest is not None:
+        # Locked: a writer claiming it now waits for this decision, then sends what it queued.
+        latest = session.get(OutboxRow, latest.id, with_for_update=True, populate_existing=True)
+    if latest is not None and _not_in_chart(latest):
+        key, before = latest.identifier_value, versions[-2] if len(versions) > 1 else original
+    else:
+        key, before = fresh, latest or original
+    if before.server_id:
+        return key, {"reference": f"DocumentReference/{before.server_id}"}
+    return key, {"identifier": {"system": before.identifier_system,
+                                "value": before.identifier_value}}  # fmt: skip
+
+
+def _not_in_chart(row: OutboxRow) -> bool:
+    """Whether this row's payload cannot be in the EHR: never sent, or refused. (An earlier
+    payload of the drafted note's row may be: the writer finds it, `writeback._write`.)"""
+    return not row.server_id and (
+        outbox.never_sent(row) or row.status == outbox.OutboxStatus.FAILED
     )
-    for row in rows:
-        if any(i.get("system") == SID_NOTE and i.get("value") == value
-               for i in row.payload.get("identifier") or ()):  # fmt: skip
-            return row.identifier_value
-    return None
 
 
-def _latest_written(session: Session, connection: str, value: str) -> str | None:
-    """The EHR id of the latest reviewed version of the note `value` that reached the EHR."""
+def _versions(session: Session, connection: str, value: str) -> list[OutboxRow]:
+    """The reviewed versions of the note `value` queued as new notes, oldest first."""
     rows = session.scalars(
         select(OutboxRow)
         .where(
@@ -336,15 +357,12 @@ def _latest_written(session: Session, connection: str, value: str) -> str | None
             OutboxRow.target == CHART,
             OutboxRow.resource_type == "DocumentReference",
             OutboxRow.identifier_system == SID_NOTE_VERSION,
-            OutboxRow.server_id.is_not(None),
         )
-        .order_by(OutboxRow.updated_at.desc(), OutboxRow.id.desc())
+        .order_by(OutboxRow.id)
     )
-    for row in rows:
-        if any(i.get("system") == SID_NOTE and i.get("value") == value
-               for i in row.payload.get("identifier") or ()):  # fmt: skip
-            return row.server_id
-    return None
+    return [row for row in rows
+            if any(i.get("system") == SID_NOTE and i.get("value") == value
+                   for i in row.payload.get("identifier") or ())]  # fmt: skip
 
 
 def _feedback(session: Session, before: dict[str, Any], decision: approval.Decision,

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -238,6 +238,26 @@ def mark_failed(session: Session, row: OutboxRow, error: str) -> None:
     session.flush()
 
 
+def never_sent(row: OutboxRow) -> bool:
+    """Whether no attempt at this row's payload can have reached its server: pending, not tried
+    since it was queued (or given back untried, `release`), and no writer holds it.
+
+    Only its current payload: an enqueue of a changed payload starts the count again, so an
+    earlier payload of the row may be on the server (the writer recognises that by search).
+    """
+    return (
+        row.status == OutboxStatus.PENDING
+        and row.attempts == 0
+        and row.last_error is None
+        and not _in_flight(row, _now())
+    )
+
+
+def waits_on(row_id: int) -> str:
+    """The error of a write failed because row `row_id`, which it points at, failed."""
+    return f"waits on outbox row {row_id}, which failed"
+
+
 def _in_flight(row: OutboxRow, now: datetime) -> bool:
     """Whether a pending row's lease is a live claim (a writer is sending it), not a backoff.
 
@@ -266,16 +286,20 @@ def _rows(
 
 
 def _waiting_on(session: Session, note: OutboxRow) -> list[OutboxRow]:
-    """The failed Provenance rows of chart note `note` (failed because the note had)."""
+    """The failed rows that point at chart note `note`: its Provenance, and the note's next
+    version (`relatesTo`) failed waiting on it."""
     if note.target != CHART or note.resource_type != "DocumentReference":
         return []
-    stmt = select(OutboxRow).where(
-        OutboxRow.connection == note.connection,
-        OutboxRow.target == CHART,
+    provenance = and_(
         OutboxRow.resource_type == "Provenance",
         OutboxRow.identifier_system == NOTE_PROVENANCE,
         OutboxRow.identifier_value == f"{note.identifier_system}|{note.identifier_value}",
+    )
+    stmt = select(OutboxRow).where(
+        OutboxRow.connection == note.connection,
+        OutboxRow.target == CHART,
         OutboxRow.status == OutboxStatus.FAILED,
+        or_(provenance, OutboxRow.last_error == waits_on(note.id)),
     )
     return list(session.scalars(stmt.with_for_update()))
 
@@ -286,8 +310,8 @@ def requeue(
 ) -> int:  # fmt: skip
     """Put rows back to pending, due now (after an operator fixed the cause).
 
-    Failed rows by default, with the failed Provenance of each note among them (it failed
-    waiting on its note); `status=PENDING` pulls waiting retries forward, leaving rows a writer
+    Failed rows by default, with what failed waiting on each note among them (its Provenance,
+    its next version); `status=PENDING` pulls waiting retries forward, leaving rows a writer
     has claimed (`in_flight`). `ids` limits it to those rows; `connection` to one connection.
     """
     now = _now()
@@ -296,8 +320,13 @@ def requeue(
     rows = {row.id: row for row in _rows(session, status, connection, ids, lock=True)
             if not _in_flight(row, now)}  # fmt: skip
     if status == OutboxStatus.FAILED:
-        for note in list(rows.values()):
-            rows.update((row.id, row) for row in _waiting_on(session, note))
+        # Transitively: a note's next version waits on it, and the version after on that one.
+        notes = list(rows.values())
+        while notes:
+            for row in _waiting_on(session, notes.pop()):
+                if row.id not in rows:
+                    rows[row.id] = row
+                    notes.append(row)
     for row in rows.values():
         row.status = OutboxStatus.PENDING
         row.attempts = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -108,6 +109,34 @@ async def test_a_note_an_interrupted_attempt_left_in_the_chart_is_recorded_not_r
     # Nothing changed: nothing sent.
     assert _enqueue(store, CHART, changed) == row_id
     assert await _flush(store, conn) == (0, 0, 0)
+
+
+async def test_a_note_redrafted_after_its_create_landed_unconfirmed_is_updated_not_recorded(
+    sekmet_server: SekmetServer, store: Store
+) -> None:
+    """The create landed but its answer was lost; the transcript was amended and the session
+    drafted again under the same key: the retry updates the note it finds (If-Match), it does
+    not record the first draft as done."""
+    clinic = seed_clinic(sekmet_server, sessions=1, in_progress=False)
+    conn = connection(sekmet_server, clinic, care_plan_store="ehr")
+    value = uuid.uuid4().hex
+    first = _note(clinic, value, "Set this session: breathing.")
+    [landed] = sekmet_server.seed([first])
+    row_id = _enqueue(store, CHART, first)
+    with store.session() as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None
+        outbox.mark_retry(session, row, "POST timed out", timedelta(0))
+    assert _enqueue(store, CHART, _note(clinic, value, "Set this session: a journal.")) == row_id
+
+    assert await _flush(store, conn) == (1, 0, 0)
+    [note] = _by_identifier(sekmet_server, "DocumentReference", value)
+    assert f"DocumentReference/{note['id']}" == landed
+    text = base64.b64decode(note["content"][0]["attachment"]["data"]).decode()
+    assert text == "Set this session: a journal."
+    row = _row(store, row_id)
+    assert (row.status, f"DocumentReference/{row.server_id}") == ("done", landed)
+    assert row.server_version == note["meta"]["versionId"] != "1"
 
 
 async def test_duplicates_in_the_chart_fail_the_write_and_keep_it(

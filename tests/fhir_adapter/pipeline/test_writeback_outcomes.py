@@ -1,12 +1,15 @@
 """How a write's outcome is recorded when the row changed meanwhile, or its note failed: the
-EHR is faked (`writeback._attempt`), the store is real (SQLite and PostgreSQL), and the races
-between processes run on two PostgreSQL sessions, interleaved by waiting on the row lock."""
+EHR is faked (`writeback._attempt`, or `FakeEhr` below the client), the store is real (SQLite
+and PostgreSQL), and the races between processes run on two PostgreSQL sessions, interleaved
+by waiting on the row lock."""
 
 from __future__ import annotations
 
+import base64
+import copy
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -15,10 +18,18 @@ import psycopg
 import pytest
 
 from fhir_adapter.ehr.client import FhirClient
+from fhir_adapter.ehr.errors import (
+    AmbiguousMatchError,
+    CapabilityError,
+    TemporaryFhirError,
+    VersionConflictError,
+)
+from fhir_adapter.ehr.vendors import Vendor, vendor_profile
 from fhir_adapter.pipeline import writeback
 from fhir_adapter.store import Store, open_store, outbox
 from fhir_adapter.store.models import OutboxRow
 from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, NOTE_PROVENANCE, outbox_key
+from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
 from tests.databases import postgres_database
 
 CONN = "clinic"
@@ -216,3 +227,147 @@ async def test_a_provenance_whose_note_failed_fails_and_comes_back_with_it(
     assert (summary.done, summary.retrying, summary.failed) == (2, 0, 0)
     assert sent[1:] == [("DocumentReference", None), ("Provenance", "DocumentReference/n-1")]
     assert _row(store, provenance_id).status == "done"
+
+
+class FakeEhr:
+    """A chart in memory, as `writeback._write` sees a FhirClient: search by identifier (which
+    matches `masterIdentifier` too, as R4 defines it; several matches are ambiguous), create,
+    read, update with If-Match, and the vendor's refusals as the real client applies them.
+    `lose_reply` makes the next create land while its answer is lost (a timeout); `refuse`,
+    the next create refused with that error."""
+
+    def __init__(self, vendor: Vendor = "generic") -> None:
+        self.name = "fake-ehr"
+        self.vendor = vendor_profile(vendor)
+        self.notes: dict[str, dict[str, Any]] = {}
+        self.lose_reply = False
+        self.refuse: Exception | None = None
+        self.on_create: Callable[[], None] | None = None  # runs while a create is in flight
+
+    def client(self) -> dict[str, FhirClient]:
+        return {CHART: cast(FhirClient, self)}
+
+    def _check(self, body: Mapping[str, Any], interaction: str) -> None:
+        reason = self.vendor.refusal(str(body["resourceType"]), interaction)
+        if reason is not None:
+            raise CapabilityError(self.name, [f"{body['resourceType']} {interaction}: {reason}"])
+
+    async def search_by_identifier(
+        self, resource_type: str, system: str, value: str
+    ) -> dict[str, Any] | None:
+        def matches(n: dict[str, Any]) -> bool:
+            ids = [*n.get("identifier", ()), n.get("masterIdentifier") or {}]
+            return any(i.get("system") == system and i.get("value") == value for i in ids)
+
+        found = [n for n in self.notes.values() if matches(n)]
+        if len(found) > 1:
+            raise AmbiguousMatchError(f"{self.name}: several {resource_type}")
+        return copy.deepcopy(found[0]) if found else None
+
+    async def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._check(body, "create")
+        if self.on_create is not None:
+            self.on_create()
+        if self.refuse is not None:
+            refused, self.refuse = self.refuse, None
+            raise refused
+        rid = f"n-{len(self.notes) + 1}"
+        self.notes[rid] = {**copy.deepcopy(dict(body)), "id": rid, "meta": {"versionId": "1"}}
+        if self.lose_reply:
+            self.lose_reply = False
+            raise TemporaryFhirError(f"{self.name}: POST timed out")
+        return copy.deepcopy(self.notes[rid])
+
+    async def read(self, resource_type: str, rid: str) -> dict[str, Any]:
+        return copy.deepcopy(self.notes[rid])
+
+    async def update(self, body: Mapping[str, Any], *, if_match: str | None = None) -> Any:
+        self._check(body, "update")
+        current = self.notes[str(body["id"])]
+        if if_match is not None and if_match != current["meta"]["versionId"]:
+            raise VersionConflictError(f"{self.name}: version moved")
+        version = str(int(current["meta"]["versionId"]) + 1)
+        self.notes[str(body["id"])] = {**copy.deepcopy(dict(body)), "meta": {"versionId": version}}
+        return copy.deepcopy(self.notes[str(body["id"])])
+
+    def texts(self) -> dict[str, str]:
+        """Note id -> its text (the first attachment)."""
+        return {rid: base64.b64decode(n["content"][0]["attachment"]["data"]).decode()
+                for rid, n in self.notes.items()}  # fmt: skip
+
+
+def _chart_note(text: str, version: str | None = None) -> dict[str, Any]:
+    """A drafted note (no `masterIdentifier`), or a reviewed version (one)."""
+    body: dict[str, Any] = {
+        "resourceType": "DocumentReference", "status": "current",
+        "identifier": [{"system": SID_NOTE, "value": "n1"}],
+        "content": [{"attachment": {"contentType": "text/plain",
+                                    "data": base64.b64encode(text.encode()).decode()}}],
+    }  # fmt: skip
+    if version is not None:
+        body["masterIdentifier"] = {"system": SID_NOTE_VERSION, "value": version}
+    return body
+
+
+async def _lost_reply_then(store: Store, ehr: FakeEhr, then: dict[str, Any]) -> int:
+    """The drafted note's create lands but its answer is lost; `then` is queued under the same
+    key (a re-draft after an amended transcript, or a review) and the retry is due."""
+    row_id = _enqueue(store, CHART, _chart_note("Set: breathing."))
+    ehr.lose_reply = True
+    summary = await writeback.flush(store, CONN, ehr.client())
+    assert (summary.done, summary.retrying) == (0, 1)
+    assert _enqueue(store, CHART, then) == row_id
+    with store.session() as session:
+        session.get(OutboxRow, row_id).next_attempt_at = datetime.now(UTC)  # type: ignore[union-attr]
+    return row_id
+
+
+async def test_a_redrafted_note_whose_first_write_landed_unconfirmed_is_updated(
+    store: Store,
+) -> None:
+    """Generic: the chart's note is the amended one (If-Match update), not the first draft."""
+    ehr = FakeEhr()
+    row_id = await _lost_reply_then(store, ehr, _chart_note("Set: breathing and a journal."))
+    summary = await writeback.flush(store, CONN, ehr.client())
+    assert (summary.done, summary.retrying, summary.failed) == (1, 0, 0)
+    assert ehr.texts() == {"n-1": "Set: breathing and a journal."}
+    assert ehr.notes["n-1"]["meta"]["versionId"] == "2"
+    row = _row(store, row_id)
+    assert (row.status, row.server_id, row.server_version) == ("done", "n-1", "2")
+
+
+async def test_a_redrafted_note_the_vendor_cannot_update_fails_not_recorded_as_done(
+    store: Store,
+) -> None:
+    """Epic: a drafted note cannot replace the one that landed (as a confirmed write's update
+    could not); failed, saying so, never recorded as done with the first draft."""
+    ehr = FakeEhr("epic")
+    row_id = await _lost_reply_then(store, ehr, _chart_note("Set: breathing and a journal."))
+    summary = await writeback.flush(store, CONN, ehr.client())
+    assert (summary.done, summary.retrying, summary.failed) == (0, 0, 1)
+    assert ehr.texts() == {"n-1": "Set: breathing."}
+    row = _row(store, row_id)
+    assert row.status == "failed" and row.server_id is None
+    assert "an earlier version of this note is in the chart" in str(row.last_error)
+
+
+async def test_a_reviewed_note_replaces_a_draft_that_landed_unconfirmed_on_epic(
+    store: Store,
+) -> None:
+    """Epic, the reviewed version queued under the drafted note's key after the draft's create
+    landed unconfirmed: a new note replacing the draft (not an update, which Epic refuses);
+    its own lost answer is found again by its `masterIdentifier`, never created twice."""
+    ehr = FakeEhr("epic")
+    reviewed = _chart_note("Set: breathing (reviewed).", version="v1")
+    row_id = await _lost_reply_then(store, ehr, reviewed)
+    ehr.lose_reply = True
+    summary = await writeback.flush(store, CONN, ehr.client())
+    assert (summary.done, summary.retrying, summary.failed) == (0, 1, 0)
+    with store.session() as session:
+        session.get(OutboxRow, row_id).next_attempt_at = datetime.now(UTC)  # type: ignore[union-attr]
+    summary = await writeback.flush(store, CONN, ehr.client())
+    assert (summary.done, summary.retrying, summary.failed) == (1, 0, 0)
+    assert ehr.texts() == {"n-1": "Set: breathing.", "n-2": "Set: breathing (reviewed)."}
+    assert ehr.notes["n-2"]["relatesTo"] == [
+        {"code": "replaces", "target": {"reference": "DocumentReference/n-1"}}]  # fmt: skip
+    assert (_row(store, row_id).status, _row(store, row_id).server_id) == ("done", "n-2")
