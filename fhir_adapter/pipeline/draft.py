@@ -11,7 +11,9 @@ Where resources go (per connection, `write` settings):
 - the care-plan store (`ehr` or a separate FHIR store): CarePlan, Tasks, Device, model card
   and Provenance, written by id (PUT; ids derive from business identifiers);
 - the chart: the note and, if enabled, the Communication, created after a search by
-  identifier (the big EHRs have no conditional create).
+  identifier (the big EHRs have no conditional create). A session drafted again (amended
+  transcript) on an EHR that refuses note update gets a new note replacing the one that may
+  be in the chart (`note_versions`); our store's note is updated in place.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from fhir_adapter.ehr.vendors import vendor_profile
+from fhir_adapter.pipeline import note_versions
 from fhir_adapter.pipeline.records import detection_from_json
 from fhir_adapter.pipeline.staging import encounter_period
 from fhir_adapter.pipeline.steps import Step, WorkItem
@@ -34,6 +37,7 @@ from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, NOTE_PROVENANCE, o
 from fhir_adapter.store.resources import Query
 from mapping.domain import Detection
 from mapping.errors import MappingError
+from mapping.fhir.codes import SID_NOTE_VERSION
 from mapping.fhir.context import (
     EarlierTask,
     EncounterContext,
@@ -192,20 +196,56 @@ def _scores(session: Session, connection: str, encounter: str) -> list[dict[str,
     return observations
 
 
+def _chart_note(
+    session: Session, conn: EhrConnection, note: dict[str, Any], version: str
+) -> tuple[tuple[str, str], dict[str, Any]] | None:
+    """The key and payload under which the drafted note goes to the chart; None where the chart
+    has (or is getting) this very note. `version` is the key the note takes as a new version.
+
+    Where the vendor refuses note update (Epic, Oracle Health) and a version of the note may be
+    in the chart (the session drafted again after its transcript was amended), the note goes
+    out as a new version replacing the latest one, as a reviewed note does
+    (`note_versions.next_version`): queued under the drafted note's key, its update would be
+    refused and the amended note would never reach the chart.
+    """
+    key = outbox_key(note)
+    if vendor_profile(conn.vendor).refusal("DocumentReference", "update") is None:
+        return key, note
+    # Locked: a writer claiming the note now waits for this draft (`next_version`).
+    original = outbox._by_key(session, conn.name, CHART, "DocumentReference", *key, lock=True)
+    earlier = note_versions.versions(session, conn.name, key[1])
+    current = earlier[-1] if earlier else original
+    if (
+        current is not None
+        and not note_versions.not_in_chart(current)
+        and current.payload.get("content") == note["content"]
+    ):
+        return None  # drafted again unchanged: a new version would repeat the note
+    found = note_versions.next_version(session, conn.name, key[1], original, version)
+    if found is None:
+        return key, note
+    return (SID_NOTE_VERSION, found[0]), note_versions.versioned(note, *found)
+
+
 def _queue_writes(
     session: Session,
     conn: EhrConnection,
     store_items: list[dict[str, Any]],
     note: dict[str, Any] | None,
+    note_version: str,
     communication: dict[str, Any],
     note_provenance: dict[str, Any],
 ) -> None:
     chart = conn.write.chart
-    for wanted, body in ((chart.note, note), (chart.communication, communication)):
-        if wanted and body is not None:
-            outbox.enqueue(session, conn.name, CHART, outbox_key(body), body)
-    if chart.note and chart.provenance and note is not None:
-        system, value = outbox_key(note)
+    queued = _chart_note(session, conn, note, note_version) if chart.note and note else None
+    if queued is not None:
+        outbox.enqueue(session, conn.name, CHART, *queued)
+    if chart.communication:
+        outbox.enqueue(session, conn.name, CHART, outbox_key(communication), communication)
+    if chart.provenance and queued is not None:
+        # Keyed by the note's row: it targets that note once written (a new version, never
+        # the note it replaces).
+        system, value = queued[0]
         key = (NOTE_PROVENANCE, f"{system}|{value}")
         outbox.enqueue(session, conn.name, CHART, key, note_provenance)
     target = conn.write.care_plan_store
@@ -256,7 +296,8 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
         if conn is not None:
             provenance = as_json(build_chart_provenance(ctx, model, UNASSIGNED_NOTE, now=now))
             _queue_writes(session, conn, store_items, None if reviewed_note else note,
-                          communication, provenance)  # fmt: skip
+                          str(built.note_version["value"]), communication,
+                          provenance)  # fmt: skip
         reviewed = sum(1 for e in earlier if e.outcome is ReviewStatus.REVIEWED)
         work.advance(
             session,

@@ -8,11 +8,12 @@
   an earlier version of the note (another `masterIdentifier`, or other attachments: the
   payload changed after an earlier one landed unconfirmed): updated too, with If-Match; where
   the vendor refuses the update, a reviewed version is created as a new note replacing it, a
-  drafted one fails (as its update would). Not found: created. A reviewed note for a vendor
-  that refuses DocumentReference update is queued under its version's key (`masterIdentifier`,
-  which the `identifier` search also matches), so it is created beside the note it replaces
-  (`relatesTo`), never recorded as that note; a version queued before the one it replaces had
-  its EHR id names that one by identifier and waits for it, as a note's Provenance waits.
+  drafted one fails (as its update would). Not found: created. A changed note (reviewed, or
+  drafted again) for a vendor that refuses DocumentReference update is queued under its
+  version's key (`masterIdentifier`, which the `identifier` search also matches;
+  `note_versions`), so it is created beside the note it replaces (`relatesTo`), never
+  recorded as that note; a version queued before the one it replaces had its EHR id names
+  that one by identifier and waits for it, as a note's Provenance waits.
 A temporary failure (429/5xx/network, still failing after the client's bounded retries)
 leaves the row pending with a growing delay; a fatal one (400/403/422, a vendor rule) marks it
 failed: kept, with the error, for an operator to fix and requeue. Nothing is dropped.

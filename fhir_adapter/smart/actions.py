@@ -18,7 +18,7 @@ changed, and queues it exactly as the draft step does:
   reviewed version is a new note, `relatesTo` replaces the version before it, queued under
   its version's key (`masterIdentifier`); while that one has no EHR id yet (its write in
   flight or unconfirmed) the new note waits for it. A note never sent is simply written in its
-  reviewed form.
+  reviewed form. (`pipeline.note_versions`, shared with the draft step's re-drafted note.)
 
 Idempotent: a decision that changes nothing (a rerun, a double submit) writes nothing, queues
 nothing and records nothing. Every outbox row commits with the store change it carries, and
@@ -41,16 +41,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.pipeline.draft import encounter_context
 from fhir_adapter.pipeline.jobs import LOCAL
+from fhir_adapter.pipeline.note_versions import next_version, versioned
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.settings import EhrConnection, FhirStore
 from fhir_adapter.store import Store, outbox, resources, work
-from fhir_adapter.store.models import FeedbackRow, OutboxRow
+from fhir_adapter.store.models import FeedbackRow
 from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, outbox_key
 from fhir_adapter.store.resources import Query
 from mapping.errors import DecisionError
@@ -263,7 +263,7 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
         return
     conn = actor.connection
     chart = conn is not None and conn.write.chart.note
-    # Locked: a writer claiming the note now waits for this decision (see `_next_version`).
+    # Locked: a writer claiming the note now waits for this decision (`next_version`).
     original = (
         outbox._by_key(session, conn.name, CHART, "DocumentReference", SID_NOTE, value, lock=True)
         if conn is not None and chart
@@ -287,14 +287,12 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
     refused = conn is not None and vendor_profile(conn.vendor).refusal("DocumentReference",
                                                                       "update")  # fmt: skip
     version = (
-        _next_version(session, conn.name, value, original, str(new["masterIdentifier"]["value"]))
+        next_version(session, conn.name, value, original, str(new["masterIdentifier"]["value"]))
         if conn is not None and chart and refused
         else None
     )
     if version is not None:
-        key, replaces = version
-        new["masterIdentifier"] = {**new["masterIdentifier"], "value": key}
-        new["relatesTo"] = [{"code": "replaces", "target": replaces}]
+        new = versioned(new, *version)
     in_place = {k: v for k, v in new.items() if k != "relatesTo"}
     # Our store: the note updated in place (its history keeps the drafted version).
     stored = resources.put(session, {**in_place, "id": ours["id"]}, now=now)
@@ -308,61 +306,6 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
     else:
         # A new note replacing the version before it, keyed by its own version.
         outbox.enqueue(session, conn.name, CHART, (SID_NOTE_VERSION, version[0]), new)
-
-
-def _next_version(
-    session: Session, connection: str, value: str, original: OutboxRow | None, fresh: str
-) -> tuple[str, dict[str, Any]] | None:
-    """For a vendor that refuses note update: the key (`masterIdentifier`) under which the
-    reviewed note `value` is queued as a new note, and the note it replaces (`relatesTo`
-    target); None while nothing of the note can be in the chart (it goes out reviewed).
-
-    The latest version, if never sent (or refused), takes this one's place under its key, so
-    the chart gets one new note, not one per decision. One that may have been sent (in flight,
-    or landed unconfirmed) is never reused: its key would find that note and this version
-    would be recorded as it. Each version replaces the one before; one without its EHR id yet
-    is named by its key, and the writer waits for the id (`writeback._note_reference`).
-    """
-    versions = _versions(session, connection, value)
-    if original is None or (not versions and _not_in_chart(original)):
-        return None
-    latest = versions[-1] if versions else None
-    if latest is not None:
-        # Locked: a writer claiming it now waits for this decision, then sends what it queued.
-        latest = session.get(OutboxRow, latest.id, with_for_update=True, populate_existing=True)
-    if latest is not None and _not_in_chart(latest):
-        key, before = latest.identifier_value, versions[-2] if len(versions) > 1 else original
-    else:
-        key, before = fresh, latest or original
-    if before.server_id:
-        return key, {"reference": f"DocumentReference/{before.server_id}"}
-    return key, {"identifier": {"system": before.identifier_system,
-                                "value": before.identifier_value}}  # fmt: skip
-
-
-def _not_in_chart(row: OutboxRow) -> bool:
-    """Whether this row's payload cannot be in the EHR: never sent, or refused. (An earlier
-    payload of the drafted note's row may be: the writer finds it, `writeback._write`.)"""
-    return not row.server_id and (
-        outbox.never_sent(row) or row.status == outbox.OutboxStatus.FAILED
-    )
-
-
-def _versions(session: Session, connection: str, value: str) -> list[OutboxRow]:
-    """The reviewed versions of the note `value` queued as new notes, oldest first."""
-    rows = session.scalars(
-        select(OutboxRow)
-        .where(
-            OutboxRow.connection == connection,
-            OutboxRow.target == CHART,
-            OutboxRow.resource_type == "DocumentReference",
-            OutboxRow.identifier_system == SID_NOTE_VERSION,
-        )
-        .order_by(OutboxRow.id)
-    )
-    return [row for row in rows
-            if any(i.get("system") == SID_NOTE and i.get("value") == value
-                   for i in row.payload.get("identifier") or ())]  # fmt: skip
 
 
 def _feedback(session: Session, before: dict[str, Any], decision: approval.Decision,

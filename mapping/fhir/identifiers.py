@@ -18,7 +18,9 @@ with U+001F (unit separator, which no reference or code contains):
                     with the description's space collapsed and case folded, so that a double
                     submit of the same item gives the same Task
     note version    ("note-version", encounter, digest of the note's text), the masterIdentifier
-                    of each version of the note (the identifier stays the note's, per encounter)
+                    of each version of the note (the identifier stays the note's, per encounter);
+                    a version whose text an earlier version had (an amendment undone):
+                    ("note-version", that value, number of versions before it)
     clinician Provenance
                     ("provenance-clinician", decision, clinician, targets sorted), the targets
                     with the versions written ("Task/1/_history/3"), so that each decision on
@@ -111,6 +113,12 @@ def added_task_value(encounter: str, category_code: str, description: str) -> st
 def note_version_value(encounter: str, text: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return stable_value("note-version", normalize_reference(encounter), digest)
+
+
+def repeated_note_version_value(value: str, versions: int) -> str:
+    """The key of a note version whose text an earlier version had (`note_version_value`
+    `value`): distinct, as each version is a note of its own in the chart."""
+    return stable_value("note-version", value, str(versions))
 
 
 def clinician_provenance_value(decision: str, clinician: str, targets: Sequence[str]) -> str:

@@ -39,7 +39,7 @@ from mapping.fhir.summary import Decided, SessionSummary
 from mapping.fhir.text import b64, esc, instant
 from mapping.fhir.validate import as_json, parse
 
-__all__ = ["REVIEWED_TITLE", "build_note", "html_document", "superseding_note"]
+__all__ = ["REVIEWED_TITLE", "build_note", "html_document", "note_version", "superseding_note"]
 
 REVIEWED_TITLE = "Between-session homework (reviewed by clinician)"
 
@@ -114,6 +114,13 @@ def build_note(
     return parse(data, DocumentReference)
 
 
+def note_version(ctx: EncounterContext, summary: SessionSummary) -> dict[str, str]:
+    """The `masterIdentifier` of the note's version that holds `summary`: derived from its text,
+    so the adapter finds an already written version by it, and the same text gives the same
+    version."""
+    return identifier(SID_NOTE_VERSION, note_version_value(ctx.encounter_key, summary.text()))
+
+
 def _labels(summary: SessionSummary) -> list[dict[str, str]]:
     """CLINAST_AIRPT for approved model drafts; AIAST while it also carries what only the model
     asserts (drafts awaiting review, the review status of earlier homework)."""
@@ -160,9 +167,7 @@ def superseding_note(
         )
     opts = dataclasses.replace(options, title=REVIEWED_TITLE, doc_status=doc_status)
     data = as_json(build_note(ctx, summary, now=now, options=opts))
-    data["masterIdentifier"] = identifier(
-        SID_NOTE_VERSION, note_version_value(ctx.encounter_key, summary.text())
-    )
+    data["masterIdentifier"] = note_version(ctx, summary)
     data["relatesTo"] = [
         {"code": "replaces", "target": {"reference": f"DocumentReference/{previous['id']}"}}
     ]

@@ -43,7 +43,7 @@ from mapping.fhir.context import (
     ReviewStatus,
 )
 from mapping.fhir.device import build_device, build_model_card, device_id
-from mapping.fhir.note import build_note
+from mapping.fhir.note import build_note, note_version
 from mapping.fhir.provenance import build_provenance
 from mapping.fhir.summary import build_summary, homework_detections
 from mapping.fhir.task import build_task, review_task, task_identifier_value
@@ -66,6 +66,9 @@ class SessionResources:
     provenance: Provenance | None
     note: DocumentReference
     communication: Communication
+    # The `masterIdentifier` the note takes where it goes to the chart as a new version (the
+    # drafted note carries none): a session drafted again on an EHR that refuses note update.
+    note_version: dict[str, str]
 
     def store_resources(self) -> list[FHIRAbstractModel]:
         """For our FHIR store, in write order; empty when there is nothing to write."""
@@ -160,6 +163,7 @@ def build_session_resources(
         provenance=provenance,
         note=build_note(ctx, summary, now=written_at, options=options),
         communication=build_communication(ctx, summary, now=written_at, options=options),
+        note_version=note_version(ctx, summary),
     )
 
 

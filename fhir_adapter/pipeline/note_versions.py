@@ -1,0 +1,102 @@
+"""Versions of the chart note where the EHR refuses DocumentReference update (Epic, Oracle
+Health): a changed note that may already be in the chart goes out as a new note, `relatesTo`
+replaces the version before it, queued under its own key (`SID_NOTE_VERSION`, its
+`masterIdentifier`). The draft step (a session drafted again after its transcript was amended)
+and the clinician's review (`smart.actions`) both queue their changed note so.
+
+The drafted note's own row is keyed by `SID_NOTE`; each version's row carries that identifier
+too, which is how `versions` finds them. The writer resolves a `relatesTo` that names a version
+by key once that version has its EHR id (`writeback._note_reference`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fhir_adapter.store import outbox
+from fhir_adapter.store.models import OutboxRow
+from fhir_adapter.store.outbox import CHART
+from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
+from mapping.fhir.identifiers import identifier, repeated_note_version_value
+
+__all__ = ["next_version", "not_in_chart", "versioned", "versions"]
+
+
+def next_version(
+    session: Session, connection: str, value: str, original: OutboxRow | None, fresh: str
+) -> tuple[str, dict[str, Any]] | None:
+    """For a vendor that refuses note update: the key (`masterIdentifier`) under which the
+    changed note `value` is queued as a new note, and the note it replaces (`relatesTo`
+    target); None while nothing of the note can be in the chart (it goes out as it is now,
+    under `SID_NOTE`). `original` is the drafted note's row, read locked; `fresh` the key
+    derived from the changed note's text.
+
+    The latest version, if never sent (or refused), takes this one's place under its key, so
+    the chart gets one new note, not one per change. One that may have been sent (in flight,
+    or landed unconfirmed) is never reused: its key would find that note and this version
+    would be recorded as it. Each version replaces the one before; one without its EHR id yet
+    is named by its key, and the writer waits for the id (`writeback._note_reference`).
+    """
+    found = versions(session, connection, value)
+    if original is None or (not found and not_in_chart(original)):
+        return None
+    latest = found[-1] if found else None
+    if latest is not None:
+        # Locked: a writer claiming it now waits for this change, then sends what it queued.
+        latest = session.get(OutboxRow, latest.id, with_for_update=True, populate_existing=True)
+    if latest is not None and not_in_chart(latest):
+        key, before = latest.identifier_value, found[-2] if len(found) > 1 else original
+    else:
+        key, before = _unused(fresh, found), latest or original
+    if before.server_id:
+        return key, {"reference": f"DocumentReference/{before.server_id}"}
+    return key, {"identifier": {"system": before.identifier_system,
+                                "value": before.identifier_value}}  # fmt: skip
+
+
+def _unused(fresh: str, found: list[OutboxRow]) -> str:
+    """`fresh`, or one derived from it where an earlier version holds it (the same text again,
+    e.g. an amendment undone): that key would find the earlier note and record this one as it,
+    or update it, which the vendor refuses."""
+    taken = {row.identifier_value for row in found}
+    key, n = fresh, len(found)
+    while key in taken:
+        key, n = repeated_note_version_value(fresh, n), n + 1
+    return key
+
+
+def not_in_chart(row: OutboxRow) -> bool:
+    """Whether this row's payload cannot be in the EHR: never sent, or refused. (An earlier
+    payload of the drafted note's row may be: the writer finds it, `writeback._write`.)"""
+    return not row.server_id and (
+        outbox.never_sent(row) or row.status == outbox.OutboxStatus.FAILED
+    )
+
+
+def versions(session: Session, connection: str, value: str) -> list[OutboxRow]:
+    """The versions of the note `value` queued as new notes, oldest first."""
+    rows = session.scalars(
+        select(OutboxRow)
+        .where(
+            OutboxRow.connection == connection,
+            OutboxRow.target == CHART,
+            OutboxRow.resource_type == "DocumentReference",
+            OutboxRow.identifier_system == SID_NOTE_VERSION,
+        )
+        .order_by(OutboxRow.id)
+    )
+    return [row for row in rows
+            if any(i.get("system") == SID_NOTE and i.get("value") == value
+                   for i in row.payload.get("identifier") or ())]  # fmt: skip
+
+
+def versioned(note: dict[str, Any], key: str, replaces: dict[str, Any]) -> dict[str, Any]:
+    """`note` as the new note queued under `key`, replacing the `relatesTo` target `replaces`."""
+    return {
+        **note,
+        "masterIdentifier": identifier(SID_NOTE_VERSION, key),
+        "relatesTo": [{"code": "replaces", "target": replaces}],
+    }

@@ -1,0 +1,251 @@
+"""A session drafted again after its transcript was amended, on an EHR that refuses note update
+(Epic): the amended note reaches the chart as a new note whose `relatesTo` replaces the one
+written first, with its own Provenance, whether the first write was confirmed, still in flight
+or landed unconfirmed; nothing fails.
+
+The draft step is the real one (`draft.draft`, detections as the detect step stores them), the
+write-back the real one over a chart in memory (`FakeEhr`), the store real (SQLite and
+PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import select
+
+from fhir_adapter.ehr.client import FhirClient
+from fhir_adapter.pipeline import writeback
+from fhir_adapter.pipeline.draft import draft
+from fhir_adapter.pipeline.steps import Step, WorkItem
+from fhir_adapter.runtime import Runtime
+from fhir_adapter.settings import ChartTargets, EhrConnection, EncounterPoll, WriteTargets
+from fhir_adapter.store import Store, open_store, outbox, resources, work
+from fhir_adapter.store.models import OutboxRow
+from fhir_adapter.store.outbox import CHART, NOTE_PROVENANCE
+from fhir_adapter.store.resources import Query
+from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
+from mapping.fhir.context import ModelInfo
+from tests.fhir_adapter.pipeline.test_writeback_outcomes import FakeEhr
+
+CONN = "clinic"
+ENCOUNTER = "Encounter/e1"
+NOW = datetime(2026, 3, 3, 9, tzinfo=UTC)
+MODEL = ModelInfo("homework-detector", "test", "https://example.org/model-card")
+EPIC = EhrConnection(
+    name=CONN, base_url="https://ehr.example/fhir", vendor="epic",
+    encounter_poll=EncounterPoll(scope="group", group="Group/g1"),
+    write=WriteTargets(chart=ChartTargets(note=True, provenance=True)),
+)  # fmt: skip
+BREATHING = "Practise the slow breathing for ten minutes every morning."
+JOURNAL = "Write down each worrying thought in a notebook this week."
+
+
+class ChartEhr(FakeEhr):
+    """`FakeEhr` with the note's Provenance: searched by target, created beside the notes."""
+
+    def __init__(self) -> None:
+        super().__init__("epic")
+        self.provenance: list[dict[str, Any]] = []
+
+    def client(self) -> dict[str, FhirClient]:
+        return {CHART: cast(FhirClient, self)}
+
+    async def search(
+        self, resource_type: str, params: list[tuple[str, str]], max_pages: int = 1
+    ) -> AsyncIterator[dict[str, Any]]:
+        assert resource_type == "Provenance"
+        wanted = dict(params)["target"]
+        for found in self.provenance:
+            if {"reference": wanted} in found["target"]:
+                yield found
+
+    async def create(self, body: Any) -> dict[str, Any]:
+        if body["resourceType"] != "Provenance":
+            return await super().create(body)
+        self.provenance.append({**body, "id": f"p-{len(self.provenance) + 1}"})
+        return self.provenance[-1]
+
+    def targets(self) -> list[str]:
+        """What each Provenance in the chart targets."""
+        return [t["reference"] for p in self.provenance for t in p["target"]]
+
+
+class _Runtime:
+    """What the draft step reads of a Runtime."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.model = store, MODEL
+
+    def connection(self, name: str) -> EhrConnection | None:
+        return EPIC if name == CONN else None
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    opened = open_store(database_url)
+    yield opened
+    opened.close()
+
+
+def _detection(text: str, label: str) -> dict[str, Any]:
+    """One homework detection, as the detect step stores it for the draft step."""
+    at = {"unit": "line", "index": 3, "start_s": None, "end_s": None}
+    probabilities = {k: 0.9 if k == label else 0.025
+                     for k in ("practice", "take_action", "journal", "learn", "none")}  # fmt: skip
+    therapist = {"role": "therapist", "speaker": "Dr. Haddad", "text": text, "first": at,
+                 "last": at}  # fmt: skip
+    return {"index": 1, "therapist": therapist, "client": None, "context": [], "label": label,
+            "review": False, "confidence": 0.9, "review_confidence": 0.05,
+            "probabilities": probabilities, "evidence": None}  # fmt: skip
+
+
+def _drafted(store: Store, text: str, label: str = "practice") -> None:
+    """The session (again, once amended) at the draft step with `text`'s homework, drafted."""
+    encounter = {
+        "resourceType": "Encounter", "id": "e1", "status": "finished",
+        "subject": {"reference": "Patient/p1"},
+        "period": {"start": "2026-03-02T15:00:00Z", "end": "2026-03-02T16:00:00Z"},
+        "participant": [{"individual": {"reference": "Practitioner/dr", "display": "Dr. Haddad"}}],
+    }  # fmt: skip
+    with store.session() as session:
+        row, created = work.upsert_encounter(session, CONN, ENCOUNTER, "Patient/p1",
+                                             datetime(2026, 3, 2, 15, tzinfo=UTC),
+                                             datetime(2026, 3, 2, 16, tzinfo=UTC),
+                                             Step.DRAFT)  # fmt: skip
+        if created:
+            work.stage_source(session, CONN, encounter, ENCOUNTER, "Patient/p1")
+        else:
+            work.reopen(session, row, Step.DRAFT, "transcript amended")
+        state = {"transcript": "DocumentReference/t1", "detections": [_detection(text, label)]}
+        work.advance(session, row, Step.DRAFT, state)
+    assert draft(cast(Runtime, _Runtime(store)), WorkItem(CONN, ENCOUNTER), now=NOW) is not None
+
+
+def _rows(store: Store) -> list[OutboxRow]:
+    with store.session() as session:
+        return list(session.scalars(select(OutboxRow).where(OutboxRow.target == CHART)
+                                    .order_by(OutboxRow.id)))  # fmt: skip
+
+
+def _notes(store: Store) -> list[OutboxRow]:
+    return [r for r in _rows(store) if r.resource_type == "DocumentReference"]
+
+
+async def _flush(store: Store, ehr: ChartEhr) -> tuple[int, int, int]:
+    summary = await writeback.flush(store, CONN, ehr.client())
+    return summary.done, summary.retrying, summary.failed
+
+
+def _replaces(note: dict[str, Any]) -> list[str]:
+    return [r["target"]["reference"] for r in note.get("relatesTo") or ()]
+
+
+def _says(ehr: ChartEhr) -> dict[str, str]:
+    """Note id -> which homework its text names."""
+    return {rid: ("journal" if "notebook" in text else "breathing" if "breathing" in text
+                  else text) for rid, text in ehr.texts().items()}  # fmt: skip
+
+
+def _ours(store: Store) -> list[dict[str, Any]]:
+    """The session's note in our store (one, updated in place)."""
+    with store.session() as session:
+        found, _ = resources.search(session, Query("DocumentReference", encounter=ENCOUNTER))
+    return found
+
+
+def _assert_two_versions(store: Store, ehr: ChartEhr) -> None:
+    assert _says(ehr) == {"n-1": "breathing", "n-2": "journal"}
+    assert _replaces(ehr.notes["n-2"]) == ["DocumentReference/n-1"]
+    assert ehr.notes["n-2"]["masterIdentifier"]["system"] == SID_NOTE_VERSION
+    assert "masterIdentifier" not in ehr.notes["n-1"]
+    assert [i["value"] for i in ehr.notes["n-2"]["identifier"] if i["system"] == SID_NOTE] == [
+        i["value"] for i in ehr.notes["n-1"]["identifier"] if i["system"] == SID_NOTE]  # fmt: skip
+    # Each version has its Provenance, targeting it.
+    assert sorted(ehr.targets()) == ["DocumentReference/n-1", "DocumentReference/n-2"]
+    rows = _rows(store)
+    assert all(r.status == "done" for r in rows), [(r.id, r.status, r.last_error) for r in rows]
+    [first, second] = _notes(store)
+    assert (first.identifier_system, first.server_id) == (SID_NOTE, "n-1")
+    assert (second.identifier_system, second.server_id) == (SID_NOTE_VERSION, "n-2")
+    provenance = {r.identifier_value for r in rows if r.identifier_system == NOTE_PROVENANCE}
+    assert provenance == {f"{SID_NOTE}|{first.identifier_value}",
+                          f"{SID_NOTE_VERSION}|{second.identifier_value}"}  # fmt: skip
+    # Our store keeps one note, updated in place: the amended one, no chart-only `relatesTo`.
+    [ours] = _ours(store)
+    assert ours["content"] == ehr.notes["n-2"]["content"] and "relatesTo" not in ours
+
+
+async def test_an_amended_session_goes_to_the_chart_as_a_new_note_replacing_the_first(
+    store: Store,
+) -> None:
+    ehr = ChartEhr()
+    _drafted(store, BREATHING)
+    assert await _flush(store, ehr) == (2, 0, 0)  # the note, then its Provenance
+    assert _notes(store)[0].server_id == "n-1"
+
+    _drafted(store, JOURNAL, "journal")  # the transcript amended
+    assert await _flush(store, ehr) == (2, 0, 0)
+    _assert_two_versions(store, ehr)
+
+    # Drafted again unchanged (a rerun): nothing new for the chart.
+    _drafted(store, JOURNAL, "journal")
+    assert await _flush(store, ehr) == (0, 0, 0)
+    assert len(ehr.notes) == 2 and len(ehr.provenance) == 2
+
+
+async def test_an_amendment_drafted_while_the_first_write_is_in_flight_waits_for_it(
+    store: Store,
+) -> None:
+    ehr = ChartEhr()
+    _drafted(store, BREATHING)
+
+    def amend_once() -> None:  # while the first note's create is out
+        ehr.on_create = None
+        _drafted(store, JOURNAL, "journal")
+
+    ehr.on_create = amend_once
+    assert await _flush(store, ehr) == (2, 0, 0)  # the first note and its Provenance
+    [first, second] = _notes(store)
+    assert (first.server_id, second.identifier_system, second.status) == (
+        "n-1", SID_NOTE_VERSION, "pending")  # fmt: skip
+    # The note it replaces is named by key: it had no EHR id yet when this was queued.
+    [relation] = second.payload["relatesTo"]
+    assert relation["target"] == {"identifier": {"system": SID_NOTE,
+                                                 "value": first.identifier_value}}  # fmt: skip
+    assert await _flush(store, ehr) == (2, 0, 0)
+    _assert_two_versions(store, ehr)
+
+
+async def test_an_amendment_after_the_first_write_landed_unconfirmed_waits_for_it(
+    store: Store,
+) -> None:
+    ehr = ChartEhr()
+    _drafted(store, BREATHING)
+    ehr.lose_reply = True
+    assert await _flush(store, ehr) == (0, 1, 0)  # the note landed, its answer lost
+    _drafted(store, JOURNAL, "journal")
+    with store.session() as session:  # the retry's backoff over (`outbox retry --pending`)
+        outbox.requeue(session, CONN, (), outbox.OutboxStatus.PENDING)
+    assert await _flush(store, ehr) == (4, 0, 0)  # the first found, not sent again; the next
+    _assert_two_versions(store, ehr)
+
+
+async def test_an_amendment_undone_is_a_third_note_not_a_refused_update(store: Store) -> None:
+    """The transcript amended, then amended back: the third version has the first one's text,
+    and the second one's would repeat; each is a note of its own, each replacing the last."""
+    ehr = ChartEhr()
+    _drafted(store, BREATHING)
+    assert await _flush(store, ehr) == (2, 0, 0)
+    for text, label in ((JOURNAL, "journal"), (BREATHING, "practice"), (JOURNAL, "journal")):
+        _drafted(store, text, label)
+        assert await _flush(store, ehr) == (2, 0, 0)
+    assert _says(ehr) == {"n-1": "breathing", "n-2": "journal", "n-3": "breathing",
+                          "n-4": "journal"}  # fmt: skip
+    for n in (2, 3, 4):
+        assert _replaces(ehr.notes[f"n-{n}"]) == [f"DocumentReference/n-{n - 1}"]
+    keys = [r.identifier_value for r in _notes(store)]
+    assert len(set(keys)) == 4
+    assert all(r.status == "done" for r in _rows(store))
