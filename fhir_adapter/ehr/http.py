@@ -79,16 +79,20 @@ class RetryPolicy:
 
     `deadline_s` bounds one request, attempts and waits together. A write holds its outbox
     row for `store.outbox.CLAIM_LEASE` (10 min) and makes at most 2 requests (search by
-    identifier, or read, then create or update: `pipeline.writeback`), so 2 x 120 s stays under
+    identifier, or read, then create or update: `pipeline.writeback`), so 2 x 150 s stays within
     half the lease; past the lease another worker would take the row, search before our create
     landed, and chart a duplicate (tests/fhir_adapter/ehr/test_retries.py checks the bound).
+    The deadline leaves room for one full `Retry-After` wait; a retry that would start with less
+    than `min_attempt_s` left is not made (a POST cut off at once would only leave a write that
+    may or may not have landed).
     """
 
     max_attempts: int = 4
     base_delay_s: float = 1.0
     max_delay_s: float = 30.0
     max_retry_after_s: float = 120.0
-    deadline_s: float = 120.0
+    deadline_s: float = 150.0
+    min_attempt_s: float = 10.0
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Delay before retry number `retry` (1-based): exponential, half of it jittered."""
@@ -271,7 +275,7 @@ async def send_with_retries(
             reason = f"status {status}"
             failure = error
         delay = retry_after if retry_after is not None else policy.backoff(attempt, rng)
-        if monotonic() + delay >= deadline:
+        if monotonic() + delay + policy.min_attempt_s > deadline:
             # Give up now rather than wake up past the deadline; the caller retries later.
             failure.message += (
                 f"; a retry in {delay:.0f}s would pass the request's {policy.deadline_s:g}s "
