@@ -211,8 +211,11 @@ def _chart_note(
     key = outbox_key(note)
     if vendor_profile(conn.vendor).refusal("DocumentReference", "update") is None:
         return key, note
-    # Locked: a writer claiming the note now waits for this draft (`next_version`).
+    # Locked (again: `draft` took the lock first): a writer claiming the note now waits for
+    # this draft (`next_version`).
     original = outbox._by_key(session, conn.name, CHART, "DocumentReference", *key, lock=True)
+    if original is None:
+        return key, note  # first drafted: no version of it anywhere yet
     earlier = note_versions.versions(session, conn.name, key[1])
     current = earlier[-1] if earlier else original
     if (
@@ -291,6 +294,13 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
         # A session a clinician already reviewed keeps its reviewed note (what they approved);
         # the next decision on the review screen writes the note anew.
         notes = [] if reviewed_note else [note]
+        if conn is not None and conn.write.chart.note and notes:
+            # Lock order: the note's outbox row, then our store's resources, as a decision
+            # takes them (`actions.decide`). The other way round, on PostgreSQL, a draft
+            # holding our store's note (or a Task) would wait for the outbox row while a
+            # decision holding that row waits for the note (or the Task): a deadlock.
+            outbox._by_key(session, conn.name, CHART, "DocumentReference", *outbox_key(note),
+                           lock=True)  # fmt: skip
         for body in [*store_items, *notes, communication, *observations]:
             resources.put(session, body, now=now)
         if conn is not None:

@@ -40,15 +40,23 @@ def next_version(
     would be recorded as it. Each version replaces the one before; one without its EHR id yet
     is named by its key, and the writer waits for the id (`writeback._note_reference`).
     """
+    if original is None:
+        return None
     found = versions(session, connection, value)
-    if original is None or (not found and not_in_chart(original)):
+    if not found and not_in_chart(original):
         return None
     latest = found[-1] if found else None
     if latest is not None:
         # Locked: a writer claiming it now waits for this change, then sends what it queued.
         latest = session.get(OutboxRow, latest.id, with_for_update=True, populate_existing=True)
     if latest is not None and not_in_chart(latest):
-        key, before = latest.identifier_value, found[-2] if len(found) > 1 else original
+        # It replaces the newest earlier one that may be in the chart: one refused (or never
+        # sent) never will be, and a version naming it would fail waiting on it.
+        key = latest.identifier_value
+        before = next((r for r in reversed([original, *found[:-1]]) if not not_in_chart(r)),
+                      None)  # fmt: skip
+        if before is None:
+            return None  # nothing of the note is in the chart: it goes out as it is now
     else:
         key, before = _unused(fresh, found), latest or original
     if before.server_id:
@@ -78,19 +86,24 @@ def not_in_chart(row: OutboxRow) -> bool:
 
 def versions(session: Session, connection: str, value: str) -> list[OutboxRow]:
     """The versions of the note `value` queued as new notes, oldest first."""
-    rows = session.scalars(
-        select(OutboxRow)
-        .where(
+    # A version's row is keyed by its own version; the note's identifier is only in its
+    # payload. Only that part is read for every version of the connection (a note's payload
+    # carries its text twice, base64), then the note's versions whole.
+    keys = session.execute(
+        select(OutboxRow.id, OutboxRow.payload["identifier"]).where(
             OutboxRow.connection == connection,
             OutboxRow.target == CHART,
             OutboxRow.resource_type == "DocumentReference",
             OutboxRow.identifier_system == SID_NOTE_VERSION,
         )
-        .order_by(OutboxRow.id)
     )
-    return [row for row in rows
-            if any(i.get("system") == SID_NOTE and i.get("value") == value
-                   for i in row.payload.get("identifier") or ())]  # fmt: skip
+    ids = [row_id for row_id, idents in keys
+           if any(i.get("system") == SID_NOTE and i.get("value") == value
+                  for i in idents or ())]  # fmt: skip
+    if not ids:
+        return []
+    return list(session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids))
+                                .order_by(OutboxRow.id)))  # fmt: skip
 
 
 def versioned(note: dict[str, Any], key: str, replaces: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fhir_adapter.ehr.client import FhirClient
@@ -94,15 +93,7 @@ class WaitsOnFailed(Exception):
 
 def _written_note(session: Session, connection: str, system: str, value: str) -> str:
     """The EHR reference of the chart note queued under `system|value`, once written."""
-    note = session.scalar(
-        select(OutboxRow).where(
-            OutboxRow.connection == connection,
-            OutboxRow.target == CHART,
-            OutboxRow.resource_type == "DocumentReference",
-            OutboxRow.identifier_system == system,
-            OutboxRow.identifier_value == value,
-        )
-    )
+    note = outbox._by_key(session, connection, CHART, "DocumentReference", system, value)
     if note is not None and note.status == outbox.OutboxStatus.FAILED:
         raise WaitsOnFailed(note.id)
     if note is None or note.status != outbox.OutboxStatus.DONE or not note.server_id:
@@ -216,8 +207,10 @@ def _attachments(resource: Mapping[str, Any]) -> list[str]:
 
 def _earlier_version(payload: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
     """Whether `found` (under the row's key) is an earlier version of the note `payload` is:
-    another `masterIdentifier`, or, for a drafted note (none), other attachment data. Recording
-    it would lose `payload`. A server that returns no data (a Binary url) cannot tell: kept."""
+    another `masterIdentifier`, or, for a drafted note (none), attachment data the payload does
+    not have. Recording it would lose `payload`. A server may return only some attachments
+    inline (others as a Binary url) or fewer of them: what it returns can only say "earlier"
+    where it differs, and one that returns no data cannot tell: kept."""
     if found.get("id") is None:
         return False
     wanted = payload.get("masterIdentifier")
@@ -225,14 +218,15 @@ def _earlier_version(payload: Mapping[str, Any], found: Mapping[str, Any]) -> bo
         have = found.get("masterIdentifier") or {}
         return (have.get("system"), have.get("value")) != (wanted.get("system"),
                                                            wanted.get("value"))  # fmt: skip
-    have_data = _attachments(found)
-    return bool(have_data) and have_data != _attachments(payload)
+    return not set(_attachments(found)) <= set(_attachments(payload))
 
 
 async def _attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> _Outcome:
     """One write; the outcome to record. Runs outside any database transaction."""
     try:
-        if row.identifier_system == NOTE_PROVENANCE and note_ref is not None:
+        if row.identifier_system == NOTE_PROVENANCE:
+            # A note's Provenance targets its note: `_send` resolved it or sent nothing.
+            assert note_ref is not None
             stored = await _write_note_provenance(client, row, note_ref)
         else:
             stored = await _write(client, row, note_ref)

@@ -50,7 +50,7 @@ from fhir_adapter.pipeline.note_versions import next_version, versioned
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.settings import EhrConnection, FhirStore
 from fhir_adapter.store import Store, outbox, resources, work
-from fhir_adapter.store.models import FeedbackRow
+from fhir_adapter.store.models import FeedbackRow, OutboxRow
 from fhir_adapter.store.outbox import CARE_PLAN_STORE, CHART, outbox_key
 from fhir_adapter.store.resources import Query
 from mapping.errors import DecisionError
@@ -263,12 +263,7 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
         return
     conn = actor.connection
     chart = conn is not None and conn.write.chart.note
-    # Locked: a writer claiming the note now waits for this decision (`next_version`).
-    original = (
-        outbox._by_key(session, conn.name, CHART, "DocumentReference", SID_NOTE, value, lock=True)
-        if conn is not None and chart
-        else None
-    )
+    original = _note_row(session, actor, ctx)
     earlier = [
         t for t in _search(session, "Task", patient=actor.patient)
         if any(o.get("valueReference", {}).get("reference") == ctx.encounter.reference
@@ -308,6 +303,17 @@ def _note(writes: _Writes, ctx: EncounterContext, tasks: list[dict[str, Any]]) -
         outbox.enqueue(session, conn.name, CHART, (SID_NOTE_VERSION, version[0]), new)
 
 
+def _note_row(session: Session, actor: Actor, ctx: EncounterContext) -> OutboxRow | None:
+    """The session's chart note in the outbox, read locked (a writer claiming it waits for
+    this decision: `next_version`); None where the actor writes no note to the chart."""
+    conn = actor.connection
+    if conn is None or not conn.write.chart.note:
+        return None
+    value = note_value(ctx.encounter_key)
+    return outbox._by_key(session, conn.name, CHART, "DocumentReference", SID_NOTE, value,
+                          lock=True)  # fmt: skip
+
+
 def _feedback(session: Session, before: dict[str, Any], decision: approval.Decision,
               now: datetime) -> None:  # fmt: skip
     record = approval.feedback_record(before, decision)
@@ -327,6 +333,9 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
             encounter = actor.encounter or _latest_encounter(session, actor)
             ctx, actor = _context(session, actor, encounter, adding=True)
             writes.actor = actor
+            # Lock order: the note's outbox row before anything this decision writes, as the
+            # draft step takes them (`draft.draft`): the other order can deadlock.
+            _note_row(session, actor, ctx)
             decision_add = approval.Add(clinician, now, action.category, action.description,
                                         action.due)  # fmt: skip
             task = approval.add(ctx, decision_add)
@@ -354,6 +363,9 @@ def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided
                 encounter = _encounter_of(first[0])
             ctx, actor = _context(session, actor, encounter)
             writes.actor = actor
+            # Lock order: the note's outbox row before anything this decision writes, as the
+            # draft step takes them (`draft.draft`): the other order can deadlock.
+            _note_row(session, actor, ctx)
             plan, tasks = _plan_and_tasks(session, actor, encounter)
             if isinstance(action, ApproveItems):
                 kind = "approve"

@@ -123,6 +123,11 @@ def enqueue(
         if row is None:  # deleted meanwhile; nothing deletes outbox rows today
             raise RuntimeError(f"outbox row {key} vanished while enqueuing")
     if row.payload != payload:
+        if row.status == OutboxStatus.FAILED:
+            # A refused note's next payload (a decision, a re-draft): its Provenance, failed
+            # waiting on it, comes back with it. A version failed waiting on it stays failed:
+            # this payload is a later change of the note than that version.
+            _back_to_pending(_failed_waiting(session, [row], versions=False), now)
         # A pending row keeps its time: it may be claimed and in flight in another process
         # (that writer sees the payload changed and leaves the row pending; see `mark_sent`).
         waiting = row.status == OutboxStatus.PENDING and row.next_attempt_at > now
@@ -250,6 +255,9 @@ def never_sent(row: OutboxRow) -> bool:
         and row.attempts == 0
         and row.last_error is None
         and not _in_flight(row, _now())
+        # A claim counts no attempt: its mark, even with the lease expired (the writer died,
+        # maybe after its request landed), says the payload may have been sent.
+        and row.next_attempt_at - row.updated_at != CLAIM_LEASE
     )
 
 
@@ -285,9 +293,9 @@ def _rows(
     return list(session.scalars(stmt))
 
 
-def _waiting_on(session: Session, note: OutboxRow) -> list[OutboxRow]:
-    """The failed rows that point at chart note `note`: its Provenance, and the note's next
-    version (`relatesTo`) failed waiting on it."""
+def _waiting_on(session: Session, note: OutboxRow, versions: bool) -> list[OutboxRow]:
+    """The failed rows that point at chart note `note`: its Provenance, and with `versions`
+    the note's next version (`relatesTo`) failed waiting on it."""
     if note.target != CHART or note.resource_type != "DocumentReference":
         return []
     provenance = and_(
@@ -299,9 +307,32 @@ def _waiting_on(session: Session, note: OutboxRow) -> list[OutboxRow]:
         OutboxRow.connection == note.connection,
         OutboxRow.target == CHART,
         OutboxRow.status == OutboxStatus.FAILED,
-        or_(provenance, OutboxRow.last_error == waits_on(note.id)),
+        or_(provenance, OutboxRow.last_error == waits_on(note.id)) if versions else provenance,
     )
     return list(session.scalars(stmt.with_for_update()))
+
+
+def _failed_waiting(
+    session: Session, notes: Sequence[OutboxRow], *, versions: bool = True
+) -> list[OutboxRow]:
+    """What failed waiting on `notes`, transitively: a note's next version waits on it, and
+    the version after on that one; each one's Provenance on it."""
+    todo, seen, found = list(notes), {note.id for note in notes}, []
+    while todo:
+        for row in _waiting_on(session, todo.pop(), versions):
+            if row.id not in seen:
+                seen.add(row.id)
+                found.append(row)
+                todo.append(row)
+    return found
+
+
+def _back_to_pending(rows: Sequence[OutboxRow], now: datetime) -> None:
+    for row in rows:
+        row.status = OutboxStatus.PENDING
+        row.attempts = 0
+        row.next_attempt_at = now
+        row.updated_at = now
 
 
 def requeue(
@@ -320,18 +351,8 @@ def requeue(
     rows = {row.id: row for row in _rows(session, status, connection, ids, lock=True)
             if not _in_flight(row, now)}  # fmt: skip
     if status == OutboxStatus.FAILED:
-        # Transitively: a note's next version waits on it, and the version after on that one.
-        notes = list(rows.values())
-        while notes:
-            for row in _waiting_on(session, notes.pop()):
-                if row.id not in rows:
-                    rows[row.id] = row
-                    notes.append(row)
-    for row in rows.values():
-        row.status = OutboxStatus.PENDING
-        row.attempts = 0
-        row.next_attempt_at = now
-        row.updated_at = now
+        rows.update((row.id, row) for row in _failed_waiting(session, list(rows.values())))
+    _back_to_pending(list(rows.values()), now)
     session.flush()
     return len(rows)
 

@@ -10,24 +10,26 @@ PostgreSQL)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
 
 from fhir_adapter.ehr.client import FhirClient
-from fhir_adapter.pipeline import writeback
+from fhir_adapter.pipeline import note_versions, writeback
 from fhir_adapter.pipeline.draft import draft
 from fhir_adapter.pipeline.steps import Step, WorkItem
 from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import ChartTargets, EhrConnection, EncounterPoll, WriteTargets
+from fhir_adapter.smart import actions
 from fhir_adapter.store import Store, open_store, outbox, resources, work
 from fhir_adapter.store.models import OutboxRow
 from fhir_adapter.store.outbox import CHART, NOTE_PROVENANCE
 from fhir_adapter.store.resources import Query
+from mapping.fhir.audit import LaunchContext
 from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
-from mapping.fhir.context import ModelInfo
+from mapping.fhir.context import ModelInfo, Ref
 from tests.fhir_adapter.pipeline.test_writeback_outcomes import FakeEhr
 
 CONN = "clinic"
@@ -249,3 +251,78 @@ async def test_an_amendment_undone_is_a_third_note_not_a_refused_update(store: S
     keys = [r.identifier_value for r in _notes(store)]
     assert len(set(keys)) == 4
     assert all(r.status == "done" for r in _rows(store))
+
+
+async def test_an_amendment_after_a_writer_died_mid_write_waits_for_its_note(
+    store: Store,
+) -> None:
+    """A writer claimed the note, its create landed, and it died before recording anything;
+    its lease expired. The note may be in the chart (it is): the amended one is a new version
+    replacing it, never the drafted note's payload replaced (Epic refuses that update)."""
+    ehr = ChartEhr()
+    _drafted(store, BREATHING)
+    [note] = _notes(store)
+    with store.session() as session:
+        row = outbox.claim(session, note.id)
+        assert row is not None
+        await ehr.create(row.payload)  # landed; the writer died before its answer
+        expired = outbox.CLAIM_LEASE + timedelta(minutes=1)
+        row.next_attempt_at -= expired
+        row.updated_at -= expired
+    _drafted(store, JOURNAL, "journal")
+    assert await _flush(store, ehr) == (4, 0, 0)  # the first found, not sent again; the next
+    _assert_two_versions(store, ehr)
+
+
+def test_a_first_draft_reads_no_note_versions(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing of the note is queued yet: it goes out under its own key, without reading every
+    version of the connection."""
+    read: list[object] = []
+
+    def versions(*args: object) -> list[OutboxRow]:
+        read.append(args)
+        return []
+
+    monkeypatch.setattr(note_versions, "versions", versions)
+    _drafted(store, BREATHING)
+    assert read == [] and len(_notes(store)) == 1
+
+
+def _lock_order(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What takes the note's outbox row lock and what writes our store, in call order."""
+    events: list[str] = []
+    real_by_key, real_put = outbox._by_key, resources.put
+
+    def by_key(*args: Any, **kwargs: Any) -> OutboxRow | None:
+        if kwargs.get("lock") and args[3] == "DocumentReference":
+            events.append("lock note")
+        return real_by_key(*args, **kwargs)
+
+    def put(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        events.append("put")
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "_by_key", by_key)
+    monkeypatch.setattr(resources, "put", put)
+    return events
+
+
+def test_a_draft_and_a_decision_lock_the_note_before_writing_our_store(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One lock order (the note's outbox row, then our store's resources), or on PostgreSQL
+    a re-draft and a decision on the session could deadlock."""
+    _drafted(store, BREATHING)
+    events = _lock_order(monkeypatch)
+    _drafted(store, JOURNAL, "journal")
+    assert events[0] == "lock note" and "put" in events
+
+    events.clear()
+    actor = actions.Actor(connection=EPIC, patient="Patient/p1", encounter=ENCOUNTER,
+                          clinician=Ref("Practitioner/dr", "Dr. Haddad"),
+                          launch=LaunchContext("audit-key", "launch-1", Ref(ENCOUNTER)),
+                          model=MODEL)  # fmt: skip
+    assert actions.decide(store, actor, actions.ApproveItems(), NOW).changed
+    assert events[0] == "lock note" and "put" in events

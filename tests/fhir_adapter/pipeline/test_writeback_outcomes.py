@@ -229,6 +229,35 @@ async def test_a_provenance_whose_note_failed_fails_and_comes_back_with_it(
     assert _row(store, provenance_id).status == "done"
 
 
+async def test_a_refused_notes_next_payload_brings_its_provenance_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note refused, its Provenance failed waiting on it; a decision queues the note anew
+    (nothing of it in the chart): the Provenance goes out with it, no operator needed."""
+    note = {"resourceType": "DocumentReference", "status": "current",
+            "identifier": [{"system": "urn:note", "value": "n1"}]}  # fmt: skip
+    note_id = _enqueue(store, CHART, note)
+    provenance = {"resourceType": "Provenance", "target": [{"reference": "DocumentReference/x"}]}
+    provenance_id = _enqueue(store, CHART, provenance, (NOTE_PROVENANCE, "urn:note|n1"))
+    refused = True
+
+    async def attempt(client: FhirClient, row: OutboxRow, note_ref: str | None) -> Any:
+        if refused:
+            return writeback._Outcome("failed", "HTTP 422 unprocessable")
+        return _done("n-1" if row.resource_type == "DocumentReference" else "p-1")
+
+    monkeypatch.setattr(writeback, "_attempt", attempt)
+    summary = await writeback.flush(store, CONN, CLIENTS)
+    assert (summary.done, summary.failed) == (0, 2)
+
+    assert _enqueue(store, CHART, {**note, "docStatus": "final"}) == note_id
+    assert _row(store, provenance_id).status == "pending"
+    refused = False
+    summary = await writeback.flush(store, CONN, CLIENTS)
+    assert (summary.done, summary.retrying, summary.failed) == (2, 0, 0)
+    assert _row(store, provenance_id).status == "done"
+
+
 class FakeEhr:
     """A chart in memory, as `writeback._write` sees a FhirClient: search by identifier (which
     matches `masterIdentifier` too, as R4 defines it; several matches are ambiguous), create,
@@ -371,3 +400,24 @@ async def test_a_reviewed_note_replaces_a_draft_that_landed_unconfirmed_on_epic(
     assert ehr.notes["n-2"]["relatesTo"] == [
         {"code": "replaces", "target": {"reference": "DocumentReference/n-1"}}]  # fmt: skip
     assert (_row(store, row_id).status, _row(store, row_id).server_id) == ("done", "n-2")
+
+
+async def test_a_note_found_with_only_some_attachments_inline_is_recorded(store: Store) -> None:
+    """Epic: the drafted note landed unconfirmed; the EHR returns its HTML inline and its plain
+    text as a Binary url. That is this note, not an earlier version: recorded, not failed."""
+    ehr = FakeEhr("epic")
+    note = _chart_note("Set: breathing.")
+    html = {"contentType": "text/html", "data": base64.b64encode(b"<p>breathing</p>").decode()}
+    note["content"].append({"attachment": html})
+    row_id = _enqueue(store, CHART, note)
+    ehr.lose_reply = True
+    summary = await writeback.flush(store, CONN, ehr.client())
+    assert (summary.done, summary.retrying) == (0, 1)
+    ehr.notes["n-1"]["content"][0]["attachment"] = {"contentType": "text/plain",
+                                                    "url": "Binary/b-1"}  # fmt: skip
+    with store.session() as session:
+        session.get(OutboxRow, row_id).next_attempt_at = datetime.now(UTC)  # type: ignore[union-attr]
+    summary = await writeback.flush(store, CONN, ehr.client())
+    assert (summary.done, summary.retrying, summary.failed) == (1, 0, 0)
+    assert (_row(store, row_id).status, _row(store, row_id).server_id) == ("done", "n-1")
+    assert list(ehr.notes) == ["n-1"]

@@ -184,3 +184,53 @@ async def test_a_version_whose_draft_failed_fails_with_it_and_comes_back_with_it
     assert await _flush(store, ehr) == (2, 0, 0)
     assert _reviewed_by(ehr) == {"n-1": "", "n-2": "Dr. A"}
     assert _replaces(ehr.notes["n-2"]) == ["DocumentReference/n-1"]
+
+
+async def test_a_version_chained_onto_a_refused_version_replaces_the_one_in_the_chart(
+    store: Store,
+) -> None:
+    """Decision A's version is refused while decision B's is queued naming it; B's fails
+    waiting on it. Decision C takes B's place and replaces the note in the chart (the draft),
+    not A's, which never will be: it lands."""
+    ehr = FakeEhr("epic")
+    _drafted(store)
+    assert await _flush(store, ehr) == (1, 0, 0)
+    _decide(store, "Dr. A")
+    ehr.on_create = lambda: _decide(store, "Dr. B")  # while A's version is out
+    ehr.refuse = FatalFhirError("HTTP 422 unprocessable")
+    await _flush(store, ehr)
+    ehr.on_create = None
+    await _flush(store, ehr)
+    [_, first, second] = _rows(store)
+    assert (first.status, second.status) == ("failed", "failed")
+    assert second.last_error == f"waits on outbox row {first.id}, which failed"
+
+    _decide(store, "Dr. C")
+    assert await _flush(store, ehr) == (1, 0, 0)
+    assert _reviewed_by(ehr) == {"n-1": "", "n-2": "Dr. C"}
+    assert _replaces(ehr.notes["n-2"]) == ["DocumentReference/n-1"]
+    assert [(r.status, r.server_id) for r in _rows(store)] == [
+        ("done", "n-1"), ("failed", None), ("done", "n-2")]  # fmt: skip
+
+
+async def test_a_review_after_the_draft_and_its_version_failed_goes_out_as_the_note(
+    store: Store,
+) -> None:
+    """The draft refused while decision A's version was queued naming it (failed waiting on
+    it): nothing of the note is in the chart, so decision B goes out as the note itself, and
+    A's version, older than B, stays failed rather than replacing it."""
+    ehr = FakeEhr("epic")
+    draft_id = _drafted(store)
+    ehr.on_create = lambda: _decide(store, "Dr. A")
+    ehr.refuse = FatalFhirError("HTTP 422 unprocessable")
+    await _flush(store, ehr)
+    ehr.on_create = None
+    await _flush(store, ehr)
+    assert [r.status for r in _rows(store)] == ["failed", "failed"]
+
+    _decide(store, "Dr. B")
+    assert await _flush(store, ehr) == (1, 0, 0)
+    assert _reviewed_by(ehr) == {"n-1": "Dr. B"}
+    [draft, version] = _rows(store)
+    assert (draft.id, draft.status, draft.server_id) == (draft_id, "done", "n-1")
+    assert version.status == "failed"
