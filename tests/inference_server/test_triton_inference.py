@@ -128,12 +128,26 @@ async def test_rejected_request_is_not_retried(triton_server: TritonServer) -> N
     assert "empty" in str(caught.value)
 
 
+async def _settled_stats(
+    client: grpcclient.InferenceServerClient, inferences: int, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """The statistics once they count `inferences`: Triton records a request's statistics
+    after its response is sent, so a read right after the last response can miss the last
+    executions (seen on a loaded 2-core CI machine). Gives up after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        executions, counted = await _stats(client)
+        if counted >= inferences or asyncio.get_running_loop().time() > deadline:
+            return executions, counted
+        await asyncio.sleep(0.05)
+
+
 async def test_concurrent_requests_are_batched(triton_server: TritonServer) -> None:
     async with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
         executions_before, inferences_before = await _stats(client)
         async with TritonBackend(triton_server.grpc_url, "grpc", batch_size=4) as remote:
             await remote.predict(TEXTS * 4)  # 48 texts -> 12 requests of 4, sent together
-        executions_after, inferences_after = await _stats(client)
+        executions_after, inferences_after = await _settled_stats(client, inferences_before + 48)
     assert inferences_after - inferences_before == 48
     # Dynamic batching: far fewer forward passes than requests.
     assert executions_after - executions_before < 12
