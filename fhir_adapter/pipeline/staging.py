@@ -27,7 +27,7 @@ from fhir_adapter.store import resources, work
 from fhir_adapter.store.resources import Query
 from fhir_adapter.store.search_index import parse_datetime
 from mapping.fhir.references import RESOURCE_TYPE, is_fhir_id, parse_reference
-from mapping.fhir.task import awaiting_again, review_encounter
+from mapping.fhir.task import awaiting_again, is_homework, review_encounter
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,7 @@ def _resettle_after(
     to DETECT (the runner takes them again in session order), and the Tasks those sessions
     settled go back to awaiting-review, so each Task is settled by its own next session. An
     amended session's own settling goes back too: it is done again from the new transcript.
+    Tasks that are no homework (cancelled, rejected) are left as they are.
     The targets are updated when the sessions are processed again. Returns the sessions sent
     back."""
     later = [
@@ -239,7 +240,9 @@ def _resettle_after(
         return 0
     found, _ = resources.search(session, Query("Task", patient=patient, count=10_000))
     for task in found:
-        if review_encounter(task) in again:
+        # A cancelled or rejected Task was never set: nothing settles it again, so it keeps
+        # what it has (a rejected one has no review status to go back to).
+        if is_homework(task) and review_encounter(task) in again:
             resources.put(session, awaiting_again(task))
     cause = f"{encounter} {'amended' if amended else 'charted late'}"
     for row in later:

@@ -30,11 +30,13 @@ import pytest
 
 from fhir_adapter.model_backend import make_backend
 from fhir_adapter.settings import EhrConnection, FhirStore
-from fhir_adapter.store import Store, open_store
+from fhir_adapter.store import Store, open_store, resources
 from fhir_adapter.store.search_index import parse_datetime
 from inference_server.client import Backend
 from mapping import terminology
+from mapping.fhir.approval import Reject, reject
 from mapping.fhir.codes import CS_HOMEWORK_CATEGORY, P_REVIEW_QUOTE, SID_COMMUNICATION, SID_TASK
+from mapping.fhir.context import Ref
 from tests.fhir_adapter.pipeline.checks import note_text, notes_of, review_encounter
 from tests.fhir_adapter.pipeline.seed import (
     Clinic,
@@ -453,5 +455,40 @@ async def test_an_amended_reviewing_session_settles_the_homework_again(
             assert _review_quote(task) is None
             assert theirs[task["id"]]["businessStatus"] == task["businessStatus"]
             assert theirs[task["id"]].get("output") == task.get("output")
+    finally:
+        store.close()
+
+
+async def test_a_rejected_task_is_left_alone_when_its_settling_session_is_amended(
+    sekmet_server: SekmetServer, backend: Backend, tmp_path: Path
+) -> None:
+    """The clinician rejects session 1's diary after session 2 settled it; session 2 is then
+    amended. The breathing practice is settled again; the rejected diary is not put back to
+    awaiting review (it was never set, so nothing will settle it again)."""
+    clinic = seed_clinic(
+        sekmet_server, sessions=2, in_progress=False, plans=[ALEX], now=BACKFILL_NOW
+    )
+    export = clinic_resources(sekmet_server, clinic)
+    alex = clinic.patients["alex"]
+    first, second = alex.encounters
+    conn = connection(sekmet_server, clinic, client="rs384", care_plan_store="ehr")
+    settings = settings_for(tmp_path, [conn])
+    store = open_store(settings.database_url)
+    try:
+        both = await ingest_pass(settings, store, backend, export, conn.name)
+        assert (both.tasks_reviewed, both.tasks_not_reviewed) == (1, 1), both.errors
+        diary = _by_category(stored(store, "Task", encounter=first))["journal"]
+        decision = Reject(Ref(alex.practitioner), datetime.now(UTC), "not what we agreed")
+        with store.session() as session:
+            rejected = resources.put(session, reject(diary, decision))
+        amended = await ingest_pass(
+            settings, store, backend,
+            [_amended(export, second, ALEX_SESSION_2_NO_REVIEW)], conn.name,
+        )  # fmt: skip
+        assert amended.encounters_processed == 1, amended.errors
+        assert (amended.tasks_reviewed, amended.tasks_not_reviewed) == (0, 1)
+        ours = _by_category(stored(store, "Task", encounter=first))
+        assert review_status(ours["practice"]) == "not-reviewed"
+        assert ours["journal"] == rejected
     finally:
         store.close()
