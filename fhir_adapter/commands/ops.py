@@ -141,8 +141,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Put failed writes back in the queue (after fixing the cause); the next run sends them.
 
-        A note's Provenance comes back with its note. With --pending, writes a writer holds
-        (claimed, in flight) are left to it: pulled forward, another would send them again.
+        A note's Provenance comes back with its note. A note version superseded by a later
+        one (its text stale) stays failed, with its Provenance. With --pending, writes a writer
+        holds (claimed, in flight) are left to it: pulled forward, another would send them again.
         """
         from fhir_adapter.store import outbox
 
@@ -150,10 +151,16 @@ def register(app: typer.Typer) -> None:
         busy = 0
         with store_only(settings) as store, store.session() as session:
             n = outbox.requeue(session, connection, ids or ())
+            stale = outbox.superseded(session, connection, ids or ())
             if pending:
                 n += outbox.requeue(session, connection, ids or (), outbox.OutboxStatus.PENDING)
                 busy = outbox.in_flight(session, connection, ids or ())
-        typer.echo(f"requeued {n} writes" + (f"; left {busy} in flight alone" if busy else ""))
+        typer.echo(
+            f"requeued {n} writes"
+            + (f"; left {busy} in flight alone" if busy else "")
+            + (f"; left {stale} writes of superseded note versions alone (a later version "
+               "carries the note; see `outbox list --status failed`)" if stale else "")
+        )  # fmt: skip
 
     work_app = typer.Typer(help="Encounters in the pipeline, and those set aside after failing.")
     app.add_typer(work_app, name="work")

@@ -11,6 +11,7 @@ by key once that version has its EHR id (`writeback._note_reference`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +24,8 @@ from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
 from mapping.fhir.identifiers import identifier, repeated_note_version_value
 
 __all__ = ["next_version", "not_in_chart", "versioned", "versions"]
+
+log = logging.getLogger(__name__)
 
 
 def next_version(
@@ -42,27 +45,42 @@ def next_version(
     """
     if original is None:
         return None
-    found = versions(session, connection, value)
+    # Locked, oldest first (as `outbox.requeue` locks): a writer claiming one now waits for
+    # this change, then sends what it queued; those superseded here are failed under the lock.
+    found = versions(session, connection, value, lock=True)
     if not found and not_in_chart(original):
         return None
     latest = found[-1] if found else None
-    if latest is not None:
-        # Locked: a writer claiming it now waits for this change, then sends what it queued.
-        latest = session.get(OutboxRow, latest.id, with_for_update=True, populate_existing=True)
     if latest is not None and not_in_chart(latest):
         # It replaces the newest earlier one that may be in the chart: one refused (or never
         # sent) never will be, and a version naming it would fail waiting on it.
         key = latest.identifier_value
-        before = next((r for r in reversed([original, *found[:-1]]) if not not_in_chart(r)),
-                      None)  # fmt: skip
+        earlier = [original, *found[:-1]]
+        before = next((r for r in reversed(earlier) if not not_in_chart(r)), None)
         if before is None:
-            return None  # nothing of the note is in the chart: it goes out as it is now
+            # Nothing of the note is in the chart: it goes out as it is now, under the drafted
+            # note's key; every version queued since is stale, the latest too.
+            _supersede(session, found, original)
+            return None
+        # Those between it and `before` are skipped: stale, never to be sent again.
+        _supersede(session, earlier[earlier.index(before) + 1 :], latest)
     else:
         key, before = _unused(fresh, found), latest or original
     if before.server_id:
         return key, {"reference": f"DocumentReference/{before.server_id}"}
     return key, {"identifier": {"system": before.identifier_system,
                                 "value": before.identifier_value}}  # fmt: skip
+
+
+def _supersede(session: Session, stale: list[OutboxRow], by: OutboxRow) -> None:
+    """Fail for good versions `by` now carries the note for (all not in the chart): an
+    operator's retry, or a writer once the note they name lands, would send their older text
+    as another current note (`outbox.supersede`)."""
+    for row in stale:
+        if not_in_chart(row):
+            log.info("outbox row %s superseded by row %s, a later version of its note",
+                     row.id, by.id)  # fmt: skip
+            outbox.supersede(session, row, by)
 
 
 def _unused(fresh: str, found: list[OutboxRow]) -> str:
@@ -84,8 +102,11 @@ def not_in_chart(row: OutboxRow) -> bool:
     )
 
 
-def versions(session: Session, connection: str, value: str) -> list[OutboxRow]:
-    """The versions of the note `value` queued as new notes, oldest first."""
+def versions(
+    session: Session, connection: str, value: str, *, lock: bool = False
+) -> list[OutboxRow]:
+    """The versions of the note `value` queued as new notes, oldest first; with `lock`, read
+    locked (FOR UPDATE, in that order) and refreshed."""
     # A version's row is keyed by its own version; the note's identifier is only in its
     # payload. Only that part is read for every version of the connection (a note's payload
     # carries its text twice, base64), then the note's versions whole.
@@ -102,8 +123,10 @@ def versions(session: Session, connection: str, value: str) -> list[OutboxRow]:
                   for i in idents or ())]  # fmt: skip
     if not ids:
         return []
-    return list(session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids))
-                                .order_by(OutboxRow.id)))  # fmt: skip
+    stmt = select(OutboxRow).where(OutboxRow.id.in_(ids)).order_by(OutboxRow.id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return list(session.scalars(stmt))
 
 
 def versioned(note: dict[str, Any], key: str, replaces: dict[str, Any]) -> dict[str, Any]:

@@ -266,6 +266,22 @@ def waits_on(row_id: int) -> str:
     return f"waits on outbox row {row_id}, which failed"
 
 
+# The error of a chart note version that a later one replaced before it reached the chart.
+_SUPERSEDED = "superseded by outbox row "
+
+
+def supersede(session: Session, row: OutboxRow, by: OutboxRow) -> None:
+    """Fail for good a chart note never sent (or refused) that row `by` now carries: a later
+    version of the note (`pipeline.note_versions`). Sent after all, its stale text would be
+    another current note in the chart, so `requeue` leaves it and its Provenance failed. An
+    enqueue of a new payload (the row reused for a later change of the note) clears this."""
+    row.status = OutboxStatus.FAILED
+    row.last_error = (f"{_SUPERSEDED}{by.id}, a later version of this note: stale, never "
+                      "sent again (nothing to retry)")  # fmt: skip
+    row.updated_at = _now()
+    session.flush()
+
+
 def _in_flight(row: OutboxRow, now: datetime) -> bool:
     """Whether a pending row's lease is a live claim (a writer is sending it), not a backoff.
 
@@ -327,6 +343,24 @@ def _failed_waiting(
     return found
 
 
+def _is_superseded(row: OutboxRow) -> bool:
+    return row.status == OutboxStatus.FAILED and (row.last_error or "").startswith(_SUPERSEDED)
+
+
+def _stale(session: Session, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+    """The failed rows among `rows` that `requeue` leaves: superseded note versions (`supersede`)
+    and the Provenance of one (it would only fail again, waiting on its note)."""
+    out = []
+    for row in rows:
+        note: OutboxRow | None = row
+        if row.identifier_system == NOTE_PROVENANCE and row.target == CHART:
+            system, _, value = row.identifier_value.partition("|")
+            note = _by_key(session, row.connection, CHART, "DocumentReference", system, value)
+        if row.status == OutboxStatus.FAILED and note is not None and _is_superseded(note):
+            out.append(row)
+    return out
+
+
 def _back_to_pending(rows: Sequence[OutboxRow], now: datetime) -> None:
     for row in rows:
         row.status = OutboxStatus.PENDING
@@ -342,8 +376,9 @@ def requeue(
     """Put rows back to pending, due now (after an operator fixed the cause).
 
     Failed rows by default, with what failed waiting on each note among them (its Provenance,
-    its next version); `status=PENDING` pulls waiting retries forward, leaving rows a writer
-    has claimed (`in_flight`). `ids` limits it to those rows; `connection` to one connection.
+    its next version), less superseded note versions and their Provenance (`superseded`);
+    `status=PENDING` pulls waiting retries forward, leaving rows a writer has claimed
+    (`in_flight`). `ids` limits it to those rows; `connection` to one connection.
     """
     now = _now()
     # Locked: a claim racing this waits, then finds the row not due; or it committed first
@@ -351,10 +386,20 @@ def requeue(
     rows = {row.id: row for row in _rows(session, status, connection, ids, lock=True)
             if not _in_flight(row, now)}  # fmt: skip
     if status == OutboxStatus.FAILED:
+        for row in _stale(session, list(rows.values())):
+            del rows[row.id]
+        # Only its Provenance points at a superseded version: the later version that named
+        # it took a new `relatesTo` when it superseded it (`note_versions.next_version`).
         rows.update((row.id, row) for row in _failed_waiting(session, list(rows.values())))
     _back_to_pending(list(rows.values()), now)
     session.flush()
     return len(rows)
+
+
+def superseded(session: Session, connection: str | None = None, ids: Sequence[int] = ()) -> int:
+    """How many failed rows are superseded note versions or their Provenance (and `requeue`
+    leaves alone)."""
+    return len(_stale(session, _rows(session, OutboxStatus.FAILED, connection, ids)))
 
 
 def in_flight(session: Session, connection: str | None = None, ids: Sequence[int] = ()) -> int:

@@ -6,16 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from fhir_adapter.cli import app
+from fhir_adapter.pipeline import note_versions
 from fhir_adapter.pipeline.runner import MAX_ATTEMPTS
 from fhir_adapter.pipeline.steps import Step
 from fhir_adapter.store import Store, open_store, outbox, work
 from fhir_adapter.store.models import EncounterRow
 from inference_server.client import TritonBackend
+from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
 from tests.fhir_adapter.pipeline import fault_proxy as faults
 from tests.fhir_adapter.pipeline.fault_proxy import FaultProxy
 from tests.fhir_adapter.pipeline.seed import seed_clinic
@@ -189,6 +192,66 @@ def test_outbox_list_and_retry(tmp_path: Path) -> None:
             assert outbox.counts(session) == {"done": 1, "pending": 1}
     finally:
         store.close()
+
+
+def test_outbox_retry_leaves_a_superseded_note_version_failed_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Version 1 of a note refused, version 2 failed waiting on it; the note's next change
+    takes version 2's row, replacing the note in the chart. Version 1 (stale text) and its
+    Provenance stay failed through any retry, and the operator is told why."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url)
+
+    def note(text: str, version: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"resourceType": "DocumentReference",
+                                "identifier": [{"system": SID_NOTE, "value": "n1"}],
+                                "content": [{"attachment": {"data": text}}]}  # fmt: skip
+        if version is not None:
+            body["masterIdentifier"] = {"system": SID_NOTE_VERSION, "value": version}
+        return body
+
+    try:
+        with store.session() as s:
+            first = outbox.enqueue(s, "clinic", outbox.CHART, (SID_NOTE, "n1"), note("draft"))
+            outbox.mark_done(s, first, "doc-1", "1")
+            v1 = outbox.enqueue(s, "clinic", outbox.CHART, (SID_NOTE_VERSION, "v1"),
+                                note("one", "v1"))  # fmt: skip
+            outbox.mark_failed(s, v1, "HTTP 422 unprocessable")
+            v2 = outbox.enqueue(s, "clinic", outbox.CHART, (SID_NOTE_VERSION, "v2"),
+                                note("two", "v2"))  # fmt: skip
+            outbox.mark_failed(s, v2, outbox.waits_on(v1.id))
+            provenance = outbox.enqueue(s, "clinic", outbox.CHART,
+                                        (outbox.NOTE_PROVENANCE, f"{SID_NOTE_VERSION}|v1"),
+                                        {"resourceType": "Provenance", "id": "p1"})  # fmt: skip
+            outbox.mark_failed(s, provenance, outbox.waits_on(v1.id))
+            other = outbox.enqueue(s, "clinic", outbox.CHART, ("urn:x", "2"),
+                                   {"resourceType": "Communication"})  # fmt: skip
+            outbox.mark_failed(s, other, "Communication refused: 403 forbidden")
+            # The note changes again: version 2's row takes it, replacing the note in the chart.
+            found = note_versions.next_version(s, "clinic", "n1", first, "v3")
+            assert found == ("v2", {"reference": "DocumentReference/doc-1"})
+            outbox.enqueue(s, "clinic", outbox.CHART, (SID_NOTE_VERSION, "v2"),
+                           note_versions.versioned(note("three"), *found))  # fmt: skip
+            v1_id, v2_id = v1.id, v2.id
+    finally:
+        store.close()
+    config = tmp_path / "c.toml"
+    config.write_text(f'environment = "development"\ndatabase_url = "{url}"\n{DEV_AUTH}')
+
+    retried = runner.invoke(app, ["outbox", "retry", "-c", str(config)])
+    assert retried.exit_code == 0, retried.output
+    assert retried.stdout.strip() == (
+        "requeued 1 writes; left 2 writes of superseded note versions alone (a later version "
+        "carries the note; see `outbox list --status failed`)")  # fmt: skip
+    named = runner.invoke(app, ["outbox", "retry", str(v1_id), "-c", str(config)])
+    assert named.exit_code == 0 and named.stdout.startswith("requeued 0 writes; left 1 ")
+    listed = runner.invoke(app, ["outbox", "list", "--status", "failed", "-c", str(config)])
+    assert listed.exit_code == 0, listed.output
+    [counts, *lines] = listed.stdout.splitlines()
+    assert counts == "done 1  failed 2  pending 2"
+    [stale] = [line for line in lines if line.split()[0] == str(v1_id)]
+    assert f"superseded by outbox row {v2_id}, a later version of this note" in stale
 
 
 def test_outbox_retry_pending_leaves_writes_in_flight_alone(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from fhir_adapter.ehr.client import FhirClient
+from fhir_adapter.ehr.errors import FatalFhirError
 from fhir_adapter.pipeline import note_versions, writeback
 from fhir_adapter.pipeline.draft import draft
 from fhir_adapter.pipeline.steps import Step, WorkItem
@@ -43,6 +44,8 @@ EPIC = EhrConnection(
 )  # fmt: skip
 BREATHING = "Practise the slow breathing for ten minutes every morning."
 JOURNAL = "Write down each worrying thought in a notebook this week."
+WALK = "Take a short walk outside after lunch every day."
+BREATHING_LONGER = "Practise the slow breathing for twenty minutes every morning."
 
 
 class ChartEhr(FakeEhr):
@@ -147,7 +150,9 @@ def _replaces(note: dict[str, Any]) -> list[str]:
 
 def _says(ehr: ChartEhr) -> dict[str, str]:
     """Note id -> which homework its text names."""
-    return {rid: ("journal" if "notebook" in text else "breathing" if "breathing" in text
+    return {rid: ("journal" if "notebook" in text else "walk" if "walk" in text
+                  else "breathing, longer" if "twenty minutes" in text
+                  else "breathing" if "breathing" in text
                   else text) for rid, text in ehr.texts().items()}  # fmt: skip
 
 
@@ -326,3 +331,44 @@ def test_a_draft_and_a_decision_lock_the_note_before_writing_our_store(
                           model=MODEL)  # fmt: skip
     assert actions.decide(store, actor, actions.ApproveItems(), NOW).changed
     assert events[0] == "lock note" and "put" in events
+
+
+async def test_a_retry_leaves_a_refused_amendment_a_later_one_replaced_failed(
+    store: Store,
+) -> None:
+    """Amendment 1's note refused while amendment 2's was queued naming it (failed waiting on
+    it); amendment 3 takes 2's place and lands, replacing the first note. An operator's blanket
+    retry must not send amendment 1, stale, as another note replacing the first, nor its
+    Provenance."""
+    ehr = ChartEhr()
+    _drafted(store, BREATHING)
+    assert await _flush(store, ehr) == (2, 0, 0)
+    _drafted(store, JOURNAL, "journal")  # amendment 1
+
+    def amend_while_out() -> None:  # amendment 2, while amendment 1's create is out; refused
+        ehr.on_create = None
+        _drafted(store, WALK, "take_action")
+        ehr.refuse = FatalFhirError("HTTP 422 unprocessable")
+
+    ehr.on_create = amend_while_out
+    await _flush(store, ehr)
+    await _flush(store, ehr)
+    [_, first, second] = _notes(store)
+    assert (first.status, second.status) == ("failed", "failed")
+    _drafted(store, BREATHING_LONGER)  # amendment 3: takes amendment 2's row
+    assert await _flush(store, ehr) == (2, 0, 0)  # the note and its Provenance
+    assert _says(ehr) == {"n-1": "breathing", "n-2": "breathing, longer"}
+    stale_provenance = [r for r in _rows(store) if r.identifier_system == NOTE_PROVENANCE
+                        and r.identifier_value.endswith(f"|{first.identifier_value}")]  # fmt: skip
+    assert [r.status for r in stale_provenance] == ["failed"]
+
+    with store.session() as session:
+        requeued = outbox.requeue(session, CONN)
+    flushed = await _flush(store, ehr)
+    assert _says(ehr) == {"n-1": "breathing", "n-2": "breathing, longer"}
+    assert len(ehr.provenance) == 2
+    assert (requeued, flushed) == (0, (0, 0, 0))
+    rows = {r.id: r for r in _rows(store)}
+    assert rows[first.id].status == rows[stale_provenance[0].id].status == "failed"
+    with store.session() as session:
+        assert outbox.superseded(session, CONN) == 2  # the version and its Provenance

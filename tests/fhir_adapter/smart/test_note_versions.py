@@ -234,3 +234,90 @@ async def test_a_review_after_the_draft_and_its_version_failed_goes_out_as_the_n
     [draft, version] = _rows(store)
     assert (draft.id, draft.status, draft.server_id) == (draft_id, "done", "n-1")
     assert version.status == "failed"
+
+
+def _retry_all(store: Store) -> int:
+    """`outbox retry` with no ids: every failed write back to pending."""
+    with store.session() as session:
+        return outbox.requeue(session, CONN)
+
+
+async def test_a_retry_leaves_a_refused_version_a_later_one_replaced_failed(
+    store: Store,
+) -> None:
+    """A's version refused, B's chained onto it; C takes B's place and lands replacing the
+    draft. A's version, stale, must not come back with an operator's blanket retry: sent, it
+    would be a second current note (Dr. A's) beside C's."""
+    ehr = FakeEhr("epic")
+    _drafted(store)
+    assert await _flush(store, ehr) == (1, 0, 0)
+    _decide(store, "Dr. A")
+    ehr.on_create = lambda: _decide(store, "Dr. B")  # while A's version is out
+    ehr.refuse = FatalFhirError("HTTP 422 unprocessable")
+    await _flush(store, ehr)
+    ehr.on_create = None
+    await _flush(store, ehr)
+    _decide(store, "Dr. C")
+    assert await _flush(store, ehr) == (1, 0, 0)
+    [_, first, second] = _rows(store)
+
+    requeued = _retry_all(store)
+    with store.session() as session:
+        again = outbox.requeue(session, CONN, [first.id])  # named: left alone too
+    flushed = await _flush(store, ehr)
+    assert _reviewed_by(ehr) == {"n-1": "", "n-2": "Dr. C"}
+    assert flushed == (0, 0, 0)
+    assert (requeued, again) == (0, 0)
+    [_, first, _] = _rows(store)
+    assert first.status == "failed"
+    assert first.last_error is not None
+    assert first.last_error.startswith(f"superseded by outbox row {second.id}")
+    with store.session() as session:
+        assert outbox.superseded(session, CONN) == 1
+
+
+async def test_a_retry_leaves_a_version_whose_draft_failed_failed_once_the_note_went_out(
+    store: Store,
+) -> None:
+    """The draft refused with A's version failed waiting on it; B went out as the note itself.
+    A's version, stale, stays failed through a blanket retry (it would replace B's note)."""
+    ehr = FakeEhr("epic")
+    _drafted(store)
+    ehr.on_create = lambda: _decide(store, "Dr. A")
+    ehr.refuse = FatalFhirError("HTTP 422 unprocessable")
+    await _flush(store, ehr)
+    ehr.on_create = None
+    await _flush(store, ehr)
+    _decide(store, "Dr. B")
+    assert await _flush(store, ehr) == (1, 0, 0)
+
+    requeued = _retry_all(store)
+    flushed = await _flush(store, ehr)
+    assert _reviewed_by(ehr) == {"n-1": "Dr. B"}
+    assert flushed == (0, 0, 0)
+    assert requeued == 0
+    [draft, version] = _rows(store)
+    assert version.status == "failed" and version.last_error is not None
+    assert version.last_error.startswith(f"superseded by outbox row {draft.id}")
+
+
+async def test_a_review_after_the_draft_failed_stops_a_version_not_yet_tried(
+    store: Store,
+) -> None:
+    """The draft refused while A's version was queued naming it, not yet tried. B goes out as
+    the note itself: A's version, older, must not follow it into the chart replacing it."""
+    ehr = FakeEhr("epic")
+    _drafted(store)
+    ehr.on_create = lambda: _decide(store, "Dr. A")
+    ehr.refuse = FatalFhirError("HTTP 422 unprocessable")
+    assert await _flush(store, ehr) == (0, 0, 1)
+    ehr.on_create = None
+    assert [r.status for r in _rows(store)] == ["failed", "pending"]
+
+    _decide(store, "Dr. B")
+    await _flush(store, ehr)
+    assert _reviewed_by(ehr) == {"n-1": "Dr. B"}
+    [draft, version] = _rows(store)
+    assert (draft.status, version.status) == ("done", "failed")
+    assert version.last_error is not None
+    assert version.last_error.startswith(f"superseded by outbox row {draft.id}")

@@ -148,6 +148,33 @@ def test_outbox_enqueue_is_idempotent_and_requeues_changes(store: Store) -> None
         assert outbox.requeue(s, "ehr") == 1
 
 
+def test_a_superseded_note_version_stays_failed_until_its_row_takes_a_new_payload(
+    store: Store,
+) -> None:
+    """`requeue` leaves a superseded version and its Provenance failed, named or not; the row
+    reused for a later change of the note (a new payload) is pending again, with them."""
+
+    def version(text: str) -> dict[str, Any]:
+        return {"resourceType": "DocumentReference", "content": [{"attachment": {"data": text}}]}
+
+    with store.session() as s:
+        stale = outbox.enqueue(s, "ehr", "chart", ("urn:version", "v1"), version("one"))
+        outbox.mark_failed(s, stale, "HTTP 422")
+        later = outbox.enqueue(s, "ehr", "chart", ("urn:version", "v2"), version("two"))
+        provenance = outbox.enqueue(s, "ehr", "chart", (outbox.NOTE_PROVENANCE, "urn:version|v1"),
+                                    {"resourceType": "Provenance", "id": "p1"})  # fmt: skip
+        outbox.mark_failed(s, provenance, outbox.waits_on(stale.id))
+        outbox.supersede(s, stale, later)
+        assert (stale.last_error or "").startswith(f"superseded by outbox row {later.id}")
+        assert outbox.requeue(s, "ehr") == 0
+        assert outbox.requeue(s, "ehr", [stale.id, provenance.id]) == 0
+        assert outbox.superseded(s, "ehr") == 2 and outbox.counts(s, "ehr")["failed"] == 2
+
+        outbox.enqueue(s, "ehr", "chart", ("urn:version", "v1"), version("three"))
+        assert (stale.status, stale.last_error, provenance.status) == ("pending", None, "pending")
+        assert outbox.superseded(s, "ehr") == 0
+
+
 def test_work_state_and_cursor(store: Store) -> None:
     start = datetime(2026, 3, 2, 10, tzinfo=UTC)
     with store.session() as s:
