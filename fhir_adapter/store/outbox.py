@@ -297,9 +297,15 @@ def _in_flight(row: OutboxRow, now: datetime) -> bool:
 
 def _rows(
     session: Session, status: OutboxStatus, connection: str | None, ids: Sequence[int],
-    *, lock: bool = False,
+    *, lock: bool = False, superseded: bool = True,
 ) -> list[OutboxRow]:  # fmt: skip
     stmt = select(OutboxRow).where(OutboxRow.status == status).order_by(OutboxRow.id)
+    if not superseded:
+        # Not even locked: the draft step and a review lock a note's versions, superseded
+        # ones too, in their own order; a requeue waiting on one could deadlock with them.
+        stmt = stmt.where(
+            or_(OutboxRow.last_error.is_(None), ~OutboxRow.last_error.startswith(_SUPERSEDED))
+        )
     if connection is not None:
         stmt = stmt.where(OutboxRow.connection == connection)
     if ids:
@@ -383,7 +389,8 @@ def requeue(
     now = _now()
     # Locked: a claim racing this waits, then finds the row not due; or it committed first
     # and this sees its lease.
-    rows = {row.id: row for row in _rows(session, status, connection, ids, lock=True)
+    rows = {row.id: row for row in _rows(session, status, connection, ids, lock=True,
+                                         superseded=False)
             if not _in_flight(row, now)}  # fmt: skip
     if status == OutboxStatus.FAILED:
         for row in _stale(session, list(rows.values())):
