@@ -32,6 +32,7 @@ from mapping.fhir.codes import (
     P_THERAPIST_QUOTE,
 )
 from mapping.fhir.context import EarlierTask, EncounterContext, ModelInfo, ReviewStatus
+from mapping.fhir.task import is_homework
 from mapping.fhir.text import clean, describe_position, esc, quoted, xhtml_div
 
 
@@ -386,12 +387,13 @@ def approved_summary(
 ) -> SessionSummary:
     """The summary for the note's version after review: this session's Tasks (AI-drafted and
     added) as the clinician left them, in the given order, and the earlier Tasks this session
-    settled (as stored)."""
+    settled (as stored), less those never set: rejected since, or cancelled by an amended
+    transcript (the draft that replaced it is listed)."""
     plan = tuple(item for item in (plan_item(t) for t in tasks) if item is not None)
     return SessionSummary(
         session_date=session_date,
         new=(),
-        earlier=tuple(earlier_line_from_task(t) for t in earlier),
+        earlier=tuple(earlier_line_from_task(t) for t in earlier if is_homework(t)),
         model_name=model.name,
         model_version=model.version,
         model_card_url=model.model_card_url,

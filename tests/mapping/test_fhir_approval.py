@@ -500,3 +500,16 @@ def test_superseding_note_refuses_another_sessions_note(review: Flow) -> None:
     other = {**review.drafts.note, "id": "n1", "identifier": [{"system": "x", "value": "y"}]}
     with pytest.raises(ResourceError, match="not this session's note"):
         superseding_note(other, review.drafts.ctx, summary, clinician=CLINICIAN, now=NOW)
+
+
+def test_the_reviewed_note_lists_only_earlier_homework_that_was_set(review: Flow) -> None:
+    """Earlier Tasks this session settled, as stored: one rejected since (its review status
+    gone, it would read "awaiting review") or cancelled by an amended transcript (its
+    replacement is listed) was never set, and the note leaves it out."""
+    set_ = review.edited
+    cancelled = {**set_, "id": "cancelled-1", "status": "cancelled"}
+    summary = approved_summary(
+        "2024-05-09", [], review.drafts.model, Approval("Dr. Mei Lee", "2024-05-09"),
+        [set_, review.rejected, cancelled],
+    )  # fmt: skip
+    assert [line.description for line in summary.earlier] == [set_["description"]]
