@@ -130,9 +130,8 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_lr: float = 5e-4
     # Label smoothing of the label loss: keeps the softmax from saturating on our own writing
-    # (the 0.99999 on wrong answers that real talk exposed). 0.15 beat 0.1 on real-talk dev
-    # (mean and homework F1 up in every source group; docs/model.md).
-    label_smoothing: float = 0.15
+    # (the 0.99999 on wrong answers that real talk exposed).
+    label_smoothing: float = 0.1
     # Calibrate both heads on dev and fold the calibration into the weights: the label by a
     # temperature, review by Platt scaling (a scale and a bias), which
     # bench/review_calibration.py finds far better out of fold than a temperature (ECE 0.116
