@@ -150,6 +150,9 @@ class TrainConfig:
     # is the running mean of the trainable weights after every step (SWA, dense as in SWAD,
     # Cha et al. 2021: flatter minima carry better to an unseen domain).
     average_from: int = 0
+    # Weight of the review loss beside the label loss (1: equal). Label smoothing softens only
+    # the label loss; review moves with the shared encoder, and this is its lever.
+    review_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         # MiniLM-L6 has 6 layers; checked here so a bad setting fails before any encoding.
@@ -172,6 +175,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.realtalk_repeat >= 1, "realtalk_repeat must be >= 1"),
             (self.average_from >= 0, "average_from must be >= 0 (0: no weight averaging)"),
+            (self.review_loss_weight > 0, "review_loss_weight must be > 0 (1: as the label loss)"),
             (
                 self.review_calibration in REVIEW_CALIBRATIONS,
                 f"review_calibration must be one of {', '.join(REVIEW_CALIBRATIONS)}",
@@ -564,7 +568,9 @@ def fit(
             for batch in _batches(feats, config.batch_size, generator):
                 idx = [active[b] for b in batch]
                 logits, rev = model(*feats.batch(batch))
-                loss = label_loss(logits, y[idx]) + review_loss(rev, r[idx])
+                loss = label_loss(logits, y[idx]) + config.review_loss_weight * review_loss(
+                    rev, r[idx]
+                )
                 if teacher is not None:
                     loss = (1 - config.distill_weight) * loss + config.distill_weight * (
                         teacher.loss(logits, rev, idx)

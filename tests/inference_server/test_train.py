@@ -269,3 +269,24 @@ def test_weight_averaging_keeps_the_mean_of_every_step(monkeypatch: pytest.Monke
 def test_weight_averaging_setting_is_checked() -> None:
     with pytest.raises(ValueError, match="average_from must be >= 0"):
         TrainConfig(average_from=-1)
+
+
+def test_the_review_loss_is_weighted_by_review_loss_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review term enters the loss times `review_loss_weight`: with a review loss held at
+    1.0 (and no gradient, so both runs train alike), the epoch's mean loss differs by the
+    weight's difference."""
+    splits = split_examples(read_corpus(TINY))
+
+    def constant(self: torch.nn.Module, logits: torch.Tensor, target: torch.Tensor) -> Any:
+        return (logits * 0).sum() + 1.0
+
+    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", constant)
+    losses = {}
+    for weight in (1.0, 3.0):
+        config = TrainConfig(epochs=1, batch_size=4, hidden=16, lora_layers=0,
+                             distill_weight=0.0, review_loss_weight=weight)  # fmt: skip
+        fitted = fit(splits["train"], splits["dev"], config, cache_dir=None, progress=False)
+        losses[weight] = fitted.history[0]["loss"]
+    assert losses[3.0] - losses[1.0] == pytest.approx(2.0, abs=1e-4)
+    with pytest.raises(ValueError, match="review_loss_weight must be > 0"):
+        TrainConfig(review_loss_weight=0)
