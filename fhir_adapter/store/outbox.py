@@ -331,7 +331,7 @@ def _waiting_on(session: Session, note: OutboxRow, versions: bool) -> list[Outbo
         OutboxRow.status == OutboxStatus.FAILED,
         or_(provenance, OutboxRow.last_error == waits_on(note.id)) if versions else provenance,
     )
-    return list(session.scalars(stmt.with_for_update()))
+    return list(session.scalars(stmt.order_by(OutboxRow.id).with_for_update()))
 
 
 def _failed_waiting(
