@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,8 @@ from typing import Any
 import pytest
 
 from fhir_adapter.model_backend import make_backend
-from fhir_adapter.settings import EhrConnection, FhirStore
+from fhir_adapter.pipeline.runner import RunSummary
+from fhir_adapter.settings import EhrConnection, FhirStore, Settings
 from fhir_adapter.store import Store, open_store, resources
 from fhir_adapter.store.search_index import parse_datetime
 from inference_server.client import Backend
@@ -392,34 +394,57 @@ def _amended(export: list[dict[str, Any]], encounter: str, text: str) -> dict[st
     return {**doc, "docStatus": "amended", "content": content}
 
 
-async def test_an_amended_session_is_settled_again_by_its_next_session(
+@dataclass
+class _Settled:
+    """Alex's two sessions processed: session 2 settled session 1's homework (one reviewed)."""
+
+    clinic: Clinic
+    export: list[dict[str, Any]]
+    settings: Settings
+    store: Store
+    connection: str
+
+    async def amend(self, backend: Backend, encounter: str, text: str) -> RunSummary:
+        """`encounter`'s transcript amended to `text` in the EHR, and the pass that takes it."""
+        return await ingest_pass(self.settings, self.store, backend,
+                                 [_amended(self.export, encounter, text)],
+                                 self.connection)  # fmt: skip
+
+
+@asynccontextmanager
+async def _settled(
     sekmet_server: SekmetServer, backend: Backend, tmp_path: Path
-) -> None:
-    """Session 1's transcript is amended (a comma) after session 2 settled its homework: the
-    Tasks session 1 drafts again are settled again by session 2, not left awaiting review."""
+) -> AsyncIterator[_Settled]:
     clinic = seed_clinic(
         sekmet_server, sessions=2, in_progress=False, plans=[ALEX], now=BACKFILL_NOW
     )
     export = clinic_resources(sekmet_server, clinic)
-    first = clinic.patients["alex"].encounters[0]
     conn = connection(sekmet_server, clinic, client="rs384", care_plan_store="ehr")
     settings = settings_for(tmp_path, [conn])
     store = open_store(settings.database_url)
     try:
         both = await ingest_pass(settings, store, backend, export, conn.name)
         assert (both.tasks_reviewed, both.tasks_not_reviewed) == (1, 1), both.errors
+        yield _Settled(clinic, export, settings, store, conn.name)
+    finally:
+        store.close()
+
+
+async def test_an_amended_session_is_settled_again_by_its_next_session(
+    sekmet_server: SekmetServer, backend: Backend, tmp_path: Path
+) -> None:
+    """Session 1's transcript is amended (a comma) after session 2 settled its homework: the
+    Tasks session 1 drafts again are settled again by session 2, not left awaiting review."""
+    async with _settled(sekmet_server, backend, tmp_path) as it:
         typo = ALEX_SESSION_1.replace("crowded and I", "crowded, and I")
         assert typo != ALEX_SESSION_1
-        amended = await ingest_pass(settings, store, backend,
-                                    [_amended(export, first, typo)], conn.name)  # fmt: skip
+        amended = await it.amend(backend, it.clinic.patients["alex"].encounters[0], typo)
         # Session 1, then session 2 again.
         assert amended.encounters_processed == 2, amended.errors
         assert (amended.writes_failed, amended.writes_retrying) == (0, 0)
         assert (amended.tasks_reviewed, amended.tasks_not_reviewed) == (1, 1)
-        _check_per_task_review(sekmet_server, CarePlanTarget("ehr", sekmet_server), store,
-                               clinic)  # fmt: skip
-    finally:
-        store.close()
+        _check_per_task_review(sekmet_server, CarePlanTarget("ehr", sekmet_server), it.store,
+                               it.clinic)  # fmt: skip
 
 
 async def test_an_amended_reviewing_session_settles_the_homework_again(
@@ -427,26 +452,14 @@ async def test_an_amended_reviewing_session_settles_the_homework_again(
 ) -> None:
     """Session 2's transcript is amended so it no longer follows the breathing up: session 1's
     Tasks are settled again from the new text, both not reviewed, here and in the EHR."""
-    clinic = seed_clinic(
-        sekmet_server, sessions=2, in_progress=False, plans=[ALEX], now=BACKFILL_NOW
-    )
-    export = clinic_resources(sekmet_server, clinic)
-    alex = clinic.patients["alex"]
-    first, second = alex.encounters
-    conn = connection(sekmet_server, clinic, client="rs384", care_plan_store="ehr")
-    settings = settings_for(tmp_path, [conn])
-    store = open_store(settings.database_url)
-    try:
-        both = await ingest_pass(settings, store, backend, export, conn.name)
-        assert (both.tasks_reviewed, both.tasks_not_reviewed) == (1, 1), both.errors
-        amended = await ingest_pass(
-            settings, store, backend,
-            [_amended(export, second, ALEX_SESSION_2_NO_REVIEW)], conn.name,
-        )  # fmt: skip
+    async with _settled(sekmet_server, backend, tmp_path) as it:
+        alex = it.clinic.patients["alex"]
+        first, second = alex.encounters
+        amended = await it.amend(backend, second, ALEX_SESSION_2_NO_REVIEW)
         assert amended.encounters_processed == 1, amended.errors
         assert (amended.writes_failed, amended.writes_retrying) == (0, 0)
         assert (amended.tasks_reviewed, amended.tasks_not_reviewed) == (0, 2)
-        ours = _by_category(stored(store, "Task", encounter=first))
+        ours = _by_category(stored(it.store, "Task", encounter=first))
         assert set(ours) == {"practice", "journal"}
         theirs = CarePlanTarget("ehr", sekmet_server).tasks(alex.patient)
         for task in ours.values():
@@ -455,8 +468,6 @@ async def test_an_amended_reviewing_session_settles_the_homework_again(
             assert _review_quote(task) is None
             assert theirs[task["id"]]["businessStatus"] == task["businessStatus"]
             assert theirs[task["id"]].get("output") == task.get("output")
-    finally:
-        store.close()
 
 
 async def test_a_rejected_task_is_left_alone_when_its_settling_session_is_amended(
@@ -465,30 +476,16 @@ async def test_a_rejected_task_is_left_alone_when_its_settling_session_is_amende
     """The clinician rejects session 1's diary after session 2 settled it; session 2 is then
     amended. The breathing practice is settled again; the rejected diary is not put back to
     awaiting review (it was never set, so nothing will settle it again)."""
-    clinic = seed_clinic(
-        sekmet_server, sessions=2, in_progress=False, plans=[ALEX], now=BACKFILL_NOW
-    )
-    export = clinic_resources(sekmet_server, clinic)
-    alex = clinic.patients["alex"]
-    first, second = alex.encounters
-    conn = connection(sekmet_server, clinic, client="rs384", care_plan_store="ehr")
-    settings = settings_for(tmp_path, [conn])
-    store = open_store(settings.database_url)
-    try:
-        both = await ingest_pass(settings, store, backend, export, conn.name)
-        assert (both.tasks_reviewed, both.tasks_not_reviewed) == (1, 1), both.errors
-        diary = _by_category(stored(store, "Task", encounter=first))["journal"]
+    async with _settled(sekmet_server, backend, tmp_path) as it:
+        alex = it.clinic.patients["alex"]
+        first, second = alex.encounters
+        diary = _by_category(stored(it.store, "Task", encounter=first))["journal"]
         decision = Reject(Ref(alex.practitioner), datetime.now(UTC), "not what we agreed")
-        with store.session() as session:
+        with it.store.session() as session:
             rejected = resources.put(session, reject(diary, decision))
-        amended = await ingest_pass(
-            settings, store, backend,
-            [_amended(export, second, ALEX_SESSION_2_NO_REVIEW)], conn.name,
-        )  # fmt: skip
+        amended = await it.amend(backend, second, ALEX_SESSION_2_NO_REVIEW)
         assert amended.encounters_processed == 1, amended.errors
         assert (amended.tasks_reviewed, amended.tasks_not_reviewed) == (0, 1)
-        ours = _by_category(stored(store, "Task", encounter=first))
+        ours = _by_category(stored(it.store, "Task", encounter=first))
         assert review_status(ours["practice"]) == "not-reviewed"
         assert ours["journal"] == rejected
-    finally:
-        store.close()
