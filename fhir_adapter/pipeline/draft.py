@@ -216,13 +216,8 @@ def _chart_note(
     original = outbox._by_key(session, conn.name, CHART, "DocumentReference", *key, lock=True)
     if original is None:
         return key, note  # first drafted: no version of it anywhere yet
-    earlier = note_versions.versions(session, conn.name, key[1])
-    current = earlier[-1] if earlier else original
-    if (
-        current is not None
-        and not note_versions.not_in_chart(current)
-        and current.payload.get("content") == note["content"]
-    ):
+    earlier = note_versions.versions(session, conn.name, key[1], lock=True)
+    if note_versions.in_chart_already(session, [original, *earlier], note):
         return None  # drafted again unchanged: a new version would repeat the note
     found = note_versions.next_version(session, conn.name, key[1], original, version)
     if found is None:

@@ -23,7 +23,7 @@ from fhir_adapter.store.outbox import CHART
 from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
 from mapping.fhir.identifiers import identifier, repeated_note_version_value
 
-__all__ = ["next_version", "not_in_chart", "versioned", "versions"]
+__all__ = ["in_chart_already", "next_version", "not_in_chart", "versioned", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,30 @@ def next_version(
                                 "value": before.identifier_value}}  # fmt: skip
 
 
-def _supersede(session: Session, stale: list[OutboxRow], by: OutboxRow) -> None:
+def in_chart_already(session: Session, rows: list[OutboxRow], note: dict[str, Any]) -> bool:
+    """Whether the chart has `note`'s text: the newest of the note's rows (the drafted note's,
+    then its versions oldest first, read locked) that may be in the chart carries it. The
+    versions queued after that one (a change undone before it went out) are stale: sent, each
+    would be a new note with a text the chart no longer has, so they are superseded."""
+    current = next((row for row in reversed(rows) if not not_in_chart(row)), None)
+    if current is None or current.payload.get("content") != note["content"]:
+        return False
+    _supersede(session, rows[rows.index(current) + 1 :], current,
+               "the version in the chart, whose text the note has again")  # fmt: skip
+    return True
+
+
+def _supersede(
+    session: Session, stale: list[OutboxRow], by: OutboxRow,
+    why: str = outbox.LATER_VERSION,
+) -> None:  # fmt: skip
     """Fail for good versions `by` now carries the note for (all not in the chart): an
     operator's retry, or a writer once the note they name lands, would send their older text
     as another current note (`outbox.supersede`)."""
     for row in stale:
         if not_in_chart(row):
-            log.info("outbox row %s superseded by row %s, a later version of its note",
-                     row.id, by.id)  # fmt: skip
-            outbox.supersede(session, row, by)
+            log.info("outbox row %s superseded by row %s", row.id, by.id)
+            outbox.supersede(session, row, by, why)
 
 
 def _unused(fresh: str, found: list[OutboxRow]) -> str:

@@ -114,7 +114,7 @@ def enqueue(
             row = _by_key(session, *key, lock=True)
             if row is None:
                 raise
-    elif row.payload != payload:
+    elif row.payload != payload or _is_superseded(row):
         # Read again, locked: a writer recording its outcome (`mark_sent`, which compares the
         # payload it sent) must either finish first, so this sees its DONE and sets the row
         # back to pending, or wait for this commit and see the new payload. Unchanged payloads
@@ -122,7 +122,9 @@ def enqueue(
         row = _by_key(session, *key, lock=True)
         if row is None:  # deleted meanwhile; nothing deletes outbox rows today
             raise RuntimeError(f"outbox row {key} vanished while enqueuing")
-    if row.payload != payload:
+    # A superseded note version queued again, even as it was (a change undone, then made
+    # again): the note needs it now.
+    if row.payload != payload or _is_superseded(row):
         if row.status == OutboxStatus.FAILED:
             # A refused note's next payload (a decision, a re-draft): its Provenance, failed
             # waiting on it, comes back with it. A version failed waiting on it stays failed:
@@ -268,16 +270,24 @@ def waits_on(row_id: int) -> str:
 
 # The error of a chart note version that a later one replaced before it reached the chart.
 _SUPERSEDED = "superseded by outbox row "
+LATER_VERSION = "a later version of this note"
 
 
-def supersede(session: Session, row: OutboxRow, by: OutboxRow) -> None:
-    """Fail for good a chart note never sent (or refused) that row `by` now carries: a later
-    version of the note (`pipeline.note_versions`). Sent after all, its stale text would be
-    another current note in the chart, so `requeue` leaves it and its Provenance failed. An
+def supersede(session: Session, row: OutboxRow, by: OutboxRow, why: str = LATER_VERSION) -> None:
+    """Fail for good a chart note never sent (or refused) that row `by` now carries (`why`: a
+    later version of the note, `pipeline.note_versions`). Sent after all, its stale text would
+    be another current note in the chart, so `requeue` leaves it and its Provenance failed. An
     enqueue of a new payload (the row reused for a later change of the note) clears this."""
-    row.status = OutboxStatus.FAILED
-    row.last_error = (f"{_SUPERSEDED}{by.id}, a later version of this note: stale, never "
-                      "sent again (nothing to retry)")  # fmt: skip
+    error = f"{_SUPERSEDED}{by.id}, {why}: stale, never sent again (nothing to retry)"
+    row.status, row.last_error = OutboxStatus.FAILED, error
+    # Its Provenance would fail waiting on it, a failure for operators to chase: stale with it.
+    if row.target == CHART and row.resource_type == "DocumentReference":
+        key = f"{row.identifier_system}|{row.identifier_value}"
+        provenance = _by_key(session, row.connection, CHART, "Provenance", NOTE_PROVENANCE, key,
+                             lock=True)  # fmt: skip
+        if provenance is not None and provenance.status != OutboxStatus.DONE:
+            provenance.status, provenance.last_error = OutboxStatus.FAILED, error
+            provenance.updated_at = _now()
     row.updated_at = _now()
     session.flush()
 
@@ -369,6 +379,8 @@ def _stale(session: Session, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
 
 def _back_to_pending(rows: Sequence[OutboxRow], now: datetime) -> None:
     for row in rows:
+        if _is_superseded(row):
+            row.last_error = None  # its note's row reused for a later version: not stale now
         row.status = OutboxStatus.PENDING
         row.attempts = 0
         row.next_attempt_at = now

@@ -372,3 +372,31 @@ async def test_a_retry_leaves_a_refused_amendment_a_later_one_replaced_failed(
     assert rows[first.id].status == rows[stale_provenance[0].id].status == "failed"
     with store.session() as session:
         assert outbox.superseded(session, CONN) == 2  # the version and its Provenance
+
+
+async def test_an_amendment_undone_before_it_was_sent_sends_nothing(store: Store) -> None:
+    """The transcript amended, then amended back before the amended note went out: the chart
+    already has this text. Nothing new is written; the amendment's note, stale, is never sent."""
+    ehr = ChartEhr()
+    _drafted(store, BREATHING)
+    assert await _flush(store, ehr) == (2, 0, 0)
+    _drafted(store, JOURNAL, "journal")  # amended: queued, not yet sent
+    _drafted(store, BREATHING)  # and back
+    assert await _flush(store, ehr) == (0, 0, 0)
+    assert _says(ehr) == {"n-1": "breathing"} and len(ehr.provenance) == 1
+    [first, amended] = _notes(store)
+    assert first.status == "done" and amended.status == "failed"
+    # Its Provenance is stale with it, not a failure waiting on it for operators to chase.
+    stale = (f"superseded by outbox row {first.id}, the version in the chart, whose text the "
+             "note has again: stale, never sent again (nothing to retry)")  # fmt: skip
+    assert [(r.resource_type, r.last_error) for r in _rows(store) if r.status == "failed"] == [
+        ("DocumentReference", stale), ("Provenance", stale)]  # fmt: skip
+    with store.session() as session:
+        assert outbox.requeue(session, CONN) == 0
+    assert await _flush(store, ehr) == (0, 0, 0)
+    assert _says(ehr) == {"n-1": "breathing"}
+
+    # Amended again: the stale version's row carries the new text, and its Provenance follows.
+    _drafted(store, JOURNAL, "journal")
+    assert await _flush(store, ehr) == (2, 0, 0)
+    _assert_two_versions(store, ehr)
