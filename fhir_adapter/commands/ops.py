@@ -7,7 +7,7 @@ Exit status everywhere: 0 fine, 1 something needs an operator, 2 bad input or co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ from fhir_adapter.commands._common import (
     load_settings_or_exit,
     store_only,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 ConfigOption = Annotated[
     Path | None,
@@ -148,13 +151,20 @@ def register(app: typer.Typer) -> None:
         from fhir_adapter.store import outbox
 
         settings = load_settings_or_exit(config)
-        busy = 0
-        with store_only(settings) as store, store.session() as session:
+
+        def retry(session: Session) -> tuple[int, int, int]:
             n = outbox.requeue(session, connection, ids or ())
             stale = outbox.superseded(session, connection, ids or ())
+            busy = 0
             if pending:
                 n += outbox.requeue(session, connection, ids or (), outbox.OutboxStatus.PENDING)
                 busy = outbox.in_flight(session, connection, ids or ())
+            return n, stale, busy
+
+        # It locks every failed row, in id order; a draft or a decision holding one of them
+        # while waiting on another can deadlock with it on PostgreSQL: run again, it waits.
+        with store_only(settings) as store:
+            n, stale, busy = store.run(retry)
         typer.echo(
             f"requeued {n} writes"
             + (f"; left {busy} in flight alone" if busy else "")

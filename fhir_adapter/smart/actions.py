@@ -324,91 +324,97 @@ def _feedback(session: Session, before: dict[str, Any], decision: approval.Decis
 def decide(store: Store, actor: Actor, action: Action, now: datetime) -> Decided:
     """Apply `action` for `actor`; NotFound for a Task or session not of the actor's patient,
     DecisionError for a decision the Task's state refuses, ResourceError for bad input."""
+    # On PostgreSQL a re-draft of the session or an operator's `outbox retry` can hold rows this
+    # decision waits on while waiting on one it holds: the database aborts one of them, and
+    # this one, run again, decides on what the other committed.
+    return store.run(lambda session: _decide(session, actor, action, now))
+
+
+def _decide(session: Session, actor: Actor, action: Action, now: datetime) -> Decided:
     clinician = actor.clinician
-    with store.session() as session:
-        writes = _Writes(session, actor, now)
-        kind: DecisionKind
-        if isinstance(action, AddItem):
-            kind = "add"
-            encounter = actor.encounter or _latest_encounter(session, actor)
-            ctx, actor = _context(session, actor, encounter, adding=True)
-            writes.actor = actor
-            # Lock order: the note's outbox row before anything this decision writes, as the
-            # draft step takes them (`draft.draft`): the other order can deadlock.
-            _note_row(session, actor, ctx)
-            decision_add = approval.Add(clinician, now, action.category, action.description,
-                                        action.due)  # fmt: skip
-            task = approval.add(ctx, decision_add)
-            existing = resources.get(session, "Task", task["id"])
-            if existing is not None:
-                task = existing  # a double submit: the same item, as it is now
-            elif writes.put(task):
-                _feedback(session, task, decision_add, now)
-            plan, tasks = _plan_and_tasks(session, actor, encounter)
-            if plan is None:
-                added = [t for t in tasks if model_confidence(t) is None]
-                writes.put(
-                    approval.clinician_careplan(ctx, added, approval.Approve(clinician, now))
-                )
-            elif plan.get("status") == "active":
-                done = approval.approve(plan, tasks, approval.Approve(clinician, now, ()))
-                writes.put(done.careplan)
-        else:
-            task_ids = (action.task_ids or ()) if isinstance(action, ApproveItems) else (
-                action.task_id,)  # fmt: skip
-            first = [_task(session, actor, t) for t in task_ids]
-            if isinstance(action, ApproveItems) and not first:
-                encounter = actor.encounter or _latest_encounter(session, actor)
-            else:
-                encounter = _encounter_of(first[0])
-            ctx, actor = _context(session, actor, encounter)
-            writes.actor = actor
-            # Lock order: the note's outbox row before anything this decision writes, as the
-            # draft step takes them (`draft.draft`): the other order can deadlock.
-            _note_row(session, actor, ctx)
-            plan, tasks = _plan_and_tasks(session, actor, encounter)
-            if isinstance(action, ApproveItems):
-                kind = "approve"
-                if plan is None:
-                    raise NotFound(f"no homework plan for {encounter}")
-                approve = approval.Approve(clinician, now, action.task_ids, action.versions)
-                decision: approval.Decision = approve
-                done = approval.approve(plan, tasks, approve)
-                before = {t["id"]: t for t in tasks}
-                for after in done.tasks:
-                    if writes.put(after):
-                        _feedback(session, before[after["id"]], decision, now)
-                writes.put(done.careplan)
-            elif isinstance(action, EditItem):
-                kind = "edit"
-                decision = approval.Edit(clinician, now, action.description, action.category,
-                                         action.due, action.version)  # fmt: skip
-                if writes.put(approval.edit(first[0], decision)):
-                    _feedback(session, first[0], decision, now)
-            else:
-                kind = "reject"
-                decision = approval.Reject(clinician, now, action.reason, action.version)
-                if writes.put(approval.reject(first[0], decision)):
-                    _feedback(session, first[0], decision, now)
-        if not writes.written:
-            return Decided(kind, ())
+    writes = _Writes(session, actor, now)
+    kind: DecisionKind
+    if isinstance(action, AddItem):
+        kind = "add"
+        encounter = actor.encounter or _latest_encounter(session, actor)
+        ctx, actor = _context(session, actor, encounter, adding=True)
+        writes.actor = actor
+        # Lock order: the note's outbox row before anything this decision writes, as the
+        # draft step takes them (`draft.draft`): the other order can deadlock.
+        _note_row(session, actor, ctx)
+        decision_add = approval.Add(clinician, now, action.category, action.description,
+                                    action.due)  # fmt: skip
+        task = approval.add(ctx, decision_add)
+        existing = resources.get(session, "Task", task["id"])
+        if existing is not None:
+            task = existing  # a double submit: the same item, as it is now
+        elif writes.put(task):
+            _feedback(session, task, decision_add, now)
         plan, tasks = _plan_and_tasks(session, actor, encounter)
-        if (plan is not None and plan.get("status") == "active") or any(
-            t.get("status") == "requested" for t in tasks
-        ):
-            _note(writes, ctx, tasks)
-        care = [v for v in writes.versions if not v.startswith("DocumentReference/")]
-        provenance = as_json(clinician_provenance(care, clinician, kind, now=now,
-                                                  launch=actor.launch))  # fmt: skip
-        writes.put(provenance)
-        event = as_json(
-            audit_event(kind, clinician=clinician, patient=Ref(actor.patient),
-                        entities=writes.written, now=now, launch=actor.launch,
-                        observer=Ref(f"Device/{device_id(actor.model)}"))
-        )  # fmt: skip
-        resources.put(session, event, now=now)  # ours only: the EHR keeps its own audit
-        conn = actor.connection
-        return Decided(kind, tuple(writes.written), conn.name if conn is not None else None)
+        if plan is None:
+            added = [t for t in tasks if model_confidence(t) is None]
+            writes.put(
+                approval.clinician_careplan(ctx, added, approval.Approve(clinician, now))
+            )
+        elif plan.get("status") == "active":
+            done = approval.approve(plan, tasks, approval.Approve(clinician, now, ()))
+            writes.put(done.careplan)
+    else:
+        task_ids = (action.task_ids or ()) if isinstance(action, ApproveItems) else (
+            action.task_id,)  # fmt: skip
+        first = [_task(session, actor, t) for t in task_ids]
+        if isinstance(action, ApproveItems) and not first:
+            encounter = actor.encounter or _latest_encounter(session, actor)
+        else:
+            encounter = _encounter_of(first[0])
+        ctx, actor = _context(session, actor, encounter)
+        writes.actor = actor
+        # Lock order: the note's outbox row before anything this decision writes, as the
+        # draft step takes them (`draft.draft`): the other order can deadlock.
+        _note_row(session, actor, ctx)
+        plan, tasks = _plan_and_tasks(session, actor, encounter)
+        if isinstance(action, ApproveItems):
+            kind = "approve"
+            if plan is None:
+                raise NotFound(f"no homework plan for {encounter}")
+            approve = approval.Approve(clinician, now, action.task_ids, action.versions)
+            decision: approval.Decision = approve
+            done = approval.approve(plan, tasks, approve)
+            before = {t["id"]: t for t in tasks}
+            for after in done.tasks:
+                if writes.put(after):
+                    _feedback(session, before[after["id"]], decision, now)
+            writes.put(done.careplan)
+        elif isinstance(action, EditItem):
+            kind = "edit"
+            decision = approval.Edit(clinician, now, action.description, action.category,
+                                     action.due, action.version)  # fmt: skip
+            if writes.put(approval.edit(first[0], decision)):
+                _feedback(session, first[0], decision, now)
+        else:
+            kind = "reject"
+            decision = approval.Reject(clinician, now, action.reason, action.version)
+            if writes.put(approval.reject(first[0], decision)):
+                _feedback(session, first[0], decision, now)
+    if not writes.written:
+        return Decided(kind, ())
+    plan, tasks = _plan_and_tasks(session, actor, encounter)
+    if (plan is not None and plan.get("status") == "active") or any(
+        t.get("status") == "requested" for t in tasks
+    ):
+        _note(writes, ctx, tasks)
+    care = [v for v in writes.versions if not v.startswith("DocumentReference/")]
+    provenance = as_json(clinician_provenance(care, clinician, kind, now=now,
+                                              launch=actor.launch))  # fmt: skip
+    writes.put(provenance)
+    event = as_json(
+        audit_event(kind, clinician=clinician, patient=Ref(actor.patient),
+                    entities=writes.written, now=now, launch=actor.launch,
+                    observer=Ref(f"Device/{device_id(actor.model)}"))
+    )  # fmt: skip
+    resources.put(session, event, now=now)  # ours only: the EHR keeps its own audit
+    conn = actor.connection
+    return Decided(kind, tuple(writes.written), conn.name if conn is not None else None)
 
 
 def _latest_encounter(session: Session, actor: Actor) -> str:

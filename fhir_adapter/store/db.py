@@ -6,17 +6,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# PostgreSQL aborts one of two transactions that wait on each other's row locks
+# (deadlock_detected) or that it cannot order (serialization_failure); the other commits.
+RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+T = TypeVar("T")
 
 
 def alembic_config(url: str) -> Config:
@@ -61,6 +69,23 @@ class Store:
         """A unit of work: committed on success, rolled back on any error."""
         with self._sessions.begin() as session:
             yield session
+
+    def run(self, work: Callable[[Session], T], attempts: int = 3) -> T:
+        """`work` in a unit of work, run again (from the start, in a new transaction) where the
+        database aborted it for another transaction it waited on: run again, it reads what that
+        one committed. Only for work whose effects are all in the database."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as session:
+                    return work(session)
+            except OperationalError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate not in RETRY_SQLSTATES or attempt == attempts:
+                    raise
+                log.warning("transaction aborted by the database (SQLSTATE %s, another one "
+                            "held its rows); running it again, attempt %d of %d", sqlstate,
+                            attempt + 1, attempts)  # fmt: skip
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def refresh_statistics(self) -> None:
         """Let SQLite's planner know the tables' sizes (PostgreSQL's autovacuum does this for
