@@ -258,61 +258,70 @@ def draft(runtime: Runtime, item: WorkItem, now: datetime | None = None) -> Draf
     Work under no configured EHR (a local backfill) keeps everything in our store.
     """
     now = now or datetime.now(UTC)
-    store, model = runtime.store, runtime.model
+    conn = runtime.connection(item.connection)
+    # On PostgreSQL a clinician's decision on the session or an operator's `outbox retry` can
+    # hold rows this draft waits on while waiting on one it holds: the database aborts one of
+    # them, and a draft run again redrafts on what the other committed.
+    return runtime.store.run(lambda session: _draft(session, runtime, conn, item, now))
+
+
+def _draft(
+    session: Session, runtime: Runtime, conn: EhrConnection | None, item: WorkItem,
+    now: datetime,
+) -> DraftResult | None:  # fmt: skip
+    model = runtime.model
     connection, encounter = item.connection, item.encounter
-    conn = runtime.connection(connection)
-    with store.session() as session:
-        row = work.get_encounter(session, connection, encounter)
-        if row is None or row.step != Step.DRAFT:
-            return None
-        enc = work.source(session, connection, "Encounter", str(reference_id(encounter))) or {}
-        detections = [detection_from_json(d) for d in row.state.get("detections", [])]
-        try:
-            source = conn.base_url if conn is not None else None
-            ctx = _context(encounter, row.patient, enc, row.state["transcript"], source)
-        except MappingError as exc:
-            work.advance(session, row, Step.SKIPPED, {"skipped": str(exc)})
-            log.warning("%s skipped: %s", encounter, exc)
-            return None
-        earlier = _earlier_tasks(session, row.patient, ctx.period_start, detections, connection)
-        final = conn is not None and vendor_profile(conn.vendor).document_reference_requires_final
-        options = NoteOptions(doc_status="final" if final else "preliminary")
-        built = build_session_resources(ctx, detections, model, earlier, now=now, options=options)
-        store_items = [as_json(r) for r in built.store_resources()]
-        # A session processed again (its transcript was amended): what the new run no longer
-        # drafts is cancelled (Tasks) or revoked (the CarePlan), on every target.
-        store_items += _superseded(session, encounter, built)
-        reviewed_note = _clinician_reviewed(session, encounter)
-        store_items = _not_decided(session, encounter, store_items)
-        note, communication = as_json(built.note), as_json(built.communication)
-        observations = _scores(session, connection, encounter)
-        # A session a clinician already reviewed keeps its reviewed note (what they approved);
-        # the next decision on the review screen writes the note anew.
-        notes = [] if reviewed_note else [note]
-        if conn is not None and conn.write.chart.note and notes:
-            # Lock order: the note's outbox row, then our store's resources, as a decision
-            # takes them (`actions.decide`). The other way round, on PostgreSQL, a draft
-            # holding our store's note (or a Task) would wait for the outbox row while a
-            # decision holding that row waits for the note (or the Task): a deadlock.
-            outbox._by_key(session, conn.name, CHART, "DocumentReference", *outbox_key(note),
-                           lock=True)  # fmt: skip
-        for body in [*store_items, *notes, communication, *observations]:
-            resources.put(session, body, now=now)
-        if conn is not None:
-            provenance = as_json(build_chart_provenance(ctx, model, UNASSIGNED_NOTE, now=now))
-            _queue_writes(session, conn, store_items, None if reviewed_note else note,
-                          str(built.note_version["value"]), communication,
-                          provenance)  # fmt: skip
-        reviewed = sum(1 for e in earlier if e.outcome is ReviewStatus.REVIEWED)
-        work.advance(
-            session,
-            row,
-            Step.DONE,
-            {
-                "tasks": len(built.tasks),
-                "reviewed": reviewed,
-                "not_reviewed": len(earlier) - reviewed,
-                "observations": len(observations),
-            },
-        )
-        return DraftResult(len(built.tasks), reviewed, len(earlier) - reviewed, len(observations))
+    row = work.get_encounter(session, connection, encounter)
+    if row is None or row.step != Step.DRAFT:
+        return None
+    enc = work.source(session, connection, "Encounter", str(reference_id(encounter))) or {}
+    detections = [detection_from_json(d) for d in row.state.get("detections", [])]
+    try:
+        source = conn.base_url if conn is not None else None
+        ctx = _context(encounter, row.patient, enc, row.state["transcript"], source)
+    except MappingError as exc:
+        work.advance(session, row, Step.SKIPPED, {"skipped": str(exc)})
+        log.warning("%s skipped: %s", encounter, exc)
+        return None
+    earlier = _earlier_tasks(session, row.patient, ctx.period_start, detections, connection)
+    final = conn is not None and vendor_profile(conn.vendor).document_reference_requires_final
+    options = NoteOptions(doc_status="final" if final else "preliminary")
+    built = build_session_resources(ctx, detections, model, earlier, now=now, options=options)
+    store_items = [as_json(r) for r in built.store_resources()]
+    # A session processed again (its transcript was amended): what the new run no longer
+    # drafts is cancelled (Tasks) or revoked (the CarePlan), on every target.
+    store_items += _superseded(session, encounter, built)
+    reviewed_note = _clinician_reviewed(session, encounter)
+    store_items = _not_decided(session, encounter, store_items)
+    note, communication = as_json(built.note), as_json(built.communication)
+    observations = _scores(session, connection, encounter)
+    # A session a clinician already reviewed keeps its reviewed note (what they approved);
+    # the next decision on the review screen writes the note anew.
+    notes = [] if reviewed_note else [note]
+    if conn is not None and conn.write.chart.note and notes:
+        # Lock order: the note's outbox row, then our store's resources, as a decision
+        # takes them (`actions.decide`). The other way round, on PostgreSQL, a draft
+        # holding our store's note (or a Task) would wait for the outbox row while a
+        # decision holding that row waits for the note (or the Task): a deadlock.
+        outbox._by_key(session, conn.name, CHART, "DocumentReference", *outbox_key(note),
+                       lock=True)  # fmt: skip
+    for body in [*store_items, *notes, communication, *observations]:
+        resources.put(session, body, now=now)
+    if conn is not None:
+        provenance = as_json(build_chart_provenance(ctx, model, UNASSIGNED_NOTE, now=now))
+        _queue_writes(session, conn, store_items, None if reviewed_note else note,
+                      str(built.note_version["value"]), communication,
+                      provenance)  # fmt: skip
+    reviewed = sum(1 for e in earlier if e.outcome is ReviewStatus.REVIEWED)
+    work.advance(
+        session,
+        row,
+        Step.DONE,
+        {
+            "tasks": len(built.tasks),
+            "reviewed": reviewed,
+            "not_reviewed": len(earlier) - reviewed,
+            "observations": len(observations),
+        },
+    )
+    return DraftResult(len(built.tasks), reviewed, len(earlier) - reviewed, len(observations))

@@ -93,7 +93,8 @@ def _supersede(
     operator's retry, or a writer once the note they name lands, would send their older text
     as another current note (`outbox.supersede`)."""
     for row in stale:
-        if not_in_chart(row):
+        # One already stale stays as it was marked (by the change that made it so).
+        if not_in_chart(row) and not outbox.is_superseded(row):
             log.info("outbox row %s superseded by row %s", row.id, by.id)
             outbox.supersede(session, row, by, why)
 

@@ -114,7 +114,7 @@ def enqueue(
             row = _by_key(session, *key, lock=True)
             if row is None:
                 raise
-    elif row.payload != payload or _is_superseded(row):
+    elif row.payload != payload or is_superseded(row):
         # Read again, locked: a writer recording its outcome (`mark_sent`, which compares the
         # payload it sent) must either finish first, so this sees its DONE and sets the row
         # back to pending, or wait for this commit and see the new payload. Unchanged payloads
@@ -124,7 +124,7 @@ def enqueue(
             raise RuntimeError(f"outbox row {key} vanished while enqueuing")
     # A superseded note version queued again, even as it was (a change undone, then made
     # again): the note needs it now.
-    if row.payload != payload or _is_superseded(row):
+    if row.payload != payload or is_superseded(row):
         if row.status == OutboxStatus.FAILED:
             # A refused note's next payload (a decision, a re-draft): its Provenance, failed
             # waiting on it, comes back with it. A version failed waiting on it stays failed:
@@ -359,7 +359,8 @@ def _failed_waiting(
     return found
 
 
-def _is_superseded(row: OutboxRow) -> bool:
+def is_superseded(row: OutboxRow) -> bool:
+    """Whether `row` is a stale note version (or its Provenance), failed for good (`supersede`)."""
     return row.status == OutboxStatus.FAILED and (row.last_error or "").startswith(_SUPERSEDED)
 
 
@@ -372,14 +373,14 @@ def _stale(session: Session, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
         if row.identifier_system == NOTE_PROVENANCE and row.target == CHART:
             system, _, value = row.identifier_value.partition("|")
             note = _by_key(session, row.connection, CHART, "DocumentReference", system, value)
-        if row.status == OutboxStatus.FAILED and note is not None and _is_superseded(note):
+        if row.status == OutboxStatus.FAILED and note is not None and is_superseded(note):
             out.append(row)
     return out
 
 
 def _back_to_pending(rows: Sequence[OutboxRow], now: datetime) -> None:
     for row in rows:
-        if _is_superseded(row):
+        if is_superseded(row):
             row.last_error = None  # its note's row reused for a later version: not stale now
         row.status = OutboxStatus.PENDING
         row.attempts = 0

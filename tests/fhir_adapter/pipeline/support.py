@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from fhir_adapter.ehr.vendors import vendor_profile
 from fhir_adapter.pipeline.jobs import ingest_resources, run_once
@@ -246,3 +248,19 @@ async def ingest_pass(
     """A push or backfill of `resources`, in a Runtime of its own (see `run_pass`)."""
     async with Runtime(settings, store, backend) as runtime:
         return await ingest_resources(runtime, resources, connection)
+
+
+def deadlocked_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """`owner.name` raises what PostgreSQL's deadlock detection raises, on its first call only;
+    the calls counted."""
+    real, calls = getattr(owner, name), []
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            deadlock = psycopg.errors.DeadlockDetected("deadlock detected")
+            raise OperationalError("SELECT ... FOR UPDATE", None, deadlock)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, once)
+    return calls

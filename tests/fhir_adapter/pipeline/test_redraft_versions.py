@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from fhir_adapter.ehr.client import FhirClient
 from fhir_adapter.ehr.errors import FatalFhirError
+from fhir_adapter.pipeline import draft as draft_module
 from fhir_adapter.pipeline import note_versions, writeback
 from fhir_adapter.pipeline.draft import draft
 from fhir_adapter.pipeline.steps import Step, WorkItem
@@ -25,12 +26,13 @@ from fhir_adapter.runtime import Runtime
 from fhir_adapter.settings import ChartTargets, EhrConnection, EncounterPoll, WriteTargets
 from fhir_adapter.smart import actions
 from fhir_adapter.store import Store, open_store, outbox, resources, work
-from fhir_adapter.store.models import OutboxRow
+from fhir_adapter.store.models import FeedbackRow, OutboxRow
 from fhir_adapter.store.outbox import CHART, NOTE_PROVENANCE
 from fhir_adapter.store.resources import Query
 from mapping.fhir.audit import LaunchContext
 from mapping.fhir.codes import SID_NOTE, SID_NOTE_VERSION
 from mapping.fhir.context import ModelInfo, Ref
+from tests.fhir_adapter.pipeline.support import deadlocked_once
 from tests.fhir_adapter.pipeline.test_writeback_outcomes import FakeEhr
 
 CONN = "clinic"
@@ -295,6 +297,26 @@ def test_a_first_draft_reads_no_note_versions(
     assert read == [] and len(_notes(store)) == 1
 
 
+def test_a_draft_and_a_decision_aborted_for_a_deadlock_run_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each locks rows a re-draft, a decision or an operator's retry may hold in another order
+    (PostgreSQL aborts one of two such transactions): run again, each commits once."""
+    calls = deadlocked_once(monkeypatch, draft_module, "_earlier_tasks")
+    _drafted(store, BREATHING)
+    assert len(calls) == 2 and len(_notes(store)) == 1
+
+    calls = deadlocked_once(monkeypatch, actions, "_note_row")
+    actor = actions.Actor(connection=EPIC, patient="Patient/p1", encounter=ENCOUNTER,
+                          clinician=Ref("Practitioner/dr", "Dr. Haddad"),
+                          launch=LaunchContext("audit-key", "launch-1", Ref(ENCOUNTER)),
+                          model=MODEL)  # fmt: skip
+    assert actions.decide(store, actor, actions.ApproveItems(), NOW).changed
+    assert len(calls) > 1  # ran again after the abort
+    with store.session() as session:
+        assert len(session.scalars(select(FeedbackRow)).all()) == 1  # approved once
+
+
 def _lock_order(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What takes the note's outbox row lock and what writes our store, in call order."""
     events: list[str] = []
@@ -398,5 +420,7 @@ async def test_an_amendment_undone_before_it_was_sent_sends_nothing(store: Store
 
     # Amended again: the stale version's row carries the new text, and its Provenance follows.
     _drafted(store, JOURNAL, "journal")
+    assert [(r.resource_type, r.status, r.last_error) for r in _rows(store)[2:]] == [
+        ("DocumentReference", "pending", None), ("Provenance", "pending", None)]  # fmt: skip
     assert await _flush(store, ehr) == (2, 0, 0)
     _assert_two_versions(store, ehr)
