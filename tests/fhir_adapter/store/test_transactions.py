@@ -52,7 +52,9 @@ def _crossed(store: Store, attempts: int) -> tuple[list[str], list[object]]:
             if runs.count(name) == 1:
                 both_hold.wait()
             _lock(session, second)
-            session.get(OutboxRow, first, populate_existing=True).last_error = f"by {name}"  # type: ignore[union-attr]
+            row = session.get(OutboxRow, first, populate_existing=True)
+            assert row is not None
+            row.last_error = f"by {name}"
             return name
 
         return run
@@ -88,6 +90,9 @@ def test_without_another_attempt_the_deadlock_is_raised(store: Store) -> None:
     assert sorted(runs) == ["x", "y"]
     [aborted] = [o for o in outcomes if isinstance(o, OperationalError)]
     assert getattr(aborted.orig, "sqlstate", None) == "40P01"
+    with store.session() as session:
+        errors = [e for e in session.scalars(select(OutboxRow.last_error)) if e is not None]
+    assert errors == [next(f"by {o}" for o in outcomes if isinstance(o, str))]
 
 
 def test_other_errors_are_not_run_again(store: Store) -> None:
